@@ -1,0 +1,199 @@
+"""Command line: `python -m engine run CONFIG.yaml`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
+
+A thin layer over engine.runner and engine.store: it parses arguments, prints, and exits non-zero
+with a clear message on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _store(args):
+    from engine.store import Store
+
+    return Store(args.db) if args.db else Store()
+
+
+def cmd_init(args) -> int:
+    from engine.config import RunConfig
+
+    cfg = RunConfig()
+    if args.tiny:
+        cfg.model.name_or_path = "builtin:tiny-gpt2"
+    path = cfg.save(args.path)
+    print(f"wrote the default config to {path}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from engine.config import RunConfig
+    from engine.runner import prepare_prompts
+
+    cfg = RunConfig.load(args.config).check()
+    train, holdout = prepare_prompts(cfg)
+    print(f"{args.config}: valid ({len(train)} train prompts, {len(holdout)} hold-out prompts)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tqdm import tqdm
+
+    from engine.config import RunConfig
+    from engine.evaluate import format_summary
+    from engine.runner import Progress, prepare_prompts, execute
+
+    cfg = RunConfig.load(args.config)
+    for override in args.set or []:
+        _apply_override(cfg, override)
+    cfg.check()
+    prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
+    store = _store(args)
+    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.ppo.max_ppo_steps)
+    print(f"run {run_id} ({store.url})")
+    bars: dict[str, tqdm] = {}
+
+    def on_progress(p: Progress) -> None:
+        if p.total:
+            bar = bars.get(p.phase)
+            if bar is None:
+                bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, unit="step" if p.phase == "train" else "prompt")
+            bar.n = p.done
+            if p.metrics:
+                bar.set_postfix(kl=f"{p.metrics.get('objective/kl', 0):.3f}",
+                                ret=f"{p.metrics.get('ppo/returns/mean', 0):.3f}",
+                                reward=f"{p.metrics.get('env/reward_mean', 0):.3f}")
+            bar.refresh()
+            if p.done >= p.total:
+                bar.close()
+        elif p.message:
+            print(p.message, flush=True)
+
+    summary = execute(cfg, store, run_id, on_progress)
+    for bar in bars.values():
+        bar.close()
+    record = store.get_run(run_id)
+    print(f"run {run_id}: {record.status}")
+    if summary.get("before"):
+        print(format_summary(summary))
+    if "wall_seconds" in summary:
+        print(f"wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB")
+    return 0 if record.status == "completed" else 1
+
+
+def _apply_override(cfg, override: str) -> None:
+    """`--set ppo.max_ppo_steps=3`: set one field, the value parsed as YAML."""
+    import yaml
+
+    from engine.config import ConfigError, FieldError, RunConfig
+
+    if "=" not in override:
+        raise ConfigError([FieldError(override, "overrides look like section.field=value")])
+    key, raw = override.split("=", 1)
+    data = cfg.to_dict()
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError([FieldError(key, f"{part!r} is not a config section")])
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(raw)
+    new = RunConfig.from_dict(data)
+    cfg.__dict__.update(new.__dict__)
+
+
+def cmd_runs(args) -> int:
+    store = _store(args)
+    runs = store.list_runs()
+    if not runs:
+        print("no runs yet")
+        return 0
+    print(f"{'id':24} {'status':11} {'method':6} {'step':>9}  {'created':19}  name")
+    for r in runs:
+        step = f"{r.progress_step or 0}/{r.total_steps or '?'}"
+        created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
+        print(f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {r.name or ''}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from engine.evaluate import format_summary
+
+    store = _store(args)
+    r = store.get_run(args.run)
+    print(f"run {r.id}  {r.name}  [{r.status}]  method={r.method}  step {r.progress_step}/{r.total_steps}")
+    if r.error:
+        print(f"error: {r.error}")
+        if args.traceback and r.traceback:
+            print(r.traceback)
+    wide = store.metrics_wide(r.id, keys=["objective/kl", "ppo/returns/mean", "env/reward_mean"])
+    if len(wide):
+        print(wide.tail(10).to_string(float_format=lambda v: f"{v:.4f}"))
+    summary = r.summary or {}
+    if summary.get("before"):
+        print(format_summary(summary))
+    return 0
+
+
+def cmd_export(args) -> int:
+    store = _store(args)
+    r = store.get_run(args.run)
+    out = Path(args.out or f"export-{r.id}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(r.config_yaml)
+    store.metrics(r.id).to_csv(out / "metrics.csv", index=False)
+    store.metrics_wide(r.id).to_csv(out / "metrics_wide.csv")
+    store.evaluations(r.id).to_csv(out / "evaluations.csv", index=False)
+    store.samples(r.id).to_csv(out / "samples.csv", index=False)
+    (out / "summary.json").write_text(json.dumps(r.summary or {}, indent=2))
+    print(f"exported run {r.id} to {out}/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="RLAIF Lab engine")
+    parser.add_argument("--db", help="store path or SQLAlchemy URL (default: $RLAIF_LAB_DB or runs/rlaif_lab.db)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("init", help="write the default config as YAML")
+    p.add_argument("path", nargs="?", default="config.yaml")
+    p.add_argument("--tiny", action="store_true", help="use the built-in tiny GPT-2 policy")
+    p.set_defaults(fn=cmd_init)
+    p = sub.add_parser("validate", help="check a config (fields and data) without running it")
+    p.add_argument("config")
+    p.set_defaults(fn=cmd_validate)
+    p = sub.add_parser("run", help="run a config end to end")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. ppo.max_ppo_steps=3")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("runs", help="list runs")
+    p.set_defaults(fn=cmd_runs)
+    p = sub.add_parser("show", help="show one run")
+    p.add_argument("run")
+    p.add_argument("--traceback", action="store_true")
+    p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("export", help="export a run's config, metrics, samples and evaluations")
+    p.add_argument("run")
+    p.add_argument("--out")
+    p.set_defaults(fn=cmd_export)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+    from engine.config import ConfigError
+
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

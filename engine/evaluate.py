@@ -1,0 +1,147 @@
+"""Before/after toxicity on hold-out prompts: the seed's evaluate_toxicity, done right.
+
+Batched generation with the reference ("before") and the trained policy ("after") on the same
+hold-out prompts with the same sampling seed; the toxicity of each *response* (not prompt+response)
+by an evaluator that may differ from the reward; then mean, std, toxic rate, max, % improvement,
+and a paired bootstrap 95 % interval of the change (seed trap 3: 10 samples without an interval
+were noise). Every prompt / response / score is returned for the side-by-side table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch_size: int,
+                       max_prompt_tokens: int, seed: int, progress: Callable[[int, int], None] | None = None
+                       ) -> tuple[list[str], list[int]]:
+    """Responses of the reference (`which="before"`) or the policy (`"after"`), in batches; and their token lengths."""
+    import torch
+
+    from engine.models import encode_queries, generate
+    from engine.ppo import decode_responses
+
+    responses, lengths = [], []
+    policy = bundle.policy
+    policy.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        q, qm = encode_queries(bundle.tokenizer, chunk, max_prompt_tokens, policy.device)
+        # Same seed per batch before and after, so the two sides differ by the weights only.
+        torch.manual_seed(seed + start)
+        if which == "before":
+            with bundle.reference_lm() as ref:
+                r, rm = generate(bundle, ref, q, qm, gen)
+        else:
+            r, rm = generate(bundle, policy.lm, q, qm, gen)
+        responses += decode_responses(bundle.tokenizer, r, rm)
+        lengths += rm.sum(1).tolist()
+        if progress:
+            progress(min(start + batch_size, len(prompts)), len(prompts))
+    return responses, lengths
+
+
+def mean_kl_to_reference(bundle, prompts: Sequence[str], gen, *, batch_size: int, max_prompt_tokens: int,
+                         seed: int) -> float:
+    """Mean sequence KL(policy || reference) estimated on policy samples: E[sum_t logp - logp_ref]."""
+    import torch
+
+    from engine.models import encode_queries, generate, logprobs_from_logits, reference_logprobs
+
+    total, count = 0.0, 0
+    policy = bundle.policy
+    policy.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start:start + batch_size])
+        q, qm = encode_queries(bundle.tokenizer, chunk, max_prompt_tokens, policy.device)
+        torch.manual_seed(seed + start)
+        r, rm = generate(bundle, policy.lm, q, qm, gen)
+        with torch.no_grad():
+            logits, _ = policy(q, qm, r, rm)
+            logp = logprobs_from_logits(logits, r, gen.temperature)
+            ref = reference_logprobs(bundle, q, qm, r, rm, gen.temperature)
+        total += float(((logp - ref) * rm).sum())
+        count += len(chunk)
+    return total / max(count, 1)
+
+
+def toxicity_stats(values: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
+    """Mean, std, toxic rate (share above threshold) and max of a list of toxicity probabilities."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return {"mean": math.nan, "std": math.nan, "toxic_rate": math.nan, "max": math.nan, "n": 0}
+    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else 0.0,
+            "toxic_rate": float((x > threshold).mean()), "max": float(x.max()), "n": int(x.size)}
+
+
+def pct_improvement(before: float, after: float) -> float:
+    """(before - after) / before in %: positive when the value went down (less toxic, less spread)."""
+    if before == 0 or not math.isfinite(before):
+        return math.nan
+    return 100.0 * (before - after) / before
+
+
+def bootstrap_change(before: Sequence[float], after: Sequence[float], samples: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap 95 % intervals of the change in mean toxicity (after - before) and its % improvement."""
+    b, a = np.asarray(before, float), np.asarray(after, float)
+    if b.shape != a.shape:
+        raise ValueError(f"paired bootstrap needs as many 'after' ({a.size}) as 'before' ({b.size}) values")
+    if b.size == 0 or samples <= 0:
+        return {"delta_mean": float(a.mean() - b.mean()) if b.size else math.nan,
+                "delta_ci_low": math.nan, "delta_ci_high": math.nan,
+                "pct_ci_low": math.nan, "pct_ci_high": math.nan}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, b.size, size=(samples, b.size))
+    mb, ma = b[idx].mean(1), a[idx].mean(1)
+    delta = ma - mb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = 100.0 * (mb - ma) / mb
+    pct = pct[np.isfinite(pct)]
+    return {
+        "delta_mean": float(a.mean() - b.mean()),
+        "delta_ci_low": float(np.percentile(delta, 2.5)), "delta_ci_high": float(np.percentile(delta, 97.5)),
+        "pct_ci_low": float(np.percentile(pct, 2.5)) if pct.size else math.nan,
+        "pct_ci_high": float(np.percentile(pct, 97.5)) if pct.size else math.nan,
+    }
+
+
+def summarize(before: Sequence[float], after: Sequence[float], *, threshold: float = 0.5,
+              bootstrap_samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The before/after summary: stats of each side, % improvement of mean and std, bootstrap interval."""
+    sb, sa = toxicity_stats(before, threshold), toxicity_stats(after, threshold)
+    out: dict[str, Any] = {"before": sb, "after": sa,
+                           "pct_improvement_mean": pct_improvement(sb["mean"], sa["mean"]),
+                           "pct_improvement_std": pct_improvement(sb["std"], sa["std"])}
+    out.update(bootstrap_change(before, after, bootstrap_samples, seed))
+    return out
+
+
+def score_toxicity(evaluator, texts: Sequence[str], batch_size: int = 64) -> list[float]:
+    """Toxicity probability of each text by the evaluator, in batches."""
+    out: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        out += [float(v) for v in evaluator.toxicity(list(texts[start:start + batch_size]))]
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A short human-readable before/after table for the CLI."""
+    b, a = summary["before"], summary["after"]
+    lines = [
+        f"{'':16}{'before':>10}{'after':>10}{'change':>10}",
+        f"{'mean toxicity':16}{b['mean']:>10.4f}{a['mean']:>10.4f}{summary['pct_improvement_mean']:>9.1f}%",
+        f"{'std toxicity':16}{b['std']:>10.4f}{a['std']:>10.4f}{summary['pct_improvement_std']:>9.1f}%",
+        f"{'toxic rate':16}{b['toxic_rate']:>10.3f}{a['toxic_rate']:>10.3f}",
+        f"{'max':16}{b['max']:>10.4f}{a['max']:>10.4f}",
+        f"95% CI of the mean change: [{summary['delta_ci_low']:+.4f}, {summary['delta_ci_high']:+.4f}]"
+        f"  (improvement {summary['pct_ci_low']:.1f}% .. {summary['pct_ci_high']:.1f}%), n={b['n']}",
+    ]
+    for key, label in (("mean_kl", "mean KL to reference"), ("length_before", "response length before"),
+                       ("length_after", "response length after")):
+        if key in summary:
+            lines.append(f"{label}: {summary[key]:.2f}")
+    return "\n".join(lines)

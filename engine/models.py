@@ -1,0 +1,270 @@
+"""Policy, value head and reference model for causal and seq2seq language models.
+
+Responsible for: resolving a model name (hub id, local dir, built-in offline model), loading it with its
+tokenizer, wrapping it as an actor-critic (LM head + scalar value head), the frozen reference used by
+the KL penalty (with LoRA: the same weights with adapters disabled, so no second copy in memory),
+batched generation, and the forward pass that gives per-token log-probs, entropies and values.
+
+Not responsible for: the PPO algorithm (engine/ppo.py) or rewards (engine/rewards/).
+
+Shapes used throughout: queries are left-padded `[B, Q]`, responses right-padded `[B, R]`; every
+per-token tensor is `[B, R]`, aligned with the response tokens, and `response_mask` marks real tokens.
+
+This module imports torch: import it only where a model is needed (the UI never does).
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from engine.config import GenerationSettings, ModelSettings
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'auto' → cuda if present, then mps, then cpu; anything else is returned as given."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A path or hub id `from_pretrained` accepts; built-in names are built (once) and cached locally."""
+    if name_or_path == "builtin:smollm2":
+        from engine.assets import smollm2_dir
+
+        return str(smollm2_dir())
+    if name_or_path == "builtin:tiny-gpt2":
+        from engine.assets import tiny_policy_dir
+
+        return str(tiny_policy_dir())
+    return os.path.expanduser(name_or_path)
+
+
+def is_seq2seq(path: str, architecture: str = "auto") -> bool:
+    """Whether the model is an encoder-decoder (T5 family), from its config unless forced."""
+    if architecture != "auto":
+        return architecture == "seq2seq"
+    from transformers import AutoConfig
+
+    return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
+
+
+def _dtype(name: str):
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+
+
+def load_tokenizer(path: str, seq2seq: bool):
+    """The tokenizer, with a pad token and left padding for causal generation."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        # Causal LMs like GPT-2 have no pad token; eos is safe because masks hide padding.
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right" if seq2seq else "left"
+    tok.truncation_side = "left"
+    return tok
+
+
+def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, with_hidden: bool = False):
+    """Run a bare LM on (query, response): logits `[B, R, V]` predicting each response token, and
+    optionally the last hidden state `[B, R, H]` of the position that predicts it."""
+    if seq2seq:
+        start = lm.config.decoder_start_token_id
+        if start is None:
+            start = lm.config.pad_token_id
+        first = torch.full_like(response_ids[:, :1], start)
+        dec_ids = torch.cat([first, response_ids[:, :-1]], dim=1)
+        dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        out = lm(input_ids=query_ids, attention_mask=query_mask, decoder_input_ids=dec_ids,
+                 decoder_attention_mask=dec_mask, output_hidden_states=with_hidden, use_cache=False)
+        return out.logits.float(), (out.decoder_hidden_states[-1] if with_hidden else None)
+    ids = torch.cat([query_ids, response_ids], dim=1)
+    mask = torch.cat([query_mask, response_mask], dim=1)
+    # Left padding shifts positions; count them from the first real token.
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions,
+             output_hidden_states=with_hidden, use_cache=False)
+    q, r = query_ids.shape[1], response_ids.shape[1]
+    # The logit at position t predicts token t+1: the response is predicted from q-1 .. q+r-2.
+    logits = out.logits[:, q - 1: q - 1 + r].float()
+    hidden = out.hidden_states[-1][:, q - 1: q - 1 + r] if with_hidden else None
+    return logits, hidden
+
+
+class ActorCritic(nn.Module):
+    """The policy LM plus a scalar value head on its last hidden state."""
+
+    def __init__(self, lm, seq2seq: bool, uses_lora: bool = False):
+        super().__init__()
+        self.lm = lm
+        self.seq2seq = seq2seq
+        self.uses_lora = uses_lora
+        cfg = lm.config
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.n_embd
+        self.value_head = nn.Linear(hidden, 1)
+        # Small init: values start near 0 so early value loss does not swamp the policy gradient.
+        nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1))
+        nn.init.zeros_(self.value_head.bias)
+        self.value_head.to(device=next(lm.parameters()).device, dtype=torch.float32)
+
+    @property
+    def device(self):
+        return next(self.lm.parameters()).device
+
+    def forward(self, query_ids, query_mask, response_ids, response_mask):
+        """Logits `[B, R, V]` predicting each response token and values `[B, R]` of the state before it."""
+        logits, hidden = forward_lm(self.lm, self.seq2seq, query_ids, query_mask, response_ids, response_mask,
+                                    with_hidden=True)
+        return logits, self.value_head(hidden.float()).squeeze(-1)
+
+
+@dataclass
+class PolicyBundle:
+    """What a trainer needs: the actor-critic, its tokenizer, the reference and some facts."""
+
+    policy: Any  # _ActorCritic
+    tokenizer: Any
+    reference: Any  # a frozen LM, or None when LoRA is on (adapters disabled instead)
+    seq2seq: bool
+    path: str
+    device: str
+
+    @contextlib.contextmanager
+    def reference_lm(self) -> Iterator[Any]:
+        """The reference LM to run under no_grad: a frozen copy, or the policy with adapters off."""
+        if self.reference is not None:
+            yield self.reference
+        else:
+            with self.policy.lm.disable_adapter():
+                yield self.policy.lm
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout to 0: PPO's ratio new/old must be 1 before the first update, which
+    train-mode dropout would break (TRL's PPO did the same)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def load_policy(settings: "ModelSettings") -> PolicyBundle:
+    """Load the policy LM, wrap it as actor-critic, and set up the reference."""
+    path = resolve_model_path(settings.name_or_path)
+    seq2seq = is_seq2seq(path, settings.architecture)
+    device = pick_device(settings.device)
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    lm = cls.from_pretrained(path, dtype=_dtype(settings.dtype))
+    tokenizer = load_tokenizer(path, seq2seq)
+    if lm.config.pad_token_id is None:
+        lm.config.pad_token_id = tokenizer.pad_token_id
+    lm.to(device)
+
+    reference = None
+    if settings.lora.enabled:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(
+            r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=settings.lora.dropout,
+            target_modules=settings.lora.target_modules or "all-linear",
+            task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+        )
+        lm = get_peft_model(lm, lora)
+    else:
+        reference = copy.deepcopy(lm).eval()
+        reference.requires_grad_(False)
+    disable_dropout(lm)
+    policy = ActorCritic(lm, seq2seq=seq2seq, uses_lora=settings.lora.enabled)
+    return PolicyBundle(policy=policy, tokenizer=tokenizer, reference=reference, seq2seq=seq2seq,
+                        path=path, device=str(torch.device(device)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation and per-token statistics
+# --------------------------------------------------------------------------------------------------
+def encode_queries(tokenizer, prompts: list[str], max_tokens: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Tokenise prompts into a left-padded (causal) or right-padded (seq2seq) batch."""
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSettings", greedy: bool = False):
+    """Sample responses for a batch of queries: `(response_ids [B, R], response_mask [B, R])`.
+
+    Responses are cut at the prompt length (seed trap 4: never the last N tokens of prompt+response),
+    and end at the first EOS, which is kept as the policy's last action.
+    """
+    tok = bundle.tokenizer
+    kwargs = dict(
+        max_new_tokens=gen.max_new_tokens, min_new_tokens=min(gen.min_length, gen.max_new_tokens),
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    if greedy or not gen.do_sample:
+        kwargs.update(do_sample=False)
+    else:
+        kwargs.update(do_sample=True, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature)
+    with torch.no_grad():
+        out = lm.generate(input_ids=query_ids, attention_mask=query_mask, **kwargs)
+    response = out[:, 1:] if bundle.seq2seq else out[:, query_ids.shape[1]:]
+    return trim_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+
+
+def trim_after_eos(response, eos_id: int | None, pad_id: int):
+    """Mask every token after the first EOS (keeping the EOS itself) and drop all-padding columns."""
+    if response.shape[1] == 0:
+        return response, torch.zeros_like(response)
+    if eos_id is None:
+        mask = torch.ones_like(response)
+    else:
+        is_eos = (response == eos_id).long()
+        # Tokens strictly after the first EOS: the running count of EOS before them is >= 1.
+        after = (is_eos.cumsum(1) - is_eos) > 0
+        mask = (~after).long()
+    response = response.masked_fill(mask == 0, pad_id)
+    length = int(mask.sum(1).max().item()) if mask.numel() else 0
+    length = max(length, 1)
+    return response[:, :length].contiguous(), mask[:, :length].contiguous()
+
+
+def logprobs_from_logits(logits, tokens, temperature: float = 1.0):
+    """log p(token) under `logits / temperature`, gathered per position: `[B, R]`."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits, temperature: float = 1.0):
+    """Entropy of the next-token distribution at each position: `[B, R]`."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def reference_logprobs(bundle: PolicyBundle, query_ids, query_mask, response_ids, response_mask, temperature: float):
+    """Per-token log-probs of the responses under the reference model."""
+    with torch.no_grad(), bundle.reference_lm() as ref:
+        logits, _ = forward_lm(ref, bundle.seq2seq, query_ids, query_mask, response_ids, response_mask)
+        return logprobs_from_logits(logits, response_ids, temperature)
+
+
+def save_policy(bundle: PolicyBundle, out_dir: str | Path) -> Path:
+    """Save the trained policy (full model or LoRA adapter) + tokenizer + value head; `from_pretrained` loads it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle.policy.lm.save_pretrained(out)
+    bundle.tokenizer.save_pretrained(out)
+    torch.save(bundle.policy.value_head.state_dict(), out / "value_head.pt")
+    return out

@@ -1,0 +1,321 @@
+"""PPO for language models, written out step by step (TRL 1.x no longer ships a PPO trainer).
+
+One PPO step, as in Ziegler et al. 2019 / the old TRL PPOTrainer the seed used:
+
+  1. rollout      sample a response to each prompt of the batch with the current policy
+  2. score        the reward backends give one scalar per (prompt, response)
+  3. old stats    log-probs and values of the policy, log-probs of the reference, without gradients
+  4. rewards      per-token reward = -kl_coef * (logp - logp_ref), plus the score on the last token
+  5. GAE          advantages and returns over the response tokens (gamma, lambda); advantages whitened
+  6. optimise     ppo_epochs x mini-batches of the clipped policy loss + vf_coef * clipped value loss
+  7. KL control   the adaptive controller moves kl_coef toward the target KL
+
+Each step returns a flat dict of metrics (names as in the old TRL: objective/kl, ppo/returns/mean, ...),
+which the trainer hands to its callbacks; the trainer itself writes nowhere.
+This module knows nothing of datasets, stores or the UI.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from engine.config import GenerationSettings, PPOSettings
+from engine.models import (
+    PolicyBundle,
+    encode_queries,
+    entropy_from_logits,
+    generate,
+    logprobs_from_logits,
+    reference_logprobs,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small math helpers (masked statistics over response tokens)
+# --------------------------------------------------------------------------------------------------
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over positions where mask is 1."""
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of x over masked positions (Bessel-corrected by default, as TRL did)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    n = mask.sum()
+    if unbiased and n > 1:
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over masked positions; with shift_mean=False the mean is added back."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+# --------------------------------------------------------------------------------------------------
+# KL controllers
+# --------------------------------------------------------------------------------------------------
+class FixedKLController:
+    """A constant KL coefficient."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+class AdaptiveKLController:
+    """Proportional controller of Ziegler et al. 2019 ("Fine-Tuning LMs from Human Preferences", sec. 2.2).
+
+    error = clip(KL / target - 1, -0.2, 0.2); beta <- beta * (1 + error * n / horizon),
+    where n is the number of samples seen since the last update.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value = init_kl_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = float(np.clip(current_kl / self.target - 1, -0.2, 0.2))
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+def kl_controller(cfg: PPOSettings):
+    if cfg.adaptive_kl:
+        return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    return FixedKLController(cfg.init_kl_coef)
+
+
+# --------------------------------------------------------------------------------------------------
+# The pieces of the algorithm, each a pure function (tested against hand-worked examples)
+# --------------------------------------------------------------------------------------------------
+def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                    mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards `[B, R]`: the KL penalty on every token, plus the score on the last real token.
+
+    Returns (rewards, kl) where kl = logp - logp_ref per token (its sum is the sample's KL estimate).
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = (mask.sum(1) - 1).clamp(min=0).long()  # index of each response's last real token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards * mask, kl
+
+
+def compute_gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over response tokens.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t;  A_t = delta_t + gamma * lam * A_{t+1};  returns = A + V.
+    Positions after the end of a response (mask 0) have V = 0 and contribute nothing.
+    """
+    values = values * mask
+    rewards = rewards * mask
+    steps = rewards.shape[1]
+    last_gae = torch.zeros_like(rewards[:, 0])
+    advantages = torch.zeros_like(rewards)
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = delta + gamma * lam * last_gae
+        last_gae = last_gae * mask[:, t]  # padding resets the recursion
+        advantages[:, t] = last_gae
+    returns = advantages + values
+    return advantages * mask, returns * mask
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 ± eps))."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    loss_unclipped = -advantages * ratio
+    loss_clipped = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    stats = {
+        "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask),
+        "approxkl": 0.5 * masked_mean(log_ratio ** 2, mask),
+        "ratio": masked_mean(ratio, mask),
+    }
+    return loss, stats
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               mask: torch.Tensor, cliprange_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss: 0.5 * mean over tokens of max((V - R)^2, (V_clipped - R)^2)."""
+    v_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(loss_unclipped, loss_clipped), mask)
+    stats = {
+        "clipfrac": masked_mean((loss_clipped > loss_unclipped).float(), mask),
+        "error": masked_mean((values - returns) ** 2, mask),
+        "vpred": masked_mean(values, mask),
+    }
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+class RewardFn(Protocol):
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[float], dict[str, list[float]]]:
+        ...
+
+
+@dataclass
+class Rollout:
+    """One batch of experience: tokens and the per-token statistics PPO needs."""
+
+    prompts: list[str]
+    responses: list[str]
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    scores: torch.Tensor
+    raw_scores: dict[str, list[float]]
+
+
+class PPOTrainer:
+    """Runs PPO steps on a PolicyBundle with a reward function; returns metric dicts per step.
+
+    `reward_fn(prompts, responses) -> (scores, raw_signals)`. Callbacks are called as
+    `cb(step, metrics, rollout)` after each step (the store sink is one of them).
+    """
+
+    def __init__(self, bundle: PolicyBundle, reward_fn: RewardFn, ppo: PPOSettings, gen: GenerationSettings,
+                 max_prompt_tokens: int = 256, callbacks: Sequence[Callable] = ()):
+        self.bundle, self.reward_fn, self.cfg, self.gen = bundle, reward_fn, ppo, gen
+        self.max_prompt_tokens = max_prompt_tokens
+        self.callbacks = list(callbacks)
+        self.kl_ctl = kl_controller(ppo)
+        params = [p for p in bundle.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=ppo.learning_rate)
+        self.generator = torch.Generator().manual_seed(ppo.seed)
+        self.step_count = 0
+
+    # 1-2. rollout and score ------------------------------------------------------------------------
+    def rollout(self, prompts: Sequence[str]) -> Rollout:
+        policy, tok = self.bundle.policy, self.bundle.tokenizer
+        query_ids, query_mask = encode_queries(tok, list(prompts), self.max_prompt_tokens, policy.device)
+        policy.eval()
+        response_ids, response_mask = generate(self.bundle, policy.lm, query_ids, query_mask, self.gen)
+        responses = decode_responses(tok, response_ids, response_mask)
+        scores, raw = self.reward_fn(list(prompts), responses)
+        return Rollout(list(prompts), responses, query_ids, query_mask, response_ids, response_mask,
+                       torch.tensor(scores, dtype=torch.float32, device=policy.device), raw)
+
+    # 3. forward pass without gradients -------------------------------------------------------------
+    def _forward(self, q, qm, r, rm):
+        logits, values = self.bundle.policy(q, qm, r, rm)
+        return logprobs_from_logits(logits, r, self.gen.temperature), values, logits
+
+    def step(self, prompts: Sequence[str]) -> dict[str, float]:
+        """One PPO step on a batch of prompts; returns the step's metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        ro = self.rollout(prompts)
+        t_rollout = time.perf_counter() - t0
+        q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
+        mask = rm.float()
+
+        with torch.no_grad():
+            old_logprobs, old_values, logits = self._forward(q, qm, r, rm)
+            entropy = entropy_from_logits(logits, self.gen.temperature)
+            del logits
+            ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature)
+
+            # 4. per-token rewards with the KL penalty
+            scores = ro.scores
+            if cfg.whiten_rewards:
+                scores = (scores - scores.mean()) / (scores.std() + 1e-8) if len(scores) > 1 else scores
+            kl_coef = self.kl_ctl.value
+            rewards, kl = compute_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
+
+            # 5. advantages and returns
+            advantages, returns = compute_gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
+            advantages = masked_whiten(advantages, mask)
+
+        # 6. optimise: ppo_epochs passes of shuffled mini-batches
+        self.bundle.policy.train()
+        batch = len(ro.prompts)
+        mb = min(cfg.mini_batch_size, batch)
+        stats: dict[str, list[float]] = {}
+        for _epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(batch, generator=self.generator)
+            for start in range(0, batch, mb):
+                idx = order[start:start + mb].to(q.device)
+                new_logprobs, new_values, _ = self._forward(q[idx], qm[idx], r[idx], rm[idx])
+                m = mask[idx]
+                pg_loss, pg_stats = policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], m, cfg.cliprange)
+                vf_loss, vf_stats = value_loss(new_values, old_values[idx], returns[idx], m, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.bundle.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for key, value in {
+                    "ppo/loss/policy": pg_loss, "ppo/loss/value": vf_loss, "ppo/loss/total": loss,
+                    "ppo/policy/clipfrac": pg_stats["clipfrac"], "ppo/policy/approxkl": pg_stats["approxkl"],
+                    "ppo/policy/ratio": pg_stats["ratio"], "ppo/val/clipfrac": vf_stats["clipfrac"],
+                    "ppo/val/vpred": vf_stats["vpred"], "ppo/val/error": vf_stats["error"],
+                }.items():
+                    stats.setdefault(key, []).append(float(value.detach()))
+
+        # 7. KL control, on the mean sequence KL of this batch
+        mean_kl = float(kl.sum(1).mean())
+        self.kl_ctl.update(mean_kl, batch)
+        self.step_count += 1
+
+        elapsed = time.perf_counter() - t0
+        lengths = mask.sum(1)
+        n_tokens = float(lengths.sum() + qm.sum())
+        metrics = {
+            "objective/kl": mean_kl,
+            "objective/kl_coef": kl_coef,
+            "objective/entropy": float((entropy * mask).sum(1).mean()),
+            "ppo/returns/mean": float(masked_mean(returns, mask)),
+            "ppo/returns/var": float(masked_var(returns, mask)),
+            "ppo/policy/advantages_mean": float(masked_mean(advantages, mask)),
+            "ppo/mean_non_score_reward": float((-kl_coef * kl).sum(1).mean()),
+            "env/reward_mean": float(ro.scores.mean()),
+            "env/reward_std": float(ro.scores.std()) if batch > 1 else 0.0,
+            "env/response_length_mean": float(lengths.mean()),
+            "time/step_s": elapsed,
+            "time/rollout_s": t_rollout,
+            "time/tokens_per_s": n_tokens / elapsed if elapsed > 0 else math.nan,
+            "time/samples_per_s": batch / elapsed if elapsed > 0 else math.nan,
+        }
+        metrics.update({k: float(np.mean(v)) for k, v in stats.items()})
+        for name, values in ro.raw_scores.items():
+            finite = [v for v in values if v is not None and math.isfinite(v)]
+            if finite:
+                metrics[f"env/reward/{name}"] = float(np.mean(finite))
+        for cb in self.callbacks:
+            cb(self.step_count, metrics, ro)
+        return metrics
+
+
+def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Response texts (special tokens dropped), from the masked response tokens only."""
+    out = []
+    for ids, m in zip(response_ids, response_mask):
+        out.append(tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
+    return out

@@ -1,0 +1,59 @@
+"""The one interface every reward backend implements.
+
+A backend takes a batch of (prompt, response) pairs and returns one float per item (the reward PPO
+uses) plus named raw signals (for the store and the UI). Backends score the response alone unless
+their config says `score_on: prompt_response` (trap 2 of the seed: the fixed dialogue must not
+dominate the score).
+
+Classifier backends that estimate a probability of toxicity also implement `toxicity(texts)`, so
+the same object can serve as the evaluator of before/after toxicity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass
+class RewardResult:
+    """Scores of one batch: `scores[i]` is the reward of item i; `raw[name][i]` its raw signals."""
+
+    scores: list[float]
+    raw: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, values in self.raw.items():
+            if len(values) != len(self.scores):
+                raise ValueError(
+                    f"raw signal {name!r} has {len(values)} values for {len(self.scores)} scores"
+                )
+
+
+@runtime_checkable
+class RewardBackend(Protocol):
+    """A reward function: `score(prompts, responses)` gives one float per pair."""
+
+    name: str
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardResult: ...
+
+
+@runtime_checkable
+class ToxicityScorer(Protocol):
+    """Anything that gives a probability of toxicity in [0, 1] per text (used by evaluation)."""
+
+    name: str
+
+    def toxicity(self, texts: Sequence[str]) -> list[float]: ...
+
+
+def texts_to_score(prompts: Sequence[str], responses: Sequence[str], score_on: str) -> list[str]:
+    """The texts a classifier sees: the response alone, or prompt + response when asked."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+    if score_on == "response":
+        return list(responses)
+    if score_on == "prompt_response":
+        return [p + r for p, r in zip(prompts, responses)]
+    raise ValueError(f"score_on must be 'response' or 'prompt_response', got {score_on!r}")

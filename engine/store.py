@@ -1,0 +1,739 @@
+"""The run store: the single source of truth for runs, metrics, samples, evaluations and checkpoints.
+
+Responsible for: persisting everything a run produces, safely under concurrent use. The background
+worker writes from its thread (or process) while the Streamlit UI reads from others; every method
+opens one short Session, and every write commits before the method returns, so nothing is lost if
+the process dies a moment later.
+
+Not responsible for: running anything, parsing run configs (the YAML is stored as text), or drawing.
+
+Backends: any SQLAlchemy URL ("sqlite:///runs/x.db", "postgresql://...") or a plain file path
+(SQLite). SQLite files are opened in WAL mode (readers never block the writer, and the reverse),
+synchronous=NORMAL (durable across a process crash; only an OS crash can drop the last commits),
+foreign_keys=ON (so deleting a run cascades) and a 30 s busy timeout (concurrent writers wait
+instead of failing with "database is locked"). An in-memory SQLite database (":memory:") exists
+once per thread, so a worker thread would not see the UI's data: use a file whenever threads or
+processes share the store.
+
+Metric values are stored as floats; non-finite values (NaN, +inf, -inf) are stored as NULL and
+come back as NaN, so a diverged step keeps its row and shows as a gap in a chart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time as _time
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_DB_PATH = Path("runs") / "rlaif_lab.db"
+DB_ENV_VAR = "RLAIF_LAB_DB"
+
+METHODS = ("ppo", "dpo", "rloo", "grpo", "reward_model")
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE_STATUSES = frozenset({"queued", "running"})
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})
+# Allowed status transitions; anything else is a bug in the caller and raises ValueError.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled"}),
+    "running": frozenset({"completed", "failed", "cancelled", "interrupted"}),
+}
+EVAL_PHASES = ("before", "after")
+INTERRUPTED_ERROR = "process ended while the run was running"
+MAX_ERROR_CHARS = 1000
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# --------------------------------------------------------------------------------------- schema
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite itself keeps no time zone)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass a timezone-aware (UTC) datetime")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(32), default="ppo")
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    config_yaml: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    summary: Mapped[str | None] = mapped_column(Text)  # JSON: the before/after numbers
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    device: Mapped[str | None] = mapped_column(String(64))
+
+
+def _run_fk() -> Any:
+    return ForeignKey("runs.id", ondelete="CASCADE")
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (
+        Index("ix_metrics_run_key_step", "run_id", "key", "step"),  # one curve, in step order
+        Index("ix_metrics_run_id_id", "run_id", "id"),  # incremental polling: id > since_id
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    step: Mapped[int] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float | None] = mapped_column(Float)
+    time: Mapped[float] = mapped_column(Float)  # unix seconds
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    __table_args__ = (Index("ix_samples_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    step: Mapped[int] = mapped_column(Integer)
+    idx: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    reward: Mapped[float | None] = mapped_column(Float)
+    scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (Index("ix_evaluations_run_phase_idx", "run_id", "phase", "idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    phase: Mapped[str] = mapped_column(String(16))
+    idx: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    toxicity: Mapped[float | None] = mapped_column(Float)
+    scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    step: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# ---------------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as read from the store (a snapshot: re-read it to see later changes)."""
+
+    id: str
+    name: str
+    method: str
+    status: str
+    config_yaml: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    traceback: str | None
+    step: int
+    total_steps: int | None
+    summary: dict[str, Any] | None
+    cancel_requested: bool
+    device: str | None
+
+    @property
+    def is_active(self) -> bool:
+        """True while the run is queued or running."""
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish (or to now while running); None if never started."""
+        if self.started_at is None:
+            return None
+        return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """One saved checkpoint of a run."""
+
+    step: int
+    path: str
+    created_at: datetime
+
+
+def _to_record(run: Run) -> RunRecord:
+    return RunRecord(
+        id=run.id,
+        name=run.name,
+        method=run.method,
+        status=run.status,
+        config_yaml=run.config_yaml,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        error=run.error,
+        traceback=run.traceback,
+        step=run.step,
+        total_steps=run.total_steps,
+        summary=json.loads(run.summary) if run.summary else None,
+        cancel_requested=bool(run.cancel_requested),
+        device=run.device,
+    )
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A short unique id such as "r-20261125-1a2b3c" (UTC date + 24 random bits)."""
+    return f"r-{(now or utcnow()):%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def resolve_url(url_or_path: str | Path | None = None) -> str:
+    """A SQLAlchemy URL from a URL, a plain file path, or (None) $RLAIF_LAB_DB / runs/rlaif_lab.db."""
+    if url_or_path is None:
+        url_or_path = os.environ.get(DB_ENV_VAR) or DEFAULT_DB_PATH
+    if isinstance(url_or_path, str) and "://" in url_or_path:
+        return url_or_path
+    if str(url_or_path) == ":memory:":
+        return "sqlite:///:memory:"
+    return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy / torch scalars and small arrays know how to become Python numbers or lists
+    for attr in ("item", "tolist"):
+        if hasattr(obj, attr):
+            return getattr(obj, attr)()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, default=_json_default)
+    except TypeError as e:
+        raise ValueError(f"{what} is not JSON serialisable: {e}") from None
+
+
+def _finite_or_none(value: Any, what: str) -> float | None:
+    """float(value), with NaN/inf mapped to None (stored as NULL)."""
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    return x if math.isfinite(x) else None
+
+
+def _as_step(step: Any, what: str = "step") -> int:
+    if isinstance(step, bool) or not hasattr(step, "__index__"):
+        raise ValueError(f"{what} must be an integer, got {step!r}")
+    step = int(step)
+    if step < 0:
+        raise ValueError(f"{what} must be >= 0, got {step}")
+    return step
+
+
+def _one_line(text: str | None) -> str | None:
+    if text is None:
+        return None
+    line = " ".join(str(text).split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 1] + "…"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # persistent in the file; readers and the writer coexist
+    cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL against a process crash, much faster
+    cur.execute("PRAGMA foreign_keys=ON")  # per connection; needed for ON DELETE CASCADE
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+# ------------------------------------------------------------------------------------ store
+
+
+class Store:
+    """Runs and everything they produce, in one SQL database; safe to share across threads.
+
+    `Store()` opens $RLAIF_LAB_DB or runs/rlaif_lab.db (relative to the working directory);
+    `Store("path/to.db")` or `Store("sqlite:///path/to.db")` a SQLite file; any other SQLAlchemy
+    URL works too. Tables are created on open. Call `close()` (or use `with Store(...)`) to release
+    connections. `Store(":memory:")` is for single-threaded use only (SQLite gives each thread its
+    own empty in-memory database); use a file when a worker thread shares the store.
+    """
+
+    def __init__(self, url_or_path: str | Path | None = None) -> None:
+        self.url = resolve_url(url_or_path)
+        url = make_url(self.url)
+        kwargs: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite":
+            if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}  # seconds a writer waits for the lock
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        # expire_on_commit=False: objects stay readable after their (short) session ends
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        Base.metadata.create_all(self.engine)
+
+    def __repr__(self) -> str:
+        return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection (the store can still be used; it reconnects)."""
+        self.engine.dispose()
+
+    # ---- internals
+
+    def _write(self) -> AbstractContextManager[Session]:
+        """A session whose transaction commits when the `with` block ends (rolls back on error)."""
+        return self._session.begin()
+
+    @staticmethod
+    def _require_run(s: Session, run_id: str) -> None:
+        if s.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+            raise KeyError(f"no run with id {run_id!r}")
+
+    def _insert_rows(self, table: type[Base], run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Insert rows of one run in one committed transaction (a single executemany)."""
+        if not rows:
+            with self._session() as s:
+                self._require_run(s, run_id)
+            return
+        try:
+            with self._write() as s:
+                # Core insert on the session's connection: no ORM bookkeeping on the hot path, and
+                # the foreign key (not an extra SELECT) tells us when the run does not exist.
+                s.connection().execute(insert(table.__table__), rows)
+        except IntegrityError:
+            with self._session() as s:
+                self._require_run(s, run_id)  # KeyError if the run is gone
+            raise
+
+    @staticmethod
+    def _frame(s: Session, stmt: Any, columns: list[str]) -> pd.DataFrame:
+        """Run a Core select and return its rows as a DataFrame."""
+        import pandas as pd
+
+        # Plain tuples: pandas builds a frame from them ~7x faster than from SQLAlchemy Rows.
+        rows = [tuple(r) for r in s.connection().execute(stmt)]
+        return pd.DataFrame.from_records(rows, columns=columns)
+
+    # ---- runs
+
+    def create_run(
+        self,
+        config_yaml: str,
+        name: str | None = None,
+        method: str = "ppo",
+        total_steps: int | None = None,
+    ) -> str:
+        """Add a queued run and return its id."""
+        if not isinstance(config_yaml, str):
+            raise ValueError(f"config_yaml must be a str, got {type(config_yaml).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if total_steps is not None:
+            total_steps = _as_step(total_steps, "total_steps")
+        for _ in range(5):  # 24 random bits a day: a collision is rare, but retry rather than fail
+            now = utcnow()
+            run_id = new_run_id(now)
+            try:
+                with self._write() as s:
+                    s.add(
+                        Run(
+                            id=run_id,
+                            name=name or run_id,
+                            method=method,
+                            status="queued",
+                            config_yaml=config_yaml,
+                            created_at=now,
+                            step=0,
+                            total_steps=total_steps,
+                            cancel_requested=False,
+                        )
+                    )
+                return run_id
+            except IntegrityError:
+                continue
+        raise RuntimeError("could not allocate a unique run id after 5 tries")
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run with this id; KeyError if there is none."""
+        with self._session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run with id {run_id!r}")
+            return _to_record(run)
+
+    def list_runs(self, status: str | Iterable[str] | None = None) -> list[RunRecord]:
+        """All runs (or those with the given status / statuses), newest first."""
+        stmt = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            for st in wanted:
+                if st not in STATUSES:
+                    raise ValueError(f"status must be one of {STATUSES}, got {st!r}")
+            stmt = stmt.where(Run.status.in_(wanted))
+        with self._session() as s:
+            return [_to_record(r) for r in s.scalars(stmt)]
+
+    def set_status(
+        self,
+        run_id: str,
+        status: str,
+        error: str | None = None,
+        traceback: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        """Move a run to `status` (see TRANSITIONS); ValueError on an illegal transition.
+
+        "running" sets started_at; a terminal status sets finished_at. `error` is stored as one
+        line, `traceback` as given; `device` (e.g. "cuda:0") is recorded when given.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        sources = [src for src, targets in TRANSITIONS.items() if status in targets]
+        values: dict[str, Any] = {"status": status}
+        if status == "running":
+            values["started_at"] = utcnow()
+        if status in TERMINAL_STATUSES:
+            values["finished_at"] = utcnow()
+        if error is not None:
+            values["error"] = _one_line(error)
+        if traceback is not None:
+            values["traceback"] = str(traceback)
+        if device is not None:
+            values["device"] = str(device)
+        with self._write() as s:
+            # A conditional UPDATE checks and moves in one statement, so two threads racing
+            # (worker: queued->running, UI: queued->cancelled) cannot both win.
+            done = s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status.in_(sources))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if done:
+                return
+            current = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+        if current is None:
+            raise KeyError(f"no run with id {run_id!r}")
+        raise ValueError(f"run {run_id}: illegal status transition {current!r} -> {status!r}")
+
+    def set_progress(self, run_id: str, step: int, total_steps: int | None = None) -> None:
+        """Record how far the run got (and, if given, how far it will go)."""
+        values: dict[str, Any] = {"step": _as_step(step)}
+        if total_steps is not None:
+            values["total_steps"] = _as_step(total_steps, "total_steps")
+        self._update_run(run_id, values)
+
+    def request_cancel(self, run_id: str) -> None:
+        """Flag the run for cancellation; the worker polls `is_cancel_requested` and stops it."""
+        self._update_run(run_id, {"cancel_requested": True})
+
+    def is_cancel_requested(self, run_id: str) -> bool:
+        with self._session() as s:
+            flag = s.execute(select(Run.cancel_requested).where(Run.id == run_id)).first()
+        if flag is None:
+            raise KeyError(f"no run with id {run_id!r}")
+        return bool(flag[0])
+
+    def set_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        """Store the run's summary (the before/after numbers) as JSON, replacing any earlier one."""
+        if not isinstance(summary, dict):
+            raise ValueError(f"summary must be a dict, got {type(summary).__name__}")
+        self._update_run(run_id, {"summary": _dumps(summary, "summary")})
+
+    def _update_run(self, run_id: str, values: dict[str, Any]) -> None:
+        with self._write() as s:
+            done = s.execute(
+                update(Run).where(Run.id == run_id).values(**values).execution_options(synchronize_session=False)
+            ).rowcount
+        if not done:
+            raise KeyError(f"no run with id {run_id!r}")
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a run and (by cascade) its metrics, samples, evaluations and checkpoint rows.
+
+        Checkpoint files on disk are left alone. A running run must be cancelled first.
+        """
+        with self._write() as s:
+            status = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+            if status is None:
+                raise KeyError(f"no run with id {run_id!r}")
+            if status == "running":
+                raise ValueError(f"run {run_id} is running: cancel it before deleting it")
+            s.execute(delete(Run).where(Run.id == run_id))
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark every "running" run as "interrupted"; return their ids.
+
+        For the worker's start-up: a run still "running" then belongs to a process that died.
+        This assumes one worker per database (a second live worker's runs would be marked too).
+        """
+        with self._write() as s:
+            ids = list(s.scalars(select(Run.id).where(Run.status == "running")))
+            if ids:
+                s.execute(
+                    update(Run)
+                    .where(Run.id.in_(ids), Run.status == "running")
+                    .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+        return ids
+
+    # ---- metrics
+
+    def log_metrics(self, run_id: str, step: int, metrics: dict[str, Any], time: float | None = None) -> None:
+        """Store one step's metrics in one transaction; NaN/inf values are stored as NULL."""
+        step = _as_step(step)
+        t = _time.time() if time is None else float(time)
+        rows = []
+        for key, value in metrics.items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"metric keys must be non-empty strings, got {key!r}")
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "step": step,
+                    "key": key,
+                    "value": _finite_or_none(value, f"metrics[{key!r}]"),
+                    "time": t,
+                }
+            )
+        self._insert_rows(Metric, run_id, rows)
+
+    def metrics(self, run_id: str, keys: Iterable[str] | None = None, since_id: int | None = None) -> pd.DataFrame:
+        """Metrics in long format: columns id, step, key, value, time, ordered by id.
+
+        `since_id` returns only rows with id > since_id: poll with the largest id seen so far to
+        read just what is new. (Exact on SQLite, where writes are serialised, and with one writer
+        per run anywhere.)
+        """
+        stmt = select(Metric.id, Metric.step, Metric.key, Metric.value, Metric.time).where(Metric.run_id == run_id)
+        if keys is not None:
+            stmt = stmt.where(Metric.key.in_(list(keys)))
+        if since_id is not None:
+            stmt = stmt.where(Metric.id > int(since_id))
+        with self._session() as s:
+            self._require_run(s, run_id)
+            df = self._frame(s, stmt.order_by(Metric.id), ["id", "step", "key", "value", "time"])
+        return df.astype({"id": "int64", "step": "int64", "key": "object", "value": "float64", "time": "float64"})
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        """The distinct metric keys logged for a run, sorted."""
+        with self._session() as s:
+            self._require_run(s, run_id)
+            stmt = select(Metric.key).where(Metric.run_id == run_id).distinct().order_by(Metric.key)
+            return list(s.scalars(stmt))
+
+    def metrics_wide(self, run_id: str, keys: Iterable[str] | None = None) -> pd.DataFrame:
+        """Metrics as a table: index "step", one column per key (the last value if logged twice)."""
+        keys = None if keys is None else list(keys)
+        long = self.metrics(run_id, keys=keys)
+        long = long.drop_duplicates(["step", "key"], keep="last")
+        wide = long.pivot(index="step", columns="key", values="value").sort_index()
+        wide.columns.name = None
+        if keys is not None:
+            wide = wide.reindex(columns=keys)
+        return wide.astype("float64")
+
+    def latest_step(self, run_id: str) -> int | None:
+        """The largest step with logged metrics, or None if none were logged."""
+        with self._session() as s:
+            self._require_run(s, run_id)
+            return s.execute(select(func.max(Metric.step)).where(Metric.run_id == run_id)).scalar()
+
+    # ---- samples
+
+    def add_samples(self, run_id: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Store generations of one step: dicts with prompt, response, reward, scores (dict).
+
+        `idx` defaults to the row's position in `rows`; `reward` and `scores` are optional.
+        """
+        step = _as_step(step)
+        records = [
+            {
+                "run_id": run_id,
+                "step": step,
+                "idx": _as_step(row.get("idx", i), f"rows[{i}]['idx']"),
+                "prompt": _required_text(row, "prompt", i),
+                "response": _required_text(row, "response", i),
+                "reward": _finite_or_none(row.get("reward"), f"rows[{i}]['reward']"),
+                "scores": _dumps(row.get("scores") or {}, f"rows[{i}]['scores']"),
+            }
+            for i, row in enumerate(rows)
+        ]
+        self._insert_rows(Sample, run_id, records)
+
+    def samples(self, run_id: str, last_n: int | None = None) -> pd.DataFrame:
+        """Samples as columns id, step, idx, prompt, response, reward, scores (dict), oldest first.
+
+        `last_n` keeps only the most recent `last_n` rows.
+        """
+        stmt = select(
+            Sample.id,
+            Sample.step,
+            Sample.idx,
+            Sample.prompt,
+            Sample.response,
+            Sample.reward,
+            Sample.scores,
+        ).where(Sample.run_id == run_id)
+        if last_n is not None:
+            stmt = stmt.order_by(Sample.id.desc()).limit(_as_step(last_n, "last_n"))
+        cols = ["id", "step", "idx", "prompt", "response", "reward", "scores"]
+        with self._session() as s:
+            self._require_run(s, run_id)
+            df = self._frame(s, stmt, cols).sort_values("id", ignore_index=True)
+        df["scores"] = df["scores"].map(json.loads)
+        return df.astype({"id": "int64", "step": "int64", "idx": "int64", "reward": "float64"})
+
+    # ---- evaluations
+
+    def add_evaluations(self, run_id: str, phase: str, rows: list[dict[str, Any]]) -> None:
+        """Store scored hold-out generations for phase "before" or "after".
+
+        Dicts with idx (default: position), prompt, response, toxicity, scores (dict, optional).
+        """
+        if phase not in EVAL_PHASES:
+            raise ValueError(f"phase must be one of {EVAL_PHASES}, got {phase!r}")
+        records = [
+            {
+                "run_id": run_id,
+                "phase": phase,
+                "idx": _as_step(row.get("idx", i), f"rows[{i}]['idx']"),
+                "prompt": _required_text(row, "prompt", i),
+                "response": _required_text(row, "response", i),
+                "toxicity": _finite_or_none(row.get("toxicity"), f"rows[{i}]['toxicity']"),
+                "scores": _dumps(row.get("scores") or {}, f"rows[{i}]['scores']"),
+            }
+            for i, row in enumerate(rows)
+        ]
+        self._insert_rows(Evaluation, run_id, records)
+
+    def evaluations(self, run_id: str, phase: str | None = None) -> pd.DataFrame:
+        """Evaluations as columns id, phase, idx, prompt, response, toxicity, scores (dict)."""
+        if phase is not None and phase not in EVAL_PHASES:
+            raise ValueError(f"phase must be one of {EVAL_PHASES}, got {phase!r}")
+        stmt = select(
+            Evaluation.id,
+            Evaluation.phase,
+            Evaluation.idx,
+            Evaluation.prompt,
+            Evaluation.response,
+            Evaluation.toxicity,
+            Evaluation.scores,
+        ).where(Evaluation.run_id == run_id)
+        if phase is not None:
+            stmt = stmt.where(Evaluation.phase == phase)
+        # "before" sorts ahead of "after" in the table, as in the experiment
+        stmt = stmt.order_by(Evaluation.phase.desc(), Evaluation.idx, Evaluation.id)
+        cols = ["id", "phase", "idx", "prompt", "response", "toxicity", "scores"]
+        with self._session() as s:
+            self._require_run(s, run_id)
+            df = self._frame(s, stmt, cols)
+        df["scores"] = df["scores"].map(json.loads)
+        return df.astype({"id": "int64", "idx": "int64", "toxicity": "float64"})
+
+    # ---- checkpoints
+
+    def add_checkpoint(self, run_id: str, step: int, path: str | Path) -> None:
+        """Record that the run saved a checkpoint at `path` after `step`."""
+        with self._write() as s:
+            self._require_run(s, run_id)
+            s.add(Checkpoint(run_id=run_id, step=_as_step(step), path=str(path), created_at=utcnow()))
+
+    def checkpoints(self, run_id: str) -> list[CheckpointRecord]:
+        """The run's checkpoints, oldest step first."""
+        stmt = (
+            select(Checkpoint.step, Checkpoint.path, Checkpoint.created_at)
+            .where(Checkpoint.run_id == run_id)
+            .order_by(Checkpoint.step, Checkpoint.id)
+        )
+        with self._session() as s:
+            self._require_run(s, run_id)
+            return [CheckpointRecord(step, path, at) for step, path, at in s.execute(stmt)]
+
+
+def _required_text(row: dict[str, Any], field: str, i: int) -> str:
+    if field not in row or row[field] is None:
+        raise ValueError(f"rows[{i}] has no {field!r}")
+    return str(row[field])

