@@ -114,7 +114,7 @@ def cmd_runs(args) -> int:
         return 0
     print(f"{'id':24} {'status':11} {'method':6} {'step':>9}  {'created':19}  name")
     for r in runs:
-        step = f"{r.progress_step or 0}/{r.total_steps or '?'}"
+        step = f"{r.step or 0}/{r.total_steps or '?'}"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
         print(f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {r.name or ''}")
     return 0
@@ -125,7 +125,7 @@ def cmd_show(args) -> int:
 
     store = _store(args)
     r = store.get_run(args.run)
-    print(f"run {r.id}  {r.name}  [{r.status}]  method={r.method}  step {r.progress_step}/{r.total_steps}")
+    print(f"run {r.id}  {r.name}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
     if r.error:
         print(f"error: {r.error}")
         if args.traceback and r.traceback:

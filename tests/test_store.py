@@ -94,6 +94,8 @@ def test_status_transitions(store):
     run = store.get_run(run_id)
     assert run.status == "running" and run.started_at is not None and run.finished_at is None
     assert run.device == "cpu"
+    with pytest.raises(ValueError, match="'running' -> 'running'"):
+        store.set_status(run_id, "running")  # a second worker cannot start the same run
 
     store.set_status(run_id, "failed", error="boom\n  on two lines", traceback="Traceback...\nX: boom")
     run = store.get_run(run_id)
