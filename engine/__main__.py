@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
     bars: dict[str, tqdm] = {}
 
     def on_progress(p: Progress) -> None:
-        if p.total:
+        if p.total and p.phase != "done":
             bar = bars.get(p.phase)
             if bar is None:
                 bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, unit="step" if p.phase == "train" else "prompt")

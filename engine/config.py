@@ -47,6 +47,7 @@ class ModelSettings:
     architecture: str = "auto"  # auto | causal | seq2seq (auto reads config.is_encoder_decoder)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
@@ -354,6 +355,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     if (problem := model_path_problem(m.name_or_path)):
         e.append(FieldError("model.name_or_path", problem))
     _choice(e, "model.architecture", m.architecture, ("auto", "causal", "seq2seq"))
+    _choice(e, "model.chat_template", m.chat_template, ("auto", "on", "off"))
     _choice(e, "model.dtype", m.dtype, ("float32", "bfloat16", "float16", "auto"))
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
         e.append(FieldError("model.device", f"must be auto, cpu, mps, cuda or cuda:N; got {m.device!r}"))
@@ -399,6 +401,8 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         e.append(FieldError("reward.backends", "needs at least one reward backend"))
     _choice(e, "reward.normalize", r.normalize, ("none", "zscore", "minmax"))
     names = [b.display_name for b in r.backends]
+    for bad in [n for n in names if "/" in n]:
+        e.append(FieldError("reward.backends", f"backend name {bad!r} must not contain '/' (it separates metric keys)"))
     for dup in sorted({n for n in names if names.count(n) > 1}):
         e.append(FieldError("reward.backends", f"backend name {dup!r} is used twice; give each a unique name"))
     if r.backends and sum(b.weight for b in r.backends) <= 0:

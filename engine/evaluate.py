@@ -29,7 +29,7 @@ def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch
     policy.eval()
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        q, qm = encode_queries(bundle.tokenizer, chunk, max_prompt_tokens, policy.device)
+        q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
         # Same seed per batch before and after, so the two sides differ by the weights only.
         torch.manual_seed(seed + start)
         if which == "before":
@@ -56,7 +56,7 @@ def mean_kl_to_reference(bundle, prompts: Sequence[str], gen, *, batch_size: int
     policy.eval()
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        q, qm = encode_queries(bundle.tokenizer, chunk, max_prompt_tokens, policy.device)
+        q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
         torch.manual_seed(seed + start)
         r, rm = generate(bundle, policy.lm, q, qm, gen)
         with torch.no_grad():

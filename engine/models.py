@@ -142,6 +142,7 @@ class PolicyBundle:
     seq2seq: bool
     path: str
     device: str
+    chat_template: bool = False  # wrap prompts in the tokenizer's chat template
 
     @contextlib.contextmanager
     def reference_lm(self) -> Iterator[Any]:
@@ -190,16 +191,32 @@ def load_policy(settings: "ModelSettings") -> PolicyBundle:
         reference.requires_grad_(False)
     disable_dropout(lm)
     policy = ActorCritic(lm, seq2seq=seq2seq, uses_lora=settings.lora.enabled)
+    use_template = settings.chat_template == "on" or (
+        settings.chat_template == "auto" and not seq2seq and bool(getattr(tokenizer, "chat_template", None)))
     return PolicyBundle(policy=policy, tokenizer=tokenizer, reference=reference, seq2seq=seq2seq,
-                        path=path, device=str(torch.device(device)))
+                        path=path, device=str(torch.device(device)), chat_template=use_template)
 
 
 # --------------------------------------------------------------------------------------------------
 # Generation and per-token statistics
 # --------------------------------------------------------------------------------------------------
-def encode_queries(tokenizer, prompts: list[str], max_tokens: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Tokenise prompts into a left-padded (causal) or right-padded (seq2seq) batch."""
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens)
+# Room for a chat template's own tokens on top of the prompt's token budget.
+CHAT_TEMPLATE_MARGIN = 64
+
+
+def encode_queries(bundle: PolicyBundle, prompts: list[str], max_tokens: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Tokenise prompts into a left-padded (causal) or right-padded (seq2seq) batch.
+
+    With `bundle.chat_template`, each prompt becomes the user turn of the tokenizer's chat template
+    (instruct models answer far better that way); the prompt itself was already cut to its budget.
+    """
+    tokenizer = bundle.tokenizer
+    if bundle.chat_template:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+        max_tokens += CHAT_TEMPLATE_MARGIN
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=max_tokens,
+                    add_special_tokens=not bundle.chat_template)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 

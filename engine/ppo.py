@@ -213,7 +213,7 @@ class PPOTrainer:
     # 1-2. rollout and score ------------------------------------------------------------------------
     def rollout(self, prompts: Sequence[str]) -> Rollout:
         policy, tok = self.bundle.policy, self.bundle.tokenizer
-        query_ids, query_mask = encode_queries(tok, list(prompts), self.max_prompt_tokens, policy.device)
+        query_ids, query_mask = encode_queries(self.bundle, list(prompts), self.max_prompt_tokens, policy.device)
         policy.eval()
         response_ids, response_mask = generate(self.bundle, policy.lm, query_ids, query_mask, self.gen)
         responses = decode_responses(tok, response_ids, response_mask)

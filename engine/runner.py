@@ -150,6 +150,7 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     n_samples = cfg.ppo.samples_per_step
 
     def to_store(step: int, metrics: dict[str, float], rollout) -> None:
+        metrics.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost), cumulative
         store.log_metrics(run_id, step, metrics)
         if n_samples:
             rows = []
@@ -208,6 +209,7 @@ def run(cfg: RunConfig, store: Store | None = None,
         on_progress: Callable[[Progress], None] | None = None) -> tuple[str, dict[str, Any]]:
     """Validate, register and execute a run; returns (run_id, summary). The Python entry point."""
     cfg.check()
+    prepare_prompts(cfg)  # a bad data source fails here, before the run is registered (cheap: text only)
     store = store or Store()
     run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.ppo.max_ppo_steps)
     summary = execute(cfg, store, run_id, on_progress)

@@ -1,0 +1,356 @@
+"""The small API the lab's UI uses: runs, their data shaped for tables, export, validation, the playground.
+
+Responsible for: turning UI intents (start, cancel, delete, export, score this text) into calls on the
+worker and the store, and shaping store rows into the tables the pages show (runs overview, recent
+samples, before/after side by side). Pages call this module and nothing deeper.
+
+Not responsible for: training (engine.runner), queueing (engine.worker), persistence (engine.store)
+or drawing (app/). It imports no Streamlit, so every function is usable and testable from Python.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import threading
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from engine.config import ConfigError, FieldError, RewardBackendSettings, RunConfig, validate
+from engine.worker import RunManager, eta_seconds, get_manager
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from engine.store import RunRecord, Store
+
+
+# ---- configs ---------------------------------------------------------------------------------------
+
+
+def as_config(cfg: RunConfig | dict[str, Any] | str) -> RunConfig:
+    """A RunConfig from a RunConfig, a dict of sections or YAML text (ConfigError when malformed)."""
+    if isinstance(cfg, RunConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return RunConfig.from_dict(cfg)
+    if isinstance(cfg, str):
+        return RunConfig.from_yaml(cfg)
+    raise ValueError(f"cfg must be a RunConfig, a dict or YAML text, got {type(cfg).__name__}")
+
+
+def errors_by_field(errors: Sequence[FieldError]) -> dict[str, list[str]]:
+    """FieldErrors grouped as {field: [messages]} in their original order."""
+    out: dict[str, list[str]] = {}
+    for e in errors:
+        out.setdefault(e.field, []).append(e.message)
+    return out
+
+
+def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False) -> dict[str, list[str]]:
+    """Every problem of a config as {field: [messages]}; empty when it is valid.
+
+    `check_data=True` also loads and splits the prompts (only when the fields are valid), so a missing
+    or too small data source is reported under "data.source" / "data.train_size".
+    """
+    from engine.runner import prepare_prompts
+
+    try:
+        cfg = as_config(cfg)
+    except ConfigError as exc:
+        return errors_by_field(exc.errors)
+    problems = validate(cfg)
+    if not problems and check_data:
+        try:
+            prepare_prompts(cfg)
+        except ConfigError as exc:
+            problems = exc.errors
+    return errors_by_field(problems)
+
+
+# ---- the playground ---------------------------------------------------------------------------------
+
+_BACKENDS: dict[str, Any] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _backend(settings: RewardBackendSettings) -> Any:
+    """A built backend, kept per settings: building one may load a model (seconds), scoring is fast."""
+    from engine.rewards import build_backend
+
+    key = json.dumps(asdict(settings), sort_keys=True, default=str)
+    with _BACKENDS_LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = build_backend(settings)
+        return _BACKENDS[key]
+
+
+def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "") -> list[dict[str, Any]]:
+    """Score one text with each backend: a row per backend with its reward, toxicity (when it has one) and raw signals.
+
+    A backend that fails (missing package, unreachable judge) gives a row with `error` set instead of
+    stopping the others.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
+    rows = []
+    for i, settings in enumerate(backends):
+        row: dict[str, Any] = {"backend": settings.display_name, "kind": settings.kind, "reward": math.nan,
+                               "toxicity": math.nan, "raw": {}, "error": None}
+        problems = validate_backend_settings(settings, i)
+        if problems:
+            row["error"] = "; ".join(str(p) for p in problems)
+            rows.append(row)
+            continue
+        try:
+            backend = _backend(settings)
+            result = backend.score([prompt], [text])
+            row["reward"] = float(result.scores[0])
+            row["raw"] = {k: v[0] for k, v in result.raw.items()}
+            if hasattr(backend, "toxicity"):
+                row["toxicity"] = float(backend.toxicity([text])[0])
+        except Exception as exc:  # shown next to the backend; the others still score
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return rows
+
+
+def validate_backend_settings(settings: RewardBackendSettings, index: int = 0) -> list[FieldError]:
+    """Problems of one backend's settings (named reward.backends[index].…)."""
+    from engine.config import validate_backend
+
+    return validate_backend(settings, f"reward.backends[{index}]")
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+
+
+def before_after_table(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """The side-by-side table from store.evaluations rows: one row per hold-out prompt (joined on idx).
+
+    Columns: idx, prompt, response_before, toxicity_before, response_after, toxicity_after, change
+    (after - before: negative is an improvement). A side that is missing is NaN / empty.
+    """
+    import pandas as pd
+
+    cols = ["idx", "prompt", "response_before", "toxicity_before", "response_after", "toxicity_after", "change"]
+    if evaluations is None or evaluations.empty:
+        return pd.DataFrame(columns=cols).astype({"idx": "int64", "toxicity_before": "float64",
+                                                  "toxicity_after": "float64", "change": "float64"})
+
+    def side(phase: str) -> pd.DataFrame:
+        part = evaluations[evaluations["phase"] == phase].drop_duplicates("idx", keep="last")
+        return part.set_index("idx")[["prompt", "response", "toxicity"]].rename(
+            columns={"response": f"response_{phase}", "toxicity": f"toxicity_{phase}", "prompt": f"prompt_{phase}"})
+
+    table = side("before").join(side("after"), how="outer").sort_index()
+    table["prompt"] = table["prompt_before"].fillna(table["prompt_after"])
+    table["change"] = table["toxicity_after"] - table["toxicity_before"]
+    table = table.reset_index()
+    for col in ("response_before", "response_after"):
+        table[col] = table[col].fillna("")
+    return table[cols].astype({"idx": "int64", "toxicity_before": "float64", "toxicity_after": "float64",
+                               "change": "float64"})
+
+
+def samples_table(samples: pd.DataFrame) -> pd.DataFrame:
+    """Recent samples for display: step, prompt, response, reward and one column per raw score, newest first."""
+    import pandas as pd
+
+    if samples is None or samples.empty:
+        return pd.DataFrame(columns=["step", "prompt", "response", "reward"])
+    scores = pd.DataFrame(list(samples["scores"]), index=samples.index)
+    table = pd.concat([samples[["step", "prompt", "response", "reward"]], scores], axis=1)
+    return table.iloc[::-1].reset_index(drop=True)
+
+
+def _config_dict(record: RunRecord) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(record.config_yaml)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_rewards(config: dict[str, Any]) -> str:
+    """"profanity×1 + jigsaw×0.5" from a config dict."""
+    parts = []
+    for b in (config.get("reward") or {}).get("backends") or []:
+        if isinstance(b, dict):
+            weight = b.get("weight", 1.0)
+            parts.append(f"{b.get('name') or b.get('kind', '?')}×{weight:g}" if isinstance(weight, (int, float))
+                         else str(b.get("kind")))
+    return " + ".join(parts)
+
+
+def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per run: id, name, status, method, model, rewards, progress and its key results."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        cfg = _config_dict(r)
+        s = r.summary or {}
+        before, after = s.get("before") or {}, s.get("after") or {}
+        rows.append({
+            "id": r.id, "name": r.name, "status": r.status, "method": r.method,
+            "model": (cfg.get("model") or {}).get("name_or_path", ""),
+            "rewards": describe_rewards(cfg),
+            "step": f"{r.step}/{r.total_steps if r.total_steps is not None else '?'}",
+            "created": r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "tox_before": before.get("mean", math.nan), "tox_after": after.get("mean", math.nan),
+            "improvement_%": s.get("pct_improvement_mean", math.nan), "mean_kl": s.get("mean_kl", math.nan),
+            "error": r.error or "",
+        })
+    cols = ["id", "name", "status", "method", "model", "rewards", "step", "created", "tox_before", "tox_after",
+            "improvement_%", "mean_kl", "error"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ---- export ----------------------------------------------------------------------------------------
+
+
+def export_files(store: Store, run_id: str) -> dict[str, bytes]:
+    """The files of a run's export, by name: config, record, summary, metrics, samples, evaluations."""
+    r = store.get_run(run_id)
+    record = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in asdict(r).items()
+              if k not in ("config_yaml", "summary", "traceback")}
+    evaluations = store.evaluations(run_id)
+    files = {
+        "config.yaml": r.config_yaml.encode(),
+        "run.json": json.dumps(record, indent=2).encode(),
+        "summary.json": json.dumps(r.summary or {}, indent=2, default=str).encode(),
+        "metrics.csv": store.metrics(run_id).to_csv(index=False).encode(),
+        "metrics_wide.csv": store.metrics_wide(run_id).to_csv().encode(),
+        "samples.csv": store.samples(run_id).to_csv(index=False).encode(),
+        "evaluations.csv": evaluations.to_csv(index=False).encode(),
+        "before_after.csv": before_after_table(evaluations).to_csv(index=False).encode(),
+        "checkpoints.json": json.dumps([{"step": c.step, "path": c.path, "created_at": c.created_at.isoformat()}
+                                        for c in store.checkpoints(run_id)], indent=2).encode(),
+    }
+    if r.traceback:
+        files["traceback.txt"] = r.traceback.encode()
+    return files
+
+
+def export_run(store: Store, run_id: str, dest: str | Path | None = None) -> bytes | Path:
+    """Export a run: zip bytes (dest None) or a directory `dest` holding the files (returned)."""
+    files = export_files(store, run_id)
+    if dest is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in files.items():
+                zf.writestr(f"{run_id}/{name}", data)
+        return buf.getvalue()
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return out
+
+
+# ---- the lab ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What the live page shows about a run's progress."""
+
+    status: str
+    phase: str  # the worker's phase while this process runs it, else the status
+    step: int
+    total: int | None
+    eta_s: float | None
+    message: str
+    error: str | None
+    traceback: str | None
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.total, 1.0) if self.total else 0.0
+
+
+class Lab:
+    """The UI's entry point: one store and the worker that runs this process's queue."""
+
+    def __init__(self, manager: RunManager) -> None:
+        self.manager = manager
+        self.store: Store = manager.store
+
+    @classmethod
+    def connect(cls, db_url: str | None = None) -> Lab:
+        """The lab over the process-wide manager of a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db)."""
+        return cls(get_manager(db_url))
+
+    # runs
+    def start_run(self, cfg: RunConfig | dict[str, Any] | str) -> str:
+        """Validate and queue a run; ConfigError (field by field) before anything is stored."""
+        return self.manager.submit(as_config(cfg))
+
+    def cancel_run(self, run_id: str) -> str:
+        """Cancel a queued run now or ask a running one to stop; returns the status after the call."""
+        return self.manager.cancel(run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a finished (or queued) run and all its rows; a running run must be cancelled first."""
+        if run_id in self.manager.queue():
+            self.manager.cancel(run_id)
+        self.store.delete_run(run_id)
+
+    def list_runs(self, status: str | Sequence[str] | None = None) -> list[RunRecord]:
+        return self.store.list_runs(status)
+
+    def runs_table(self) -> pd.DataFrame:
+        return runs_table(self.list_runs())
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self.store.get_run(run_id)
+
+    def run_config(self, run_id: str) -> RunConfig:
+        """The config a run was started with (to clone it)."""
+        return RunConfig.from_yaml(self.store.get_run(run_id).config_yaml)
+
+    def status(self, run_id: str) -> RunStatus:
+        """Status, step/total (from the store), ETA from step times and, while running here, the phase."""
+        r = self.store.get_run(run_id)
+        live = self.manager.progress(run_id)
+        phase, message, eta = r.status, "", None
+        if r.status == "running":
+            if live is not None and live.step_times:
+                eta = eta_seconds(live.step_times, r.step, r.total_steps)
+            else:  # run by another process (e.g. the CLI): step times from the stored metrics
+                times = self.store.metrics(run_id, keys=["time/step_s"])["value"].tolist()
+                eta = eta_seconds(times, r.step, r.total_steps)
+            if live is not None:
+                phase, message = live.phase, live.message
+        return RunStatus(r.status, phase, r.step, r.total_steps, eta, message, r.error, r.traceback)
+
+    # data
+    def metrics(self, run_id: str, keys: Sequence[str] | None = None, since_id: int | None = None) -> pd.DataFrame:
+        """Metric rows (long: id, step, key, value, time); `since_id` for only the new ones."""
+        return self.store.metrics(run_id, keys=keys, since_id=since_id)
+
+    def samples(self, run_id: str, last_n: int = 50) -> pd.DataFrame:
+        """The most recent samples as a display table (see samples_table)."""
+        return samples_table(self.store.samples(run_id, last_n=last_n))
+
+    def evaluations(self, run_id: str) -> pd.DataFrame:
+        """The before/after side-by-side table (see before_after_table)."""
+        return before_after_table(self.store.evaluations(run_id))
+
+    def export_run(self, run_id: str, dest: str | Path | None = None) -> bytes | Path:
+        return export_run(self.store, run_id, dest)
+
+    # forms and playground (no store needed; methods for the pages' convenience)
+    @staticmethod
+    def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False) -> dict[str, list[str]]:
+        return validate_config(cfg, check_data)
+
+    @staticmethod
+    def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "") -> list[dict[str, Any]]:
+        return score_text(backends, text, prompt)

@@ -1,0 +1,183 @@
+"""An LLM judge on Amazon Bedrock (the seed's Claude 3 Sonnet toxicity judge, done properly).
+
+Responsible for: the Bedrock wire formats (Converse API, or InvokeModel with the Anthropic messages
+body), one boto3 `bedrock-runtime` client shared by all worker threads (clients are thread-safe,
+sessions are not), botocore's adaptive retries and timeouts, and reading text, token usage and
+retry counts out of the responses.
+
+Credentials come only from boto3's standard chain (environment, ~/.aws files, SSO, instance or
+container role). They are never parameters, never stored on the judge, never logged by it.
+
+Not responsible for: concurrency, cache, parsing, fallback and accounting (`judge_accounting.Judge`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from engine.rewards.judge_accounting import Judge, JudgeCallError, JudgeReply
+from engine.rewards.rubrics import Rubric
+
+DEFAULT_MODEL = "anthropic.claude-3-sonnet-20240229-v1:0"
+ANTHROPIC_VERSION = "bedrock-2023-05-31"
+
+
+# botocore's DEBUG logs print the signed request: the access key id (in "Credential=") and the session
+# token (a secret) in full. This filter, put on the two loggers that print them, masks both.
+_SECRET_PATTERNS = (
+    (re.compile(r"(Credential=)[^/\s,'\"]+"), r"\1<redacted>"),
+    (re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,]+", re.IGNORECASE), r"\1<redacted>"),
+)
+_LEAKY_LOGGERS = ("botocore.endpoint", "botocore.auth")
+
+
+class _RedactCredentials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for pattern, repl in _SECRET_PATTERNS:
+            redacted = pattern.sub(repl, redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _install_log_redaction() -> None:
+    for name in _LEAKY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _RedactCredentials) for f in logger.filters):
+            logger.addFilter(_RedactCredentials())
+
+
+class _Abandoned(Exception):
+    """Raised before a retry of a call the batch already gave up on (its deadline passed)."""
+
+
+class BedrockJudge(Judge):
+    """Scores responses with a Bedrock model and a rubric (see `Judge` for the batch behaviour).
+
+    api: "converse" (works for every chat model) or "invoke" (InvokeModel with the Anthropic messages
+    body; Anthropic models only). timeout_s bounds each call, retries included: botocore's read
+    timeout is set to it and the batch gives up on a call after it. endpoint_url points the real
+    client at another server (tests, VPC endpoints).
+    """
+
+    def __init__(self, rubric: str | Rubric | Mapping[str, Any] = "toxicity", model_id: str = DEFAULT_MODEL,
+                 region: str = "us-east-1", api: str = "converse", temperature: float = 0.0, top_p: float = 1.0,
+                 max_tokens: int = 300, max_workers: int = 16, timeout_s: float = 30, max_attempts: int = 5,
+                 fallback: float | None = None, cache: bool = True, endpoint_url: str | None = None,
+                 name: str | None = None, prices: Mapping[str, Any] | None = None) -> None:
+        if api not in ("converse", "invoke"):
+            raise ValueError(f"api must be 'converse' or 'invoke', got {api!r}")
+        if api == "invoke" and "anthropic" not in model_id:
+            raise ValueError(f"api='invoke' sends the Anthropic messages body, which model {model_id!r} does not "
+                             "take; use api='converse'")
+        if not isinstance(region, str) or not region:
+            raise ValueError(f"region must be a non-empty string, got {region!r}")
+        super().__init__(rubric=rubric, model_id=model_id, name=name or "bedrock_judge", temperature=temperature,
+                         top_p=top_p, max_tokens=max_tokens, max_workers=max_workers, timeout_s=timeout_s,
+                         max_attempts=max_attempts, fallback=fallback, cache=cache, prices=prices)
+        self.region = region
+        self.api = api
+        self.endpoint_url = endpoint_url
+        self._attempts = threading.local()  # requests sent by the current thread's call (retries + 1)
+        self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        import boto3  # heavy: imported only when a Bedrock judge is built
+        from botocore.config import Config
+
+        _install_log_redaction()
+        session = boto3.session.Session(region_name=self.region)
+        if session.get_credentials() is None:
+            raise ValueError("no AWS credentials found: set them in the standard AWS chain (AWS_PROFILE or "
+                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials, SSO, or an instance "
+                             "role); they are never passed to the judge")
+        config = Config(
+            region_name=self.region,
+            # total_max_attempts counts the first request too (botocore's "max_attempts" counts retries
+            # only), so max_attempts means the same here as in the OpenAI-compatible judge.
+            retries={"mode": "adaptive", "total_max_attempts": self.max_attempts},
+            read_timeout=self.timeout_s,
+            connect_timeout=min(self.timeout_s, 10.0),
+            max_pool_connections=max(10, self.max_workers),  # one pooled connection per worker thread
+        )
+        client = session.client("bedrock-runtime", endpoint_url=self.endpoint_url, config=config)
+        client.meta.events.register("before-send.bedrock-runtime", self._before_send)
+        return client
+
+    def _before_send(self, **kwargs: Any) -> None:
+        """Runs before every HTTP attempt: count it, and stop retrying a call the batch gave up on."""
+        self._attempts.n = getattr(self._attempts, "n", 0) + 1
+        if self._cancelled().is_set():
+            raise _Abandoned("deadline passed; not retrying")
+
+    def _repr_fields(self) -> dict[str, Any]:
+        return {"api": self.api, "region": self.region, "endpoint_url": self.endpoint_url}
+
+    def _call_one(self, text: str) -> JudgeReply:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._attempts.n = 0
+        try:
+            if self.api == "converse":
+                return self._converse(text)
+            return self._invoke(text)
+        except ClientError as e:  # an error response, after botocore's retries
+            meta = e.response.get("ResponseMetadata", {})
+            err = e.response.get("Error", {})
+            raise JudgeCallError(f"{err.get('Code', 'ClientError')}: {err.get('Message', '')}",
+                                 retries=int(meta.get("RetryAttempts", self._retries_so_far()))) from None
+        except (BotoCoreError, _Abandoned) as e:  # timeouts, connection errors
+            raise JudgeCallError(f"{type(e).__name__}: {e}", retries=self._retries_so_far()) from None
+
+    def _retries_so_far(self) -> int:
+        return max(getattr(self._attempts, "n", 1) - 1, 0)
+
+    def _converse(self, text: str) -> JudgeReply:
+        kwargs: dict[str, Any] = {
+            "modelId": self.model_id,
+            "messages": [{"role": "user", "content": [{"text": text}]}],
+            "inferenceConfig": {"maxTokens": self.max_tokens, "temperature": self.temperature, "topP": self.top_p},
+        }
+        if self.rubric.system:
+            kwargs["system"] = [{"text": self.rubric.system}]
+        resp = self._client.converse(**kwargs)
+        retries = int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        try:
+            blocks = resp["output"]["message"]["content"]
+            reply = "".join(b["text"] for b in blocks if isinstance(b, dict) and "text" in b)
+            usage = resp.get("usage") or {}
+            return JudgeReply(reply, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)), retries)
+        except (KeyError, TypeError, ValueError) as e:
+            raise JudgeCallError(f"malformed Converse response ({type(e).__name__}: {e})", retries) from None
+
+    def _invoke(self, text: str) -> JudgeReply:
+        body: dict[str, Any] = {
+            "anthropic_version": ANTHROPIC_VERSION,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+        }
+        if self.rubric.system:
+            body["system"] = self.rubric.system
+        resp = self._client.invoke_model(modelId=self.model_id, body=json.dumps(body),
+                                         contentType="application/json", accept="application/json")
+        retries = int(resp.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+        try:
+            data = json.loads(resp["body"].read())
+            reply = "".join(b["text"] for b in data["content"] if isinstance(b, dict) and b.get("type") == "text")
+            usage = data.get("usage") or {}
+            return JudgeReply(reply, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)), retries)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
+            raise JudgeCallError(f"malformed InvokeModel response ({type(e).__name__}: {e})", retries) from None
+
+    def close(self) -> None:
+        super().close()
+        self._client.close()
