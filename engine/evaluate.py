@@ -17,14 +17,19 @@ import numpy as np
 
 def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch_size: int,
                        max_prompt_tokens: int, seed: int, progress: Callable[[int, int], None] | None = None
-                       ) -> tuple[list[str], list[int]]:
-    """Responses of the reference (`which="before"`) or the policy (`"after"`), in batches; and their token lengths."""
+                       ) -> tuple[list[str], list[int], list[float]]:
+    """Responses of the reference (`which="before"`) or the policy (`"after"`), in batches.
+
+    Returns (responses, token lengths, KL per response). The KL of a policy sample is
+    sum_t log p(y_t) - log p_ref(y_t), an unbiased estimate of KL(policy || reference); it is
+    computed for "after" only (the reference's own KL is 0) on the same samples, so no extra generation.
+    """
     import torch
 
-    from engine.models import encode_queries, generate
+    from engine.models import encode_queries, generate, logprobs_from_logits, reference_logprobs
     from engine.ppo import decode_responses
 
-    responses, lengths = [], []
+    responses, lengths, kls = [], [], []
     policy = bundle.policy
     policy.eval()
     for start in range(0, len(prompts), batch_size):
@@ -35,37 +40,19 @@ def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch
         if which == "before":
             with bundle.reference_lm() as ref:
                 r, rm = generate(bundle, ref, q, qm, gen)
+            kls += [0.0] * len(chunk)
         else:
             r, rm = generate(bundle, policy.lm, q, qm, gen)
+            with torch.no_grad():
+                logits, _ = policy(q, qm, r, rm)
+                logp = logprobs_from_logits(logits, r, gen.temperature)
+                ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature)
+            kls += ((logp - ref_lp) * rm).sum(1).tolist()
         responses += decode_responses(bundle.tokenizer, r, rm)
         lengths += rm.sum(1).tolist()
         if progress:
             progress(min(start + batch_size, len(prompts)), len(prompts))
-    return responses, lengths
-
-
-def mean_kl_to_reference(bundle, prompts: Sequence[str], gen, *, batch_size: int, max_prompt_tokens: int,
-                         seed: int) -> float:
-    """Mean sequence KL(policy || reference) estimated on policy samples: E[sum_t logp - logp_ref]."""
-    import torch
-
-    from engine.models import encode_queries, generate, logprobs_from_logits, reference_logprobs
-
-    total, count = 0.0, 0
-    policy = bundle.policy
-    policy.eval()
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
-        torch.manual_seed(seed + start)
-        r, rm = generate(bundle, policy.lm, q, qm, gen)
-        with torch.no_grad():
-            logits, _ = policy(q, qm, r, rm)
-            logp = logprobs_from_logits(logits, r, gen.temperature)
-            ref = reference_logprobs(bundle, q, qm, r, rm, gen.temperature)
-        total += float(((logp - ref) * rm).sum())
-        count += len(chunk)
-    return total / max(count, 1)
+    return responses, lengths, kls
 
 
 def toxicity_stats(values: Sequence[float], threshold: float = 0.5) -> dict[str, float]:

@@ -97,7 +97,7 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     import torch
 
     from engine import data as data_mod
-    from engine.evaluate import generate_responses, mean_kl_to_reference, score_toxicity, summarize
+    from engine.evaluate import generate_responses, score_toxicity, summarize
     from engine.models import load_policy, save_policy
     from engine.ppo import PPOTrainer
     from engine.rewards import build_backend, build_reward
@@ -128,21 +128,21 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     ev = cfg.evaluation
     eval_kwargs = dict(batch_size=ev.batch_size, max_prompt_tokens=max_tokens, seed=ev.seed)
 
-    def eval_side(which: str) -> tuple[list[float], list[int]]:
+    def eval_side(which: str) -> tuple[list[float], list[int], list[float]]:
         def prog(done: int, total: int) -> None:
             notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} prompts"))
             check_cancel()
 
-        responses, lengths = generate_responses(bundle, holdout, cfg.generation, which=which, progress=prog,
-                                                **eval_kwargs)
+        responses, lengths, kls = generate_responses(bundle, holdout, cfg.generation, which=which, progress=prog,
+                                                     **eval_kwargs)
         tox = score_toxicity(evaluator, responses)
-        rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n}}
-                for i, (p, r, t, n) in enumerate(zip(holdout, responses, tox, lengths))]
+        rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": k}}
+                for i, (p, r, t, n, k) in enumerate(zip(holdout, responses, tox, lengths, kls))]
         store.add_evaluations(run_id, which, rows)
-        return tox, lengths
+        return tox, lengths, kls
 
     if evaluator is not None:
-        tox_before, len_before = eval_side("before")
+        tox_before, len_before, _ = eval_side("before")
 
     # PPO, with the store as the metrics sink
     total = cfg.ppo.max_ppo_steps
@@ -169,9 +169,11 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
                          callbacks=[to_store])
     batches = _batches(train, cfg.ppo.batch_size, cfg.data.split_seed + cfg.ppo.seed)
     t_train = time.perf_counter()
+    step_kls = []
     for step in range(1, total + 1):
         check_cancel()
         metrics = trainer.step(next(batches))
+        step_kls.append(metrics["objective/kl"])
         notify(Progress("train", step, total, f"step {step}/{total}", metrics))
     train_s = time.perf_counter() - t_train
 
@@ -180,15 +182,16 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     store.add_checkpoint(run_id, total, str(ckpt))
 
     summary: dict[str, Any] = {"train_prompts": len(train), "holdout_prompts": len(holdout),
-                               "train_seconds": train_s}
+                               "train_seconds": train_s, "train_mean_kl": sum(step_kls) / len(step_kls),
+                               "train_final_kl": step_kls[-1]}
     if evaluator is not None:
-        tox_after, len_after = eval_side("after")
+        tox_after, len_after, kl_after = eval_side("after")
         summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
                                  bootstrap_samples=ev.bootstrap_samples, seed=ev.seed))
         summary["evaluator"] = cfg.evaluation.evaluator.display_name
         summary["length_before"] = _summary_lengths(len_before)
         summary["length_after"] = _summary_lengths(len_after)
-        summary["mean_kl"] = mean_kl_to_reference(bundle, holdout, cfg.generation, **eval_kwargs)
+        summary["mean_kl"] = float(sum(kl_after) / len(kl_after)) if kl_after else math.nan
     summary["wall_seconds"] = time.perf_counter() - t_start
     if torch.cuda.is_available():
         summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
