@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def cmd_run(args) -> int:
             bar = bars.get(p.phase)
             if bar is None:
                 bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, unit="step" if p.phase == "train" else "prompt")
-            bar.n = p.done
+            bar.update(max(p.done - bar.n, 0))
             if p.metrics:
                 bar.set_postfix(kl=f"{p.metrics.get('objective/kl', 0):.3f}",
                                 ret=f"{p.metrics.get('ppo/returns/mean', 0):.3f}",
@@ -73,7 +74,13 @@ def cmd_run(args) -> int:
         elif p.message:
             print(p.message, flush=True)
 
-    summary = execute(cfg, store, run_id, on_progress)
+    # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running".
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        summary = execute(cfg, store, run_id, on_progress)
+    except KeyboardInterrupt:
+        print(f"run {run_id}: interrupted", file=sys.stderr)
+        return 130
     for bar in bars.values():
         bar.close()
     record = store.get_run(run_id)
@@ -83,6 +90,10 @@ def cmd_run(args) -> int:
     if "wall_seconds" in summary:
         print(f"wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB")
     return 0 if record.status == "completed" else 1
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _apply_override(cfg, override: str) -> None:

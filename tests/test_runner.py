@@ -144,3 +144,29 @@ def test_cli_rejects_bad_config_with_field_name(tmp_path, capsys):
     bad.write_text("ppo:\n  batch_size: 16\n  mini_batch_size: 5\n")
     assert cli(["--db", str(tmp_path / "x.db"), "run", str(bad)]) == 2
     assert "ppo.mini_batch_size" in capsys.readouterr().err
+
+
+def test_killed_cli_run_is_marked_interrupted(tiny_gpt2_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path, steps=10_000)
+    cfg.evaluation.enabled = False
+    path = cfg.save(tmp_path / "long.yaml")
+    db = tmp_path / "kill.db"
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "--db", str(db), "run", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = Store(db)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = store.list_runs()
+        if runs and (store.latest_step(runs[0].id) or 0) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    rec = store.list_runs()[0]
+    assert rec.status == "interrupted" and "signal" in rec.error
+    assert store.latest_step(rec.id) >= 2  # metrics written before the kill are kept
