@@ -96,11 +96,17 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
     mask = torch.cat([query_mask, response_mask], dim=1)
     # Left padding shifts positions; count them from the first real token.
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=positions,
-             output_hidden_states=with_hidden, use_cache=False)
     q, r = query_ids.shape[1], response_ids.shape[1]
     # The logit at position t predicts token t+1: the response is predicted from q-1 .. q+r-2.
-    logits = out.logits[:, q - 1: q - 1 + r].float()
+    # Only those r+1 last positions go through the LM head (a 49k-vocab head over a long prompt is
+    # a large share of the compute); models without `logits_to_keep` compute them all.
+    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=with_hidden,
+                  use_cache=False)
+    try:
+        out = lm(**kwargs, logits_to_keep=r + 1)
+    except TypeError:
+        out = lm(**kwargs)
+    logits = out.logits[:, -(r + 1):-1].float()
     hidden = out.hidden_states[-1][:, q - 1: q - 1 + r] if with_hidden else None
     return logits, hidden
 
