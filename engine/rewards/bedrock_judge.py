@@ -20,7 +20,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from engine.rewards.judge_accounting import Judge, JudgeCallError, JudgeReply
+from engine.rewards.judge import Judge, JudgeCallError, JudgeReply
 from engine.rewards.rubrics import Rubric
 
 DEFAULT_MODEL = "anthropic.claude-3-sonnet-20240229-v1:0"

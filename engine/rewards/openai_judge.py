@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.rewards.judge_accounting import Judge, JudgeCallError, JudgeReply
+from engine.rewards.judge import Judge, JudgeCallError, JudgeReply
 from engine.rewards.rubrics import Rubric
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
