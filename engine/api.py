@@ -15,9 +15,10 @@ import json
 import math
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError, FieldError, RewardBackendSettings, RunConfig, validate
 from engine.worker import RunManager, eta_seconds, get_manager
@@ -156,13 +157,18 @@ def before_after_table(evaluations: pd.DataFrame) -> pd.DataFrame:
                                "change": "float64"})
 
 
-def samples_table(samples: pd.DataFrame) -> pd.DataFrame:
-    """Recent samples for display: step, prompt, response, reward and one column per raw score, newest first."""
+def samples_table(samples: pd.DataFrame, signals: bool = False) -> pd.DataFrame:
+    """Recent samples for display, newest first: step, prompt, response, reward and each backend's score.
+
+    Backends' sub-signals (raw keys with a "/", e.g. "jigsaw/p_toxic") are included only with `signals=True`.
+    """
     import pandas as pd
 
     if samples is None or samples.empty:
         return pd.DataFrame(columns=["step", "prompt", "response", "reward"])
     scores = pd.DataFrame(list(samples["scores"]), index=samples.index)
+    if not signals:
+        scores = scores[[c for c in scores.columns if "/" not in str(c)]]
     table = pd.concat([samples[["step", "prompt", "response", "reward"]], scores], axis=1)
     return table.iloc[::-1].reset_index(drop=True)
 
@@ -335,9 +341,9 @@ class Lab:
         """Metric rows (long: id, step, key, value, time); `since_id` for only the new ones."""
         return self.store.metrics(run_id, keys=keys, since_id=since_id)
 
-    def samples(self, run_id: str, last_n: int = 50) -> pd.DataFrame:
+    def samples(self, run_id: str, last_n: int = 50, signals: bool = False) -> pd.DataFrame:
         """The most recent samples as a display table (see samples_table)."""
-        return samples_table(self.store.samples(run_id, last_n=last_n))
+        return samples_table(self.store.samples(run_id, last_n=last_n), signals)
 
     def evaluations(self, run_id: str) -> pd.DataFrame:
         """The before/after side-by-side table (see before_after_table)."""

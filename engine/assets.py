@@ -18,7 +18,6 @@ torch, transformers and trl are imported inside the functions that need them.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -45,9 +44,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's single special token: eos, bos and pad at once
-SHARED_HH_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test-dev.jsonl.gz"
-HH_ENV_VAR = "RLAIF_LAB_HH_PATH"  # same variable engine.data honours
-SUMMARY_TEMPLATE = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"  # = engine.data.DEFAULT_TEMPLATE
+_TINY_POLICY_VERSION = 1  # bump when build_tiny_policy changes, so old caches are not reused
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -177,33 +174,14 @@ def _dist_version(name: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ tiny policy
-def read_hh_dialogues(path: str | os.PathLike | None = None) -> list[str]:
-    """The `chosen` dialogues of an HH .jsonl(.gz) file: `path`, $RLAIF_LAB_HH_PATH or the shared file.
+def default_dialogues() -> list[str]:
+    """The lab's own dialogues (`engine.data.load_dialogues("auto")`): the shared HH file when present."""
+    from engine.data import load_dialogues, resolve_source
 
-    A light reader so the built-in policy needs no engine.data; the lead passes engine.data's dialogues instead.
-    """
-    if path is None:
-        env = os.environ.get(HH_ENV_VAR, "").strip()
-        path = Path(env).expanduser() if env else SHARED_HH_PATH
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no HH dialogue file at {str(path)!r} to train the built-in tiny policy on; set ${HH_ENV_VAR} "
-            f"or pass dialogues=[...] to tiny_policy_dir / build_tiny_policy")
-    opener = gzip.open if path.suffix == ".gz" else open
-    dialogues = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                chosen = json.loads(line).get("chosen")
-            except (json.JSONDecodeError, AttributeError):
-                continue
-            if isinstance(chosen, str):
-                dialogues.append(chosen)
-    return dialogues
+    source = resolve_source("auto")
+    if source == "builtin":
+        log.warning("no HH data file found: the tiny policy will be trained on the few built-in dialogues only")
+    return load_dialogues(source)
 
 
 def _words(text: str, n: int) -> str:
@@ -215,13 +193,15 @@ def summary_target(dialogue: str, max_words: int = 20) -> str | None:
     """A short extractive "summary" of an HH dialogue: its first Human turn and the first sentence of the last
     Assistant turn, e.g. " The human asks: How do I ...? The assistant says: I'm not sure ...". None if no turns.
     """
+    from engine.data import ASSISTANT_MARKER, HUMAN_MARKER
+
     human, assistant = [], []
     # HH text starts with "\n\nHuman:", but a stripped copy starts with "Human:": normalise first
-    for chunk in ("\n\n" + dialogue.strip()).split("\n\nHuman:")[1:]:
-        h, _, a = chunk.partition("\n\nAssistant:")
+    for chunk in ("\n\n" + dialogue.strip()).split(HUMAN_MARKER)[1:]:
+        h, _, a = chunk.partition(ASSISTANT_MARKER)
         human.append(h.strip())
         if a.strip():
-            assistant.append(a.split("\n\nHuman:")[0].strip())
+            assistant.append(a.strip())
     if not human or not assistant or not human[0]:
         return None
     reply = assistant[-1]
@@ -239,6 +219,8 @@ def training_texts(dialogues: Sequence[str], eos: str = EOS_TOKEN, summary_fract
     Why: RL prompts end in "Summary:", a format plain dialogues never show; a few hundred extractive examples
     teach the model to answer it with one short line about the dialogue (and eos), not with a new dialogue.
     """
+    from engine.data import format_prompt
+
     if not 0.0 <= summary_fraction <= 1.0:
         raise ValueError(f"summary_fraction must be in [0, 1], got {summary_fraction}")
     rng = random.Random(seed)
@@ -251,7 +233,7 @@ def training_texts(dialogues: Sequence[str], eos: str = EOS_TOKEN, summary_fract
         if len(d) <= summary_max_chars and rng.random() < summary_fraction:
             target = summary_target(d)
             if target:
-                texts.append(SUMMARY_TEMPLATE.format(dialogue=d) + target + eos)
+                texts.append(format_prompt(d) + target + eos)
     rng.shuffle(texts)
     return texts
 
@@ -374,20 +356,26 @@ def tiny_policy_dir(cache_dir: str | os.PathLike | None = None, dialogues: Seque
                     steps: int = 300, **settings: Any) -> Path:
     """Directory of the built-in tiny policy, built by `build_tiny_policy` on first use and cached.
 
-    `dialogues`: training dialogues (default: the shared HH file via `read_hh_dialogues`). `steps` and `settings`
+    `dialogues`: training dialogues (default: `default_dialogues()`, the shared HH file). `steps` and `settings`
     (keyword arguments of `build_tiny_policy`) are part of the cache key, with a hash of the dialogues, so a
     different setting never returns a stale model. `cache_dir` is the cache root as in `smollm2_dir`.
     """
     if dialogues is None:
-        dialogues = read_hh_dialogues()
+        dialogues = default_dialogues()
     dialogues = list(dialogues)
-    key_src = json.dumps({"steps": steps, **settings, "version": 1}, sort_keys=True)
-    data_hash = hashlib.sha256("\x00".join(dialogues).encode("utf-8")).hexdigest()
-    key = hashlib.sha256((key_src + data_hash).encode()).hexdigest()[:12]
-    target = cache_root(cache_dir) / f"tiny-gpt2-{key}"
+    target, info = _tiny_policy_target(cache_dir, dialogues, steps, settings)
     if is_complete(target):
         return target
-    log.info("building the tiny policy in %s (once; a few minutes on CPU)", target)
-    return _build_cached(target, lambda tmp: build_tiny_policy(tmp, dialogues, steps, **settings),
-                         {"asset": "tiny-gpt2", "settings": json.loads(key_src), "data_sha256": data_hash,
-                          "n_dialogues": len(dialogues)})
+    log.info("building the tiny policy in %s (once; about 4 minutes on 2 CPU cores)", target)
+    return _build_cached(target, lambda tmp: build_tiny_policy(tmp, dialogues, steps, **settings), info)
+
+
+def _tiny_policy_target(cache_dir, dialogues: list[str], steps: int,
+                        settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The cache folder for these settings and data (a hash of both), and the marker's description of them."""
+    key_src = json.dumps({"steps": steps, **settings, "version": _TINY_POLICY_VERSION}, sort_keys=True)
+    data_hash = hashlib.sha256("\x00".join(dialogues).encode("utf-8")).hexdigest()
+    key = hashlib.sha256((key_src + data_hash).encode()).hexdigest()[:12]
+    info = {"asset": "tiny-gpt2", "settings": json.loads(key_src), "data_sha256": data_hash,
+            "n_dialogues": len(dialogues)}
+    return cache_root(cache_dir) / f"tiny-gpt2-{key}", info

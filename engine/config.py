@@ -22,7 +22,13 @@ BUILTIN_MODELS = {
     "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
 }
 REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
-METHODS = ("ppo",)
+METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
+# Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
+CAUSAL_ONLY_METHODS = ("dpo", "rloo", "grpo", "dpo_ai")
+ONLINE_METHODS = ("rloo", "grpo")
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,6 +79,78 @@ class PPOSettings:
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
     seed: int = 0  # seeds torch / sampling
     samples_per_step: int = 4  # prompt/response rows stored per step for the live table
+
+
+@dataclass
+class DPOSettings:
+    """DPO (Rafailov et al. 2023) with TRL's DPOTrainer: method "dpo" on the human HH pairs, "dpo_ai" on AI-labelled
+    pairs. Prompts are cut from the left to data.max_prompt_tokens, replies from the right to max_response_tokens."""
+
+    beta: float = 0.1  # strength of the implicit KL to the reference; the paper's and TRL's default
+    loss_type: str = "sigmoid"  # sigmoid = the DPO paper's loss; ipo, hinge, robust, ... (DPO_LOSS_TYPES)
+    label_smoothing: float = 0.0  # robust DPO: assumed share of flipped labels, in [0, 0.5); 0 = plain DPO
+    learning_rate: float = 1e-6  # TRL's and the paper's value for full fine-tuning; LoRA usually wants ~1e-5
+    max_steps: int = 100  # optimizer steps
+    batch_size: int = 8  # preference pairs per optimizer step (per device)
+    gradient_accumulation_steps: int = 1  # pairs per update = batch_size x this
+    max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
+    max_response_tokens: int = 128  # chosen / rejected replies are cut to this many tokens
+    max_pairs: int | None = None  # cap on training pairs; None: all that max_steps can use (not held out)
+    eval_pairs: int = 64  # pairs held out for TRL's evaluation (implicit-reward accuracy) after training; 0: none
+    activation_checkpointing: bool = True  # recompute activations: far less memory, ~25 % slower (TRL's default)
+    seed: int = 0  # seeds the pair split's order, TRL's sampler and torch
+
+
+@dataclass
+class RewardModelSettings:
+    """RLHF's first stage: a reward model trained with TRL's RewardTrainer (Bradley-Terry loss) on the HH pairs,
+    saved as a one-logit sequence classifier that the `hf_classifier` reward backend loads (label 0 = the reward)."""
+
+    base_model: str | None = None  # None: the policy's model.name_or_path; any model that takes a classifier head
+    learning_rate: float = 1e-5  # full fine-tuning rate of LM reward models (InstructGPT's: 9e-6); TRL's is 1e-4
+    max_steps: int = 200  # optimizer steps
+    batch_size: int = 8  # pairs per optimizer step (per device)
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    max_length: int = 512  # tokens of prompt + reply, cut from the left exactly as the hf_classifier backend cuts them
+    max_pairs: int | None = None  # cap on training pairs; None: all that max_steps can use (not held out)
+    eval_pairs: int = 200  # held-out pairs for the pairwise accuracy (share where chosen scores above rejected)
+    activation_checkpointing: bool = True  # recompute activations: far less memory, ~25 % slower (TRL's default)
+    seed: int = 0
+
+
+@dataclass
+class OnlineRLSettings:
+    """RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024) with TRL's trainers, causal policies only. Each
+    prompt gets num_generations samples; the group gives the baseline (RLOO: leave-one-out mean; GRPO: group mean
+    and std). Rewards are the run's reward backends, one TRL reward function each, weighted by their weights."""
+
+    learning_rate: float = 1e-6  # TRL's default for both trainers
+    max_steps: int = 10  # optimizer steps (the seed's PPO ran 10)
+    batch_size: int = 16  # completions per step = prompts per step x num_generations (the seed's PPO batch: 16)
+    num_generations: int = 4  # samples per prompt; >= 2, and must divide batch_size
+    beta: float = 0.05  # KL coefficient to the reference (RLOO's TRL default; GRPO's 0 would drop the reference)
+    num_iterations: int = 1  # optimisation passes per generated batch; 1 = on-policy (the ratio is then 1)
+    epsilon: float = 0.2  # clip range of the policy ratio, as PPO's cliprange
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    grpo_loss_type: str = "dapo"  # GRPO only: TRL's default token-level normalisation (GRPO_LOSS_TYPES)
+    scale_rewards: str = "group"  # GRPO only: divide advantages by the group's std (group), the batch's, or none
+    normalize_advantages: bool = False  # RLOO only: whiten the advantages over the batch (TRL's default: off)
+    samples_per_step: int = 4  # prompt/response rows stored per step for the live table
+    activation_checkpointing: bool = True  # recompute activations: far less memory, ~25 % slower (TRL's default)
+    seed: int = 0
+
+
+@dataclass
+class AIPreferenceSettings:
+    """RLAIF into DPO (method "dpo_ai"): the base policy samples two responses per training prompt, the run's reward
+    mix (cfg.reward) picks the preferred one, and DPO (cfg.dpo) trains on those pairs. No human labels."""
+
+    num_prompts: int = 128  # training prompts to label; each gives at most one pair
+    min_margin: float = 0.0  # drop pairs whose reward difference is <= this (ties and near-ties teach nothing)
+    batch_size: int = 16  # prompts per generation batch
+    seed: int = 0  # sampling seed of the two responses
 
 
 @dataclass
@@ -149,6 +227,17 @@ class RunConfig:
     data: DataSettings = field(default_factory=DataSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run id>/
+    dpo: DPOSettings = field(default_factory=DPOSettings)  # methods dpo and dpo_ai
+    reward_model: RewardModelSettings = field(default_factory=RewardModelSettings)  # method reward_model
+    online: OnlineRLSettings = field(default_factory=OnlineRLSettings)  # methods rloo and grpo
+    ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the run's method will take (for progress bars and the store's total_steps)."""
+        return {"ppo": self.ppo.max_ppo_steps, "dpo": self.dpo.max_steps, "dpo_ai": self.dpo.max_steps,
+                "reward_model": self.reward_model.max_steps, "rloo": self.online.max_steps,
+                "grpo": self.online.max_steps}.get(self.method, self.ppo.max_ppo_steps)
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -436,4 +525,90 @@ def validate(cfg: RunConfig) -> list[FieldError]:
             e.append(FieldError("data.holdout_size", "must be >= 1 when evaluation is enabled"))
     if not cfg.output_dir:
         e.append(FieldError("output_dir", "must not be empty"))
+    e.extend(_validate_methods(cfg))
+    return e
+
+
+def _local_is_encoder_decoder(name_or_path: str) -> bool | None:
+    """Whether a local model directory holds an encoder-decoder (reads config.json only); None when unknown."""
+    import json
+
+    path = Path(os.path.expanduser(name_or_path)) / "config.json"
+    if name_or_path.startswith("builtin:"):
+        return False  # both built-in models are decoder-only
+    try:
+        return bool(json.loads(path.read_text()).get("is_encoder_decoder", False))
+    except (OSError, ValueError):
+        return None  # a hub id (no network here) or an unreadable file: the method checks again when it loads
+
+
+def causal_only_message(method: str) -> str:
+    """Why a TRL method refuses a seq2seq policy, and what to do instead."""
+    what = "online trainers are" if method in ONLINE_METHODS else "DPOTrainer is"
+    return f"TRL's {what} causal-only; choose a causal model or PPO (method {method!r} cannot train a seq2seq policy)"
+
+
+def _validate_methods(cfg: RunConfig) -> list[FieldError]:
+    """Problems of the non-PPO method sections (all are checked, as PPO's are, whatever the method)."""
+    e: list[FieldError] = []
+    m = cfg.model
+    if cfg.method in CAUSAL_ONLY_METHODS:
+        seq2seq = m.architecture == "seq2seq" or (
+            m.architecture == "auto" and _local_is_encoder_decoder(m.name_or_path) is True)
+        if seq2seq:
+            e.append(FieldError("model.architecture", causal_only_message(cfg.method)))
+
+    d = cfg.dpo
+    _range(e, "dpo.beta", d.beta, 0.0, None, low_open=True)
+    _choice(e, "dpo.loss_type", d.loss_type, DPO_LOSS_TYPES)
+    _range(e, "dpo.label_smoothing", d.label_smoothing, 0.0, 0.5)
+    _range(e, "dpo.learning_rate", d.learning_rate, 0.0, 1.0, low_open=True)
+    _range(e, "dpo.max_steps", d.max_steps, 1, 10_000_000)
+    _range(e, "dpo.batch_size", d.batch_size, 1, 4096)
+    _range(e, "dpo.gradient_accumulation_steps", d.gradient_accumulation_steps, 1, 4096)
+    _range(e, "dpo.max_grad_norm", d.max_grad_norm, 0.0, None)
+    _range(e, "dpo.max_response_tokens", d.max_response_tokens, 1, 32768)
+    if d.max_pairs is not None:
+        _range(e, "dpo.max_pairs", d.max_pairs, 1, None)
+    _range(e, "dpo.eval_pairs", d.eval_pairs, 0, None)
+
+    r = cfg.reward_model
+    if r.base_model is not None and (problem := model_path_problem(r.base_model)):
+        e.append(FieldError("reward_model.base_model", problem))
+    _range(e, "reward_model.learning_rate", r.learning_rate, 0.0, 1.0, low_open=True)
+    _range(e, "reward_model.max_steps", r.max_steps, 1, 10_000_000)
+    _range(e, "reward_model.batch_size", r.batch_size, 1, 4096)
+    _range(e, "reward_model.gradient_accumulation_steps", r.gradient_accumulation_steps, 1, 4096)
+    _range(e, "reward_model.max_grad_norm", r.max_grad_norm, 0.0, None)
+    _range(e, "reward_model.max_length", r.max_length, 8, 32768)
+    if r.max_pairs is not None:
+        _range(e, "reward_model.max_pairs", r.max_pairs, 1, None)
+    _range(e, "reward_model.eval_pairs", r.eval_pairs, 0, None)
+    if cfg.method == "reward_model" and r.eval_pairs < 1:
+        e.append(FieldError("reward_model.eval_pairs", "must be >= 1: the run reports the held-out pairwise accuracy"))
+
+    o = cfg.online
+    _range(e, "online.learning_rate", o.learning_rate, 0.0, 1.0, low_open=True)
+    _range(e, "online.max_steps", o.max_steps, 1, 10_000_000)
+    _range(e, "online.batch_size", o.batch_size, 1, 4096)
+    _range(e, "online.num_generations", o.num_generations, 2, 1024)
+    if o.num_generations >= 2 and o.batch_size >= 1 and o.batch_size % o.num_generations:
+        e.append(FieldError("online.num_generations",
+                            f"must divide batch_size ({o.batch_size}) exactly, got {o.num_generations}"))
+    _range(e, "online.beta", o.beta, 0.0, 100.0)
+    _range(e, "online.num_iterations", o.num_iterations, 1, 100)
+    _range(e, "online.epsilon", o.epsilon, 0.0, 1.0, low_open=True)
+    _range(e, "online.gradient_accumulation_steps", o.gradient_accumulation_steps, 1, 4096)
+    _range(e, "online.max_grad_norm", o.max_grad_norm, 0.0, None)
+    _choice(e, "online.grpo_loss_type", o.grpo_loss_type, GRPO_LOSS_TYPES)
+    _choice(e, "online.scale_rewards", o.scale_rewards, ("group", "batch", "none"))
+    _range(e, "online.samples_per_step", o.samples_per_step, 0, None)
+    if cfg.method in ONLINE_METHODS and not cfg.generation.do_sample:
+        e.append(FieldError("generation.do_sample", f"{cfg.method} compares several samples per prompt: "
+                                                    "sampling must be on"))
+
+    a = cfg.ai_preferences
+    _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, None)
+    _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, None)
+    _range(e, "ai_preferences.batch_size", a.batch_size, 1, 4096)
     return e

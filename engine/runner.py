@@ -106,6 +106,11 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
         if store.is_cancel_requested(run_id):
             raise RunCancelled()
 
+    if cfg.method != "ppo":  # DPO, reward model, RLOO, GRPO, AI-labelled DPO: TRL trainers (engine/methods)
+        from engine.methods import execute_method
+
+        return execute_method(cfg, store, run_id, notify, check_cancel)
+
     t_start = time.perf_counter()
     cfg.check()
     notify(Progress("data", message="loading prompts"))

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 DEFAULT_DB_PATH = Path("runs") / "rlaif_lab.db"
 DB_ENV_VAR = "RLAIF_LAB_DB"
 
-METHODS = ("ppo", "dpo", "rloo", "grpo", "reward_model")
+METHODS = ("ppo", "dpo", "rloo", "grpo", "reward_model", "dpo_ai")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})

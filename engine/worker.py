@@ -92,34 +92,37 @@ class RunManager:
     # ---- lifecycle
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
+        """Start the worker thread, or restart it after `shutdown` (idempotent)."""
         with self._cond:
+            self._stopping = False
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._stopping = False
             # Daemonic: a process that exits mid-run must not hang on it; the next start marks the run interrupted.
             self._thread = threading.Thread(target=self._loop, name="rlaif-worker", daemon=True)
             self._thread.start()
 
     def shutdown(self, cancel_current: bool = True, timeout: float | None = 30.0) -> bool:
-        """Stop taking runs (queued ones stay queued in the store); optionally cancel the current one.
+        """Stop taking runs (queued ones stay queued); optionally ask the current run to stop too.
 
-        Returns True when the thread has ended within `timeout` seconds.
+        Without `cancel_current` the current run finishes first. Returns True when the thread has
+        ended within `timeout` seconds.
         """
         with self._cond:
             self._stopping = True
-            current = self._current
+            current, thread = self._current, self._thread
             self._cond.notify_all()
         if cancel_current and current is not None:
             self.store.request_cancel(current)
-        if self._thread is None:
+        if thread is None:
             return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        thread.join(timeout)
+        return not thread.is_alive()
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """True while the worker takes runs (started and not shut down)."""
+        with self._cond:
+            return not self._stopping and self._thread is not None and self._thread.is_alive()
 
     # ---- queue
 
@@ -134,12 +137,11 @@ class RunManager:
             raise ValueError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
         cfg.check()
         prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
-        run_id = self.store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method,
-                                       total_steps=cfg.ppo.max_ppo_steps)
+        run_id = self.store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
         with self._cond:
             self._queue.append(run_id)
             self._configs[run_id] = cfg
-            self._progress[run_id] = RunProgress(run_id, total=cfg.ppo.max_ppo_steps)
+            self._progress[run_id] = RunProgress(run_id, total=cfg.total_steps)
             self._cond.notify_all()
         return run_id
 
@@ -211,13 +213,15 @@ class RunManager:
                 continue
             self._queue.append(record.id)
             self._configs[record.id] = cfg
-            self._progress[record.id] = RunProgress(record.id, total=cfg.ppo.max_ppo_steps)
+            self._progress[record.id] = RunProgress(record.id, total=cfg.total_steps)
 
     def _next(self) -> str | None:
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
             if self._stopping:
+                if self._thread is threading.current_thread():
+                    self._thread = None  # this thread ends; start() makes a new one
                 return None
             run_id = self._queue.popleft()
             self._current = run_id
@@ -254,7 +258,7 @@ class RunManager:
                     if p.done > rp.step:
                         rp.step_times.append(now - t_last)
                     rp.step, rp.total = p.done, p.total or rp.total
-            t_last = now  # a step's time starts at the previous notification (load / evaluation included in none)
+            t_last = now  # a step's time runs from the previous notification, so loading and evaluation never count
 
         try:
             execute(cfg, self.store, run_id, on_progress)
@@ -281,6 +285,8 @@ def get_manager(db_url: str | None = None) -> RunManager:
     url = resolve_url(db_url)
     with _MANAGERS_LOCK:
         manager = _MANAGERS.get(url)
-        if manager is None or not manager.alive:
+        if manager is None:
             manager = _MANAGERS[url] = RunManager(Store(url))
+        elif not manager.alive:  # shut down earlier: the same manager takes runs again
+            manager.start()
         return manager

@@ -8,37 +8,20 @@ Special tokens mirror the real models the lab uses, so pad/eos handling is teste
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
 
-SHARED_HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test-dev.jsonl.gz"
 PAD, EOS_T5, EOS_GPT = "<pad>", "</s>", "<|endoftext|>"
 SPECIALS = [PAD, EOS_T5, EOS_GPT]  # ids 0, 1, 2 in every fixture tokenizer
 MAX_LEN = 512
 
-_FALLBACK_TEXT = [
-    "\n\nHuman: What is the capital of France?\n\nAssistant: The capital of France is Paris.",
-    "\n\nHuman: You are terrible and i hate you.\n\nAssistant: I'm sorry you feel that way. How can I help?",
-    "\n\nHuman: How do I bake bread at home?\n\nAssistant: Mix flour, water, salt and yeast, let it rise, then bake.",
-    "\n\nHuman: I like you.\n\nAssistant: Thank you, that is kind of you to say!",
-    "Summarize the following conversation.\n\nHuman: hi there\n\nAssistant: hello\n\nSummary: a greeting.",
-]
-
 
 def _corpus(n: int = 200) -> list[str]:
-    """~200 HH dialogues from the shared file, or a few built-in lines where the file is absent."""
-    if not SHARED_HH.is_file():
-        return _FALLBACK_TEXT * 20
-    texts = []
-    with gzip.open(SHARED_HH, "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["chosen"])
-            if len(texts) >= n:
-                break
-    return texts + _FALLBACK_TEXT
+    """~200 real HH dialogues from the shared file, or the built-in ones where the checkout has no ../shared."""
+    from engine.data import SHARED_HH_PATH, load_dialogues
+
+    return load_dialogues(str(SHARED_HH_PATH) if SHARED_HH_PATH.is_file() else "builtin")[:n]
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +104,8 @@ def tiny_roberta_classifier_dir(tmp_path_factory, _bpe) -> Path:
     config = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                            # RoBERTa positions start after the pad id, hence the + 2 (as roberta-base's 514)
-                           max_position_embeddings=MAX_LEN + 2, pad_token_id=tok.pad_token_id,
-                           bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                           max_position_embeddings=MAX_LEN + 2,
+                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                            id2label={0: "nothate", 1: "hate"}, label2id={"nothate": 0, "hate": 1})
     model = RobertaForSequenceClassification(config).eval()
     out = tmp_path_factory.mktemp("tiny_roberta_classifier")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import time
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from engine import assets
+from engine.data import DEFAULT_TEMPLATE, SHARED_HH_PATH, load_dialogues
 
 DIALOGUE = ("\n\nHuman: How do I bake bread at home? I have flour.\n\nAssistant: Mix flour and water. "
             "Then let it rise.\n\nHuman: thanks\n\nAssistant: You're welcome! Enjoy the bread.")
@@ -19,9 +19,9 @@ EXTRA_TINY = dict(vocab_size=512, n_layer=2, n_embd=64, n_head=2, max_length=128
 @pytest.fixture(scope="module")
 def dialogues():
     """Real HH dialogues (the shared file), or skip where the checkout has no ../shared."""
-    if not assets.SHARED_HH_PATH.is_file():
+    if not SHARED_HH_PATH.is_file():
         pytest.skip("shared HH file not present")
-    return assets.read_hh_dialogues()[:200]
+    return load_dialogues(str(SHARED_HH_PATH))[:200]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -105,15 +105,6 @@ def test_training_texts_mix_dialogues_and_summary_examples():
         assets.training_texts([DIALOGUE], summary_fraction=1.5)
 
 
-def test_read_hh_dialogues_skips_bad_lines_and_names_a_missing_file(tmp_path):
-    path = tmp_path / "hh.jsonl.gz"
-    with gzip.open(path, "wt") as f:
-        f.write(json.dumps({"chosen": "a", "rejected": "b"}) + "\n{broken\n\n" + json.dumps({"chosen": 3}) + "\n")
-    assert assets.read_hh_dialogues(path) == ["a"]
-    with pytest.raises(FileNotFoundError, match="dialogues="):
-        assets.read_hh_dialogues(tmp_path / "missing.jsonl")
-
-
 def test_bpe_tokenizer_rejects_a_vocab_smaller_than_the_byte_alphabet():
     with pytest.raises(ValueError, match="vocab_size"):
         assets.train_bpe_tokenizer(["hello"], vocab_size=100)
@@ -156,7 +147,7 @@ def test_build_tiny_policy_end_to_end(tmp_path, dialogues):
     assert model.config.use_cache and model.config.resid_pdrop == 0.0
     assert not (tmp_path / "_trainer").exists()
     tok.padding_side = "left"
-    prompt = assets.SUMMARY_TEMPLATE.format(dialogue=DIALOGUE.strip())
+    prompt = DEFAULT_TEMPLATE.format(dialogue=DIALOGUE.strip())
     enc = tok([prompt, "\n\nHuman: hi"], return_tensors="pt", padding=True)
     torch.manual_seed(0)
     out = model.generate(**enc, max_new_tokens=8, do_sample=True, top_k=0)
@@ -181,8 +172,11 @@ def test_tiny_policy_dir_caches_by_settings_and_rebuilds_incomplete(tmp_path, di
     assert assets.tiny_policy_dir(tmp_path, dialogues, steps=5, **EXTRA_TINY) == first
     assert time.time() - t0 < 1.0 and (first / "model.safetensors").stat().st_mtime_ns == weights
 
-    other = assets.tiny_policy_dir(tmp_path, dialogues[:100], steps=5, **EXTRA_TINY)
-    assert other != first  # other data, other key
+    def target(data, steps, **kw):
+        return assets._tiny_policy_target(tmp_path, data, steps, {**EXTRA_TINY, **kw})[0]
+
+    assert target(dialogues, 5) == first
+    assert len({first, target(dialogues[:100], 5), target(dialogues, 6), target(dialogues, 5, n_layer=3)}) == 4
 
     (first / assets.MARKER).unlink()  # simulate a crash before the marker: must be rebuilt, not trusted
     assert assets.tiny_policy_dir(tmp_path, dialogues, steps=5, **EXTRA_TINY) == first

@@ -1,0 +1,145 @@
+"""Launch page: build a run config (policy, reward mix, PPO, generation, data, evaluation), check it, queue it."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import forms, state
+from engine.api import errors_by_field, validate_config
+from engine.config import ConfigError, RunConfig
+
+lab = state.lab()
+forms.init_state()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def data_problems(config_yaml: str) -> dict[str, list[str]]:
+    """Field and data problems of a config (reading the prompts takes a moment, so it is cached)."""
+    return validate_config(config_yaml, check_data=True)
+
+
+def load_upload() -> None:
+    upload = st.session_state.get("upload-config")
+    if upload is None:
+        return
+    try:
+        forms.load_into_state(RunConfig.from_yaml(upload.getvalue().decode("utf-8", errors="replace")))
+        st.session_state["launch-note"] = ("success", f"Loaded {upload.name}.")
+    except ConfigError as exc:
+        st.session_state["launch-note"] = ("error", f"{upload.name} is not a valid run config:\n\n"
+                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+
+
+def clone_run() -> None:
+    run_id = st.session_state.get("clone-run")
+    if not run_id:
+        return
+    try:
+        forms.load_into_state(lab.run_config(run_id))
+        st.session_state["launch-note"] = ("success", f"Loaded the config of run {run_id}.")
+    except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
+        st.session_state["launch-note"] = ("error", f"Run {run_id}'s config no longer loads:\n\n"
+                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+
+
+def reset_form() -> None:
+    forms.load_into_state(RunConfig())
+    st.session_state["launch-note"] = ("success", "Back to the defaults.")
+
+
+def start() -> None:
+    cfg, problems = forms.state_to_config(st.session_state)
+    errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+    if errors:
+        st.session_state["launch-note"] = ("error", "Not started: fix the problems marked below.")
+        return
+    try:
+        run_id = lab.start_run(cfg)
+    except ConfigError as exc:
+        st.session_state["launch-note"] = ("error", f"Not started: {exc}")
+        return
+    st.session_state["run_id"] = run_id
+    st.session_state["launched"] = run_id
+
+
+if (launched := st.session_state.pop("launched", None)) is not None:
+    st.switch_page(state.page_path("live"), query_params={"run": launched})
+
+st.title("Launch a run")
+queue, current = lab.manager.queue(), lab.manager.current()
+if current or queue:
+    st.info(f"Running: **{current or '—'}** · waiting: {', '.join(queue) or 'none'}. A new run waits its turn.",
+            icon=":material/queue:")
+if (note := st.session_state.pop("launch-note", None)) is not None:
+    getattr(st, note[0])(note[1])
+
+with st.expander("Load, clone or save a config"):
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.file_uploader("Load a YAML config", type=["yaml", "yml"], key="upload-config", on_change=load_upload)
+    with c2:
+        runs = lab.list_runs()
+        st.selectbox("Clone a past run's config", [r.id for r in runs], key="clone-run", index=None,
+                     format_func=lambda i: next((f"{r.name} · {r.id}" for r in runs if r.id == i), i),
+                     placeholder="choose a run")
+        st.button("Use its config", key="clone-button", on_click=clone_run,
+                  disabled=not st.session_state.get("clone-run"))
+    with c3:
+        cfg_now, _ = forms.state_to_config(st.session_state)
+        st.download_button("Download this config (YAML)", cfg_now.to_yaml() if cfg_now else "",
+                           file_name=f"{cfg_now.name if cfg_now else 'config'}.yaml", mime="application/x-yaml",
+                           key="download-config", disabled=cfg_now is None)
+        st.button("Reset to the defaults", key="reset-config", on_click=reset_form)
+
+cfg, problems = forms.state_to_config(st.session_state)
+errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+
+c1, c2, c3 = st.columns([2, 2, 1])
+with c1:
+    st.text_input("Run name", key=forms.key_of("name"))
+    forms.show_errors(errors, "name")
+with c2:
+    forms.section("Run", errors, columns=1)
+with c3:
+    st.selectbox("Method", forms.CHOICES["method"], key=forms.key_of("method"),
+                 help="ppo: the seed's PPO with a value head (causal and seq2seq). The others use TRL trainers "
+                      "(causal policies only): dpo on human pairs, dpo_ai on pairs the reward mix labels, "
+                      "reward_model trains a classifier, rloo / grpo are online RL without a value head.")
+    forms.show_errors(errors, "method")
+method = st.session_state.get(forms.key_of("method"), "ppo")
+
+st.subheader("Policy")
+forms.model_inputs(errors)
+with st.expander("Architecture, precision, device"):
+    forms.section("Model details", errors, columns=3)
+with st.expander("LoRA adapters"):
+    forms.section("LoRA", errors)
+    st.text_input("target modules (comma-separated; empty: PEFT's default)", key=forms.key_of("model.lora.target_modules"))
+
+st.subheader("Reward")
+st.caption("The reward is the weighted sum of these backends' scores; each one's raw score is logged too.")
+forms.reward_rows(errors)
+
+for title in forms.METHOD_SECTIONS.get(method, ("PPO",)):
+    st.subheader(title)
+    forms.section(title, errors)
+st.subheader("Generation")
+forms.section("Generation", errors, columns=3)
+st.subheader("Data")
+forms.data_inputs(errors)
+st.subheader("Evaluation")
+st.caption("Toxicity of responses to the hold-out prompts, before and after training, by this evaluator.")
+with st.container(border=True, key="evaluator"):
+    forms.backend_inputs("cfg-evaluator-", "evaluation.evaluator", errors, forms.EVALUATOR_KINDS, weight=False)
+forms.section("Evaluation", errors)
+
+st.divider()
+other = forms.unplaced_errors(errors, forms.placed_fields(st.session_state))
+for field, messages in other.items():
+    for message in messages:
+        st.error(f"`{field}`: {message}")
+n_problems = sum(len(v) for v in errors.values())
+if n_problems:
+    st.warning(f"{n_problems} problem(s) to fix before the run can start.", icon=":material/error:")
+st.button("Start", type="primary", key="start-run", on_click=start, disabled=bool(n_problems),
+          icon=":material/play_arrow:")

@@ -1,0 +1,102 @@
+"""Live run page: status, progress and ETA, cancel, error and traceback, live curves and recent samples.
+
+The panel below the controls is an `st.fragment` that re-runs on a timer in the browser while the run is
+queued or running: only it re-runs, it reads only metric rows newer than the last it saw, and it
+rebuilds figures only when there are new rows.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from app import charts, state
+
+lab = state.lab()
+st.title("Live run")
+run_id = state.select_run(prefer_active=True)
+if run_id is None:
+    st.info("No runs yet.")
+    st.page_link(state.page_path("launch"), label="Start one on the Launch page", icon=":material/rocket_launch:")
+    st.stop()
+
+c1, c2, c3 = st.columns([3, 2, 1])
+with c1:
+    smoothing = st.slider("Smoothing (EMA weight)", 0.0, 0.99, 0.0, 0.01, key="smoothing")
+with c2:
+    x_axis = st.radio("x axis", ["step", "time"], horizontal=True, key="x-axis",
+                      format_func=lambda v: "step" if v == "step" else "wall time")
+with c3:
+    refresh_s = st.selectbox("refresh (s)", [0.5, 1.0, 2.0, 5.0], index=1, key="refresh-s")
+
+was_active = lab.get_run(run_id).is_active
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "ETA —"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"ETA {m}:{s:02d}" if m < 60 else f"ETA {m // 60} h {m % 60:02d} min"
+
+
+def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
+    """The run's figures, rebuilt only when new rows arrived or the view settings changed."""
+    key = (cache.run_id, cache.version, x, smoothing)
+    held = st.session_state.get("_figures")
+    if held is None or held[0] != key:
+        held = (key, charts.run_figures(cache.wide(), x=x, smoothing=smoothing))
+        st.session_state["_figures"] = held
+    return held[1]
+
+
+@st.fragment(run_every=refresh_s if was_active else None)
+def live_panel() -> None:
+    t0 = time.perf_counter()
+    status = lab.status(run_id)
+    c1, c2 = st.columns([4, 1])
+    with c1:
+        phase = f" · {status.phase}" if status.phase != status.status else ""
+        st.markdown(f"**Status:** `{status.status}`{phase}  {status.message}")
+        total = status.total or "?"
+        st.progress(status.fraction, text=f"step {status.step}/{total} · {fmt_eta(status.eta_s)}")
+    with c2:
+        if status.status in ("queued", "running"):
+            if st.button("Cancel run", key="cancel-run", icon=":material/stop_circle:", type="secondary"):
+                try:
+                    after = lab.cancel_run(run_id)
+                    st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
+                except ValueError as exc:  # it finished meanwhile
+                    st.toast(str(exc))
+    if status.error and status.status != "cancelled":
+        st.error(status.error)
+    elif status.error:
+        st.warning(status.error)
+    if status.traceback:
+        with st.expander("Traceback"):
+            st.code(status.traceback, language="text")
+
+    cache = state.metric_cache(run_id)
+    cache.refresh(lab)
+    figs = figures(cache, x_axis, smoothing)
+    cols = st.columns(2)
+    for i, (name, fig) in enumerate(figs.items()):
+        with cols[i % 2]:
+            st.plotly_chart(fig, key=f"chart-{name}", config={"displaylogo": False})
+    last_step = int(cache.long["step"].max()) if not cache.long.empty else 0
+    st.caption(f"{len(cache.long):,} metric rows · last step {last_step} · "
+               f"panel built in {1000 * (time.perf_counter() - t0):.0f} ms", help="updated live while the run is active")
+
+    st.subheader("Recent samples")
+    samples = lab.samples(run_id, last_n=24)
+    if samples.empty:
+        st.caption("No samples yet: they appear after the first PPO step.")
+    else:
+        st.dataframe(samples, key="samples-table", hide_index=True, height=320,
+                     column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                    "response": st.column_config.TextColumn(width="large")})
+    if was_active and status.status not in ("queued", "running"):
+        st.rerun()  # the run ended: redraw the whole page once, without the timer
+
+
+live_panel()

@@ -1,0 +1,117 @@
+"""Runs page: every run with its status and key results; overlay several runs' curves and before/after numbers;
+export, clone, cancel or delete a run."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, forms, state
+from engine.config import ConfigError
+
+lab = state.lab()
+st.title("Runs")
+overview = lab.runs_table()
+if overview.empty:
+    st.info("No runs yet.")
+    st.page_link(state.page_path("launch"), label="Start one on the Launch page", icon=":material/rocket_launch:")
+    st.stop()
+
+st.caption("Select rows to compare runs; the first selected run is the one the actions below apply to.")
+RESULT_COLUMNS = {
+    "tox_before": st.column_config.NumberColumn("toxicity before", format="%.4f"),
+    "tox_after": st.column_config.NumberColumn("toxicity after", format="%.4f"),
+    "improvement_%": st.column_config.NumberColumn("improvement %", format="%.1f"),
+    "mean_kl": st.column_config.NumberColumn("mean KL", format="%.3f"),
+}
+picked = st.dataframe(overview, key="runs-table", hide_index=True, on_select="rerun", selection_mode="multi-row",
+                      column_config=RESULT_COLUMNS)
+# rows picked before a delete may point past the end of the table now
+selected = [overview["id"].iloc[i] for i in (picked.selection.rows if picked is not None else []) if i < len(overview)]
+if not selected:
+    st.info("Select one or more runs in the table to compare them or act on one.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def wide_metrics(run_id: str, marker: tuple) -> pd.DataFrame:
+    """A run's metrics, one column per key (cached until the run moves on: `marker`)."""
+    return charts.to_wide(lab.metrics(run_id))
+
+
+records = {rid: lab.get_run(rid) for rid in selected}
+labels = {rid: f"{r.name} ({rid})" for rid, r in records.items()}
+wides = {labels[rid]: wide_metrics(rid, (r.status, r.step, r.finished_at)) for rid, r in records.items()}
+
+st.subheader("Curves")
+all_keys = sorted({k for w in wides.values() for k in w.columns if k != charts.TIME_COL})
+default = [k for k in ("objective/kl", "ppo/returns/mean", "env/reward_mean") if k in all_keys]
+c1, c2, c3 = st.columns([3, 1, 1])
+keys = c1.multiselect("Metrics", all_keys, default=default, key="compare-keys")
+smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="compare-smoothing")
+x_axis = c3.radio("x axis", ["step", "time"], horizontal=True, key="compare-x")
+cols = st.columns(2)
+for i, key in enumerate(keys):
+    with cols[i % 2]:
+        st.plotly_chart(charts.overlay_figure(wides, key, x=x_axis, smoothing=smoothing), key=f"compare-{key}")
+
+summaries = {labels[rid]: r.summary for rid, r in records.items() if r.summary and r.summary.get("before")}
+if summaries:
+    st.subheader("Before / after")
+    st.plotly_chart(charts.compare_summaries_figure(summaries), key="compare-summaries")
+    st.dataframe(overview[overview["id"].isin(selected)][["id", "name", "tox_before", "tox_after", "improvement_%",
+                                                          "mean_kl"]], hide_index=True, key="compare-table",
+                 column_config=RESULT_COLUMNS)
+
+st.subheader("Actions")
+target = selected[0]
+record = records[target]
+st.markdown(f"On **{labels[target]}** · `{record.status}`")
+
+
+def clone() -> None:
+    try:
+        forms.load_into_state(lab.run_config(target))
+        st.session_state["go-launch"] = True
+    except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
+        st.session_state["runs-note"] = f"Its config no longer loads: {exc}"
+
+
+def ask_delete() -> None:
+    st.session_state["confirm-delete"] = target
+
+
+if st.session_state.pop("go-launch", False):
+    st.switch_page(state.page_path("launch"))
+if (note := st.session_state.pop("runs-note", None)) is not None:
+    st.error(note)
+
+a = st.columns(5)
+a[0].download_button("Export (zip)", lambda: lab.export_run(target), file_name=f"{target}.zip",
+                     mime="application/zip", key="export-run", icon=":material/download:")
+a[1].button("Clone its config", key="clone-run-config", on_click=clone, icon=":material/content_copy:")
+a[2].page_link(state.page_path("live"), label="Curves", query_params={"run": target}, icon=":material/monitoring:")
+a[3].page_link(state.page_path("before_after"), label="Before / after", query_params={"run": target},
+               icon=":material/compare_arrows:")
+if record.is_active:
+    if a[4].button("Cancel run", key="runs-cancel", icon=":material/stop_circle:"):
+        try:
+            after = lab.cancel_run(target)
+            st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
+        except ValueError as exc:  # it finished meanwhile
+            st.toast(str(exc))
+else:
+    a[4].button("Delete…", key="delete-run", on_click=ask_delete, icon=":material/delete:")
+
+if st.session_state.get("confirm-delete") == target and not record.is_active:
+    with st.container(border=True, key="delete-confirm"):
+        st.warning(f"Delete run {target} with all its metrics, samples and evaluations? Checkpoint files stay on disk.")
+        y, n = st.columns(2)
+        if y.button("Yes, delete it", key="delete-yes", type="primary"):
+            lab.delete_run(target)
+            st.session_state.pop("confirm-delete", None)
+            st.toast(f"Deleted {target}")
+            st.rerun()
+        if n.button("Keep it", key="delete-no"):
+            st.session_state.pop("confirm-delete", None)
+            st.rerun()

@@ -1,0 +1,113 @@
+"""Browser-test fixtures: a real `streamlit run app/main.py` on a free port over a temporary store, and
+Debian's chromium driven by Playwright (no browser download). Test modules here mark themselves `browser`.
+
+The server runs in its own process with its own worker thread; tests read and write the same SQLite
+file through engine.store, as a second process would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # bench/ (the big-run writer) imports from the repository root
+    sys.path.insert(0, str(ROOT))
+CHROMIUM = os.environ.get("RLAIF_LAB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+# Screenshots go to docs/screenshots/ only when asked (they are committed); else to the test's tmp dir.
+SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("RLAIF_LAB_SCREENSHOTS") == "1" else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LabServer:
+    url: str
+    db: Path
+    process: subprocess.Popen
+    log: Path
+
+    def store(self):
+        from engine.store import Store
+
+        return Store(self.db)
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory) -> LabServer:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    tmp = tmp_path_factory.mktemp("lab_server")
+    db, log = tmp / "lab.db", tmp / "server.log"
+    port = free_port()
+    env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+           "--browser.gatherUsageStats", "false"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+    yield LabServer(url, db, proc, log)
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def browser(lab_server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        # One visit starts the server's worker, which marks runs left "running" as interrupted: tests
+        # that then write "running" runs from this process must find it started.
+        first = b.new_page()
+        first.goto(lab_server.url)
+        first.wait_for_selector("[data-testid='stApp'] h1", timeout=60_000)
+        first.close()
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    out = SCREENSHOTS or tmp_path_factory.mktemp("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

@@ -1,0 +1,239 @@
+"""The lab in a real browser: launch a tiny run, watch its KL curve grow live, cancel it, read a finished run's
+before/after table; and two measurements (store-to-browser latency, render time of a 20,000-step run).
+
+Run with `pytest tests/e2e -m browser -s` to see the measured numbers; RLAIF_LAB_SCREENSHOTS=1 also refreshes
+docs/screenshots/*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import numpy as np
+import pytest
+from playwright.sync_api import expect
+
+from engine.config import RewardBackendSettings, RunConfig
+
+pytestmark = pytest.mark.browser
+
+CHART_POINTS_JS = """name => {
+    const d = document.querySelector('.st-key-chart-' + name + ' .js-plotly-plot');
+    if (!d || !d._fullData) return [];
+    return d._fullData.map(t => [t.name, t.x ? t.x.length : 0]);
+}"""
+RESULTS: dict[str, object] = {}
+
+
+def tiny_config(model_dir, name: str, steps: int, out, evaluate: bool = True) -> RunConfig:
+    cfg = RunConfig(name=name)
+    cfg.output_dir = str(out)  # checkpoints of the test's runs stay in its tmp dir
+    cfg.evaluation.enabled = evaluate
+    cfg.model.name_or_path = str(model_dir)
+    cfg.model.device = "cpu"
+    cfg.data.source = "builtin"
+    cfg.data.holdout_size = 8
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
+    cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
+    cfg.evaluation.bootstrap_samples = 200
+    cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
+    cfg.ppo.samples_per_step = 2
+    cfg.generation.max_new_tokens = 8
+    return cfg
+
+
+def open_page(pg, url: str) -> None:
+    pg.goto(url)
+    pg.wait_for_selector("[data-testid='stApp'] h1")
+
+
+def kl_points(pg) -> int:
+    traces = pg.evaluate(CHART_POINTS_JS, "kl")
+    return next((n for name, n in traces if name == "objective/kl"), 0)
+
+
+def status_of(pg) -> str:
+    return pg.locator("[data-testid='stMarkdownContainer']", has_text="Status:").first.inner_text()
+
+
+def launch_from_yaml(pg, server, cfg: RunConfig, tmp_path) -> str:
+    """Upload a YAML config on the launch page, press Start, land on the new run's live page; its id."""
+    open_page(pg, f"{server.url}/")  # the default page lives at the root
+    path = tmp_path / f"{cfg.name}.yaml"
+    cfg.save(path)
+    pg.get_by_text("Load, clone or save a config").click()
+    pg.locator(".st-key-upload-config input[type=file]").set_input_files(str(path))
+    pg.get_by_text(f"Loaded {path.name}").wait_for()
+    expect(pg.locator(".st-key-cfg-name input")).to_have_value(cfg.name)  # later in the same rerun's stream
+    pg.locator(".st-key-start-run button").click()
+    pg.wait_for_url("**/live?run=*")
+    pg.wait_for_selector(".st-key-chart-kl")
+    return pg.url.split("run=")[1].split("&")[0]
+
+
+def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_dir, tmp_path, screenshot_dir):
+    pg = page
+    # validation shows next to the field before anything starts, in the real page
+    open_page(pg, f"{lab_server.url}/")
+    box = pg.locator(".st-key-cfg-ppo-mini_batch_size input")
+    box.fill("5")
+    box.press("Enter")
+    pg.get_by_text("must divide batch_size (16) exactly, got 5").wait_for()
+    assert pg.locator(".st-key-start-run button").is_disabled()
+    box.fill("4")
+    box.press("Enter")
+    pg.get_by_text("must divide batch_size").wait_for(state="detached")
+    pg.screenshot(path=screenshot_dir / "launch.png")
+
+    long_run = tiny_config(tiny_gpt2_dir, "e2e-long", steps=2000, out=tmp_path / "runs", evaluate=False)
+    run_id = launch_from_yaml(pg, lab_server, long_run, tmp_path)
+    pg.evaluate("window.__sameDocument = 'yes'")  # gone if the page reloads
+    pg.wait_for_function(f"() => ({CHART_POINTS_JS})('kl').some(t => t[0] === 'objective/kl' && t[1] >= 1)",
+                         timeout=120_000)
+    first = kl_points(pg)
+    pg.wait_for_function(f"n => ({CHART_POINTS_JS})('kl').some(t => t[0] === 'objective/kl' && t[1] > n)",
+                         arg=first, timeout=60_000)
+    assert kl_points(pg) > first
+    assert pg.evaluate("window.__sameDocument") == "yes"  # new points arrived without a reload
+    assert "running" in status_of(pg)
+    pg.wait_for_timeout(1500)
+    pg.screenshot(path=screenshot_dir / "live.png")
+
+    pg.locator(".st-key-cancel-run button").click()
+    pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=60_000)
+    with lab_server.store() as store:
+        run = store.get_run(run_id)
+    assert run.status == "cancelled" and 1 <= run.step < 2000
+
+
+def test_finished_run_before_after_table(lab_server, page, tiny_gpt2_dir, tmp_path, screenshot_dir):
+    pg = page
+    short_run = tiny_config(tiny_gpt2_dir, "e2e-short", steps=3, out=tmp_path / "runs")
+    run_id = launch_from_yaml(pg, lab_server, short_run, tmp_path)
+    pg.wait_for_function("() => document.body.innerText.includes('Status: completed')", timeout=180_000)
+    open_page(pg, f"{lab_server.url}/before_after?run={run_id}")
+    pg.locator(".st-key-ba-table table tr").nth(8).wait_for(state="attached")
+    rows = pg.locator(".st-key-ba-table table tr").evaluate_all(
+        "rs => rs.map(r => Array.from(r.querySelectorAll('td,th')).map(c => c.textContent))")
+    header, body = rows[0], rows[1:]
+    assert header == ["#", "prompt", "response before", "toxicity before", "response after", "toxicity after",
+                      "change"]
+    assert [r[0] for r in body] == [str(i) for i in range(8)]
+    with lab_server.store() as store:
+        expected = store.evaluations(run_id)
+    before = expected[expected.phase == "before"].set_index("idx")
+    for r in body:
+        assert float(r[3]) == pytest.approx(before.loc[int(r[0]), "toxicity"], abs=1e-3)
+        assert float(r[6]) == pytest.approx(float(r[5]) - float(r[3]), abs=1e-3)
+    assert pg.get_by_text("Mean toxicity · after").count() == 1
+    pg.screenshot(path=screenshot_dir / "before_after.png")
+
+
+def table_rows(pg, selector: str) -> list[list[str]]:
+    """The text of a st.dataframe's cells (its accessible table mirrors the canvas)."""
+    return pg.locator(f"{selector} table tr").evaluate_all(
+        "rs => rs.map(r => Array.from(r.querySelectorAll('td,th')).map(c => c.textContent))")
+
+
+def test_runs_and_playground_pages(lab_server, page, screenshot_dir):
+    pg = page
+    with lab_server.store() as store:  # one run of "another process" besides those earlier tests made
+        other = store.create_run(RunConfig(name="listed").to_yaml(), name="listed")
+        store.set_status(other, "running")
+        store.set_status(other, "failed", error="ValueError: for the list")
+        expected = {r.id: r.status for r in store.list_runs()}
+    open_page(pg, f"{lab_server.url}/runs")
+    pg.locator(".st-key-runs-table table tr").nth(len(expected)).wait_for(state="attached")
+    rows = table_rows(pg, ".st-key-runs-table")
+    header = rows[0]
+    shown = {r[header.index("id")]: r[header.index("status")] for r in rows[1:]}
+    assert shown == expected
+    pg.screenshot(path=screenshot_dir / "runs.png")
+
+    open_page(pg, f"{lab_server.url}/playground")
+    pg.locator("[data-testid='stDataFrame'] table tr").nth(2).wait_for(state="attached", timeout=60_000)
+    rows = table_rows(pg, "[data-testid='stDataFrame']")
+    scores = {r[0]: r for r in rows[1:]}
+    col = rows[0].index("profanity toxicity")
+    assert float(scores["You are terrible and i hate you."][col]) > float(scores["I like you."][col])
+    pg.screenshot(path=screenshot_dir / "playground.png")
+
+
+def test_latency_from_store_row_to_browser(lab_server, page):
+    """A metric row written by another process is drawn in the live KL chart within 2 s (median; refresh 1 s)."""
+    with lab_server.store() as store:
+        run_id = store.create_run(RunConfig(name="latency").to_yaml(), name="latency", total_steps=100)
+        store.set_status(run_id, "running")
+        store.log_metrics(run_id, 1, {"objective/kl": 0.1, "objective/kl_coef": 0.2})
+        open_page(page, f"{lab_server.url}/live?run={run_id}")
+        page.wait_for_function(f"() => ({CHART_POINTS_JS})('kl').some(t => t[0] === 'objective/kl' && t[1] === 1)")
+        latencies = []
+        for step in range(2, 10):
+            page.wait_for_timeout(int(np.random.default_rng(step).uniform(100, 900)))  # land anywhere in the cycle
+            t0 = time.perf_counter()
+            store.log_metrics(run_id, step, {"objective/kl": 0.1 * step, "objective/kl_coef": 0.2})
+            page.wait_for_function(f"n => ({CHART_POINTS_JS})('kl').some(t => t[0] === 'objective/kl' && t[1] === n)",
+                                   arg=step, polling=25, timeout=15_000)
+            latencies.append(time.perf_counter() - t0)
+        store.set_status(run_id, "completed")
+    RESULTS["latency_s"] = {"median": round(statistics.median(latencies), 3), "max": round(max(latencies), 3),
+                            "all": [round(x, 3) for x in latencies]}
+    print("\nstore → browser latency (s):", json.dumps(RESULTS["latency_s"]))
+    assert statistics.median(latencies) <= 2.0  # the target; single samples on a busy shared CPU can exceed it
+
+
+def charts_drawn_ms(pg, url: str, min_points: int) -> float:
+    """Milliseconds from navigating to `url` until all 8 panels are drawn (the KL one with >= min_points)."""
+    t0 = time.perf_counter()
+    open_page(pg, url)
+    pg.wait_for_function(f"n => document.querySelectorAll('.js-plotly-plot').length === 8 && "
+                         f"({CHART_POINTS_JS})('throughput').length > 0 && "
+                         f"({CHART_POINTS_JS})('kl').some(t => t[1] >= n)", arg=min_points, timeout=60_000)
+    return 1000 * (time.perf_counter() - t0)
+
+
+def redraw_ms(pg, label: str, axis_title: str) -> tuple[float, int]:
+    """Switch the x axis: every figure is rebuilt from the session's data, sent and drawn. (browser ms, server ms)"""
+    t = time.perf_counter()
+    pg.locator(".st-key-x-axis").get_by_text(label, exact=True).click()
+    pg.wait_for_function("t => Array.from(document.querySelectorAll('.js-plotly-plot')).every("
+                         "d => d.layout && d.layout.xaxis.title.text === t)", arg=axis_title, timeout=30_000)
+    ms = 1000 * (time.perf_counter() - t)
+    text = pg.locator("[data-testid='stCaptionContainer']", has_text="panel built in").inner_text()
+    return ms, int(text.split("panel built in ")[1].split(" ms")[0])
+
+
+def redraws(pg) -> list[tuple[float, int]]:
+    return [redraw_ms(pg, "wall time", "wall time (s)"), redraw_ms(pg, "step", "step"),
+            redraw_ms(pg, "wall time", "wall time (s)")]
+
+
+def test_render_time_of_a_20000_step_run(lab_server, page):
+    """Cold page load and redraws of a 20,000 × 20 run, against the same for a 10-step run."""
+    from bench.bench_ui_render import write_big_run
+
+    with lab_server.store() as store:
+        small = write_big_run(store, steps=10, n_series=20)
+        big = write_big_run(store, steps=20_000, n_series=20)
+    small_ms = charts_drawn_ms(page, f"{lab_server.url}/live?run={small}", 10)
+    small_redraws = redraws(page)
+    big_ms = charts_drawn_ms(page, f"{lab_server.url}/live?run={big}", 1000)
+    caption = page.locator("[data-testid='stCaptionContainer']", has_text="panel built in").inner_text()
+    assert "400,000 metric rows · last step 20000" in caption
+    built_ms = int(caption.split("panel built in ")[1].split(" ms")[0])
+    for name in ("kl", "returns", "reward", "losses", "entropy", "clipfrac", "length", "throughput"):
+        for _, n in page.evaluate(CHART_POINTS_JS, name):
+            assert 0 < n <= 4000  # ~2,000 per series (a mean ± std band draws both edges)
+    big_redraws = redraws(page)
+    RESULTS["render_20000x20"] = {
+        "cold_page_ms": {"10_steps": round(small_ms), "20000_steps": round(big_ms)},
+        "server_panel_cold_ms": built_ms,
+        "redraw_ms_10_steps": [round(b) for b, _ in small_redraws],
+        "redraw_ms_20000_steps": [round(b) for b, _ in big_redraws],
+        "redraw_server_panel_ms_20000_steps": [s for _, s in big_redraws]}
+    print("\n20,000 × 20 run page:", json.dumps(RESULTS["render_20000x20"]))
+    # What 20,000 steps add over 10 steps to redrawing every chart stays under a second (downsampled to
+    # ~2,000 points a series; absolute times depend on the machine's load, so the test compares).
+    assert statistics.median(b for b, _ in big_redraws) - statistics.median(b for b, _ in small_redraws) < 1000

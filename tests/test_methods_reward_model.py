@@ -1,0 +1,112 @@
+"""The reward model (RLHF's first stage) through TRL's RewardTrainer on a tiny GPT-2: > 90 % held-out pairwise
+accuracy on a separable synthetic pair set, measured through the hf_classifier backend it is saved for; and the
+chain "train a reward model, then PPO with it"."""
+
+import json
+import random
+
+import pytest
+
+from engine.config import RewardBackendSettings, RunConfig
+from engine.methods import rlhf_chain
+from engine.rewards.hf_classifier import HFClassifierBackend
+from engine.runner import run
+from engine.store import Store
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train faster on one thread, and leave the shared cores alone (the GRPO toy test: 4 s instead of
+    20 s on 2 busy cores)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+TOPICS = ["the garden", "my new job", "a trip to Rome", "learning piano", "the weekend", "our old car", "a recipe",
+          "the football match", "a birthday party", "the neighbours", "my sister", "winter coats"]
+
+
+GOOD = ["good", "great", "lovely", "kind"]
+BAD = ["bad", "awful", "poor", "rude"]
+
+
+def synthetic_pairs_file(tmp_path, n=80, seed=0):
+    """HH-style dialogues: the chosen reply uses words of GOOD, the rejected one words of BAD, otherwise the same.
+    Several words on each side, so an untrained scorer is not right (or wrong) on every pair by chance."""
+    rng = random.Random(seed)
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w") as f:
+        for i in range(n):
+            topic = rng.choice(TOPICS)
+            history = (f"\n\nHuman: Tell me what you think about {topic}, question {i}. I would like a short and "
+                       f"honest answer please.\n\nAssistant:")
+            k = rng.randrange(len(GOOD))
+            f.write(json.dumps({"chosen": f"{history} That sounds {GOOD[k]}, really {rng.choice(GOOD)}.",
+                                "rejected": f"{history} That sounds {BAD[k]}, really {rng.choice(BAD)}."}) + "\n")
+    return path
+
+
+def rm_config(model_dir, tmp_path, steps=40) -> RunConfig:
+    cfg = RunConfig(name="tiny-rm", method="reward_model")
+    cfg.model.name_or_path = str(model_dir)
+    cfg.data.source = str(synthetic_pairs_file(tmp_path))
+    cfg.data.holdout_size = 8
+    cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
+    cfg.reward_model.max_steps, cfg.reward_model.batch_size = steps, 8
+    cfg.reward_model.learning_rate, cfg.reward_model.max_length = 3e-3, 96
+    cfg.reward_model.eval_pairs = 24
+    cfg.output_dir = str(tmp_path / "out")
+    return cfg
+
+
+def test_reward_model_separates_synthetic_pairs_and_loads_as_hf_classifier(tiny_gpt2_dir, tmp_path):
+    store = Store(tmp_path / "runs.db")
+    cfg = rm_config(tiny_gpt2_dir, tmp_path)
+    run_id, summary = run(cfg, store)
+    rec = store.get_run(run_id)
+    assert (rec.status, rec.method, rec.step) == ("completed", "reward_model", 40)
+    print(f"reward model: held-out pairwise accuracy {summary['trl_eval_accuracy_before']:.3f} untrained, "
+          f"{summary['pairwise_accuracy']:.3f} trained "
+          f"(TRL's eval {summary['trl_eval_accuracy']:.3f}), mean margin {summary['mean_margin']:.3f}")
+    assert summary["pairwise_accuracy"] > 0.9 > summary["trl_eval_accuracy_before"]
+    # the backend sees exactly the tokens TRL trained and evaluated on, so the two accuracies agree
+    assert summary["pairwise_accuracy"] == pytest.approx(summary["trl_eval_accuracy"], abs=1e-6)
+    assert summary["eval_pairs"] == 24 and summary["pairs_dropped_as_holdout"] == 8
+    assert store.checkpoints(run_id)[0].path == summary["model_path"]
+    wide = store.metrics_wide(run_id)
+    assert list(wide["rm/loss"].dropna().index) == list(range(1, 41))
+    assert wide["rm/eval/pairwise_accuracy"].dropna().iloc[-1] == summary["pairwise_accuracy"]
+
+    # A one-label classifier: the hf_classifier backend's reward is its only logit (label 0, named "reward").
+    backend = HFClassifierBackend(model=summary["model_path"], label=0, score_on="prompt_response").load()
+    assert backend.labels == ["reward"] and backend.label_index == 0
+    prompt = "\n\nHuman: Tell me what you think about a new topic, question 999.\n\nAssistant:"
+    result = backend.score([prompt, prompt], [" That sounds great, really kind.", " That sounds awful, really poor."])
+    assert result.scores[0] > result.scores[1]
+    assert result.raw["logit_reward"] == result.scores
+    with pytest.raises(ValueError, match="toxic_label"):
+        backend.toxicity(["a one-logit reward model gives no toxicity probability"])
+    assert RewardBackendSettings(**summary["reward_backend"]).options["model"] == summary["model_path"]
+
+
+def test_rlhf_chain_trains_a_reward_model_then_ppo_with_it(tiny_gpt2_dir, tmp_path):
+    store = Store(tmp_path / "runs.db")
+    cfg = rm_config(tiny_gpt2_dir, tmp_path, steps=4)
+    cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, 2
+    cfg.generation.max_new_tokens = 8
+    cfg.data.max_prompt_tokens = 96
+    cfg.data.min_chars = 10
+    cfg.evaluation.bootstrap_samples = 100
+    rm_id, ppo_id = rlhf_chain(cfg, store)
+    rm, ppo = store.get_run(rm_id), store.get_run(ppo_id)
+    assert (rm.method, rm.status, ppo.method, ppo.status) == ("reward_model", "completed", "ppo", "completed")
+    ppo_cfg = RunConfig.from_yaml(ppo.config_yaml)
+    (backend,) = ppo_cfg.reward.backends
+    assert (backend.kind, backend.name, backend.options["model"]) == ("hf_classifier", "reward_model",
+                                                                      rm.summary["model_path"])
+    wide = store.metrics_wide(ppo_id)
+    assert list(wide["env/reward/reward_model"].dropna().index) == [1, 2]  # PPO was rewarded by the trained model
+    assert ppo.summary["before"]["n"] == 8

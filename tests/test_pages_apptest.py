@@ -1,0 +1,271 @@
+"""One AppTest per page of the lab (streamlit.testing.v1): the app against a temporary store ($RLAIF_LAB_DB).
+
+AppTest runs the scripts in this process, so the test writes runs straight into the same SQLite file and
+reads what the pages did. (AppTest never ticks `st.fragment(run_every=...)`; live updating is covered by
+the browser tests in tests/e2e/.)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.config import RewardBackendSettings, RunConfig
+from engine.store import Store, resolve_url
+from engine.worker import get_manager
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+
+
+def page(name: str) -> str:
+    return f"../pages/{name}.py"
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "lab.db"
+    monkeypatch.setenv("RLAIF_LAB_DB", str(path))
+    monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
+    store = Store(path)
+    # The app's worker starts first, as in real use: runs this test then writes as "running" belong to
+    # "another process" (a worker starting later would mark them interrupted and adopt queued ones).
+    manager = get_manager(resolve_url(str(path)))
+    yield store
+    assert manager.shutdown(cancel_current=True, timeout=60)
+    store.close()
+
+
+def app(page_name: str | None = None, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    if run_id:
+        at.query_params["run"] = run_id
+    at.run()
+    if page_name:
+        at.switch_page(page(page_name)).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def by_key(elements, key: str):
+    found = [e for e in elements if e.key == key]
+    assert found, f"no element with key {key!r}"
+    return found[0]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def add_finished_run(store: Store, name: str = "finished", steps: int = 5, tox_after: float = 0.2) -> str:
+    cfg = RunConfig(name=name)
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="jigsaw", weight=0.5)]
+    run_id = store.create_run(cfg.to_yaml(), name=name, total_steps=steps)
+    store.set_status(run_id, "running")
+    for step in range(1, steps + 1):
+        store.log_metrics(run_id, step, {
+            "objective/kl": 0.1 * step, "objective/kl_coef": 0.2, "ppo/returns/mean": -1.0 + 0.1 * step,
+            "env/reward_mean": 0.5 * step, "env/reward_std": 0.1, "env/reward/profanity": 0.4 * step,
+            "env/reward/jigsaw": 0.6 * step, "ppo/loss/policy": -0.01, "ppo/loss/value": 0.3,
+            "objective/entropy": 2.0, "ppo/policy/clipfrac": 0.05, "env/response_length_mean": 12.0,
+            "time/tokens_per_s": 100.0})
+        store.add_samples(run_id, step, [{"prompt": f"prompt {step}", "response": f"response {step}", "reward": 1.0,
+                                          "scores": {"profanity": 0.9, "jigsaw": 0.8}}])
+    before = [0.9, 0.5, 0.1, 0.6]
+    after = [0.2, 0.7, 0.1, tox_after]
+    store.add_evaluations(run_id, "before", [{"idx": i, "prompt": f"hold-out {i}", "response": f"bad answer {i}",
+                                              "toxicity": t} for i, t in enumerate(before)])
+    store.add_evaluations(run_id, "after", [{"idx": i, "prompt": f"hold-out {i}", "response": f"kind answer {i}",
+                                             "toxicity": t} for i, t in enumerate(after)])
+    store.set_summary(run_id, {
+        "before": {"mean": 0.525, "std": 0.33, "toxic_rate": 0.5, "max": 0.9, "n": 4},
+        "after": {"mean": (1.0 + tox_after) / 4, "std": 0.3, "toxic_rate": 0.25, "max": 0.7, "n": 4},
+        "pct_improvement_mean": 42.9, "pct_improvement_std": 9.1, "delta_ci_low": -0.5, "delta_ci_high": 0.1,
+        "pct_ci_low": -20.0, "pct_ci_high": 80.0, "mean_kl": 1.234, "length_before": 10.0, "length_after": 9.0,
+        "evaluator": "profanity"})
+    store.set_progress(run_id, steps, steps)
+    store.set_status(run_id, "completed")
+    return run_id
+
+
+# ---- launch --------------------------------------------------------------------------------------------
+
+
+def test_launch_defaults_validation_and_start(db, tiny_gpt2_dir):
+    at = app()
+    assert at.title[0].value == "Launch a run"
+    defaults = RunConfig()
+    assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(defaults.ppo.learning_rate)
+    assert by_key(at.number_input, "cfg-ppo-batch_size").value == defaults.ppo.batch_size
+    assert by_key(at.selectbox, "cfg-model-choice").value == "builtin:smollm2"
+    assert not errors(at)
+
+    # an invalid value: the error shows at once, and Start is disabled
+    by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(5).run()
+    assert any("must divide batch_size (16)" in e for e in errors(at))
+    assert by_key(at.button, "start-run").disabled
+
+    # a second reward backend, an hf_classifier without its model: the error names the field's problem
+    by_key(at.button, "add-reward").click().run()
+    rows = at.session_state["reward_rows"]
+    assert len(rows) == 2
+    by_key(at.selectbox, f"rw-{rows[1]}-kind").set_value("hf_classifier").run()
+    assert any("hf_classifier needs options.model" in e for e in errors(at))
+    by_key(at.button, f"remove-reward-{rows[1]}").click().run()
+    assert len(at.session_state["reward_rows"]) == 1
+
+    # a small valid run on the tiny model
+    by_key(at.number_input, "cfg-ppo-batch_size").set_value(4)
+    by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(2)
+    by_key(at.number_input, "cfg-ppo-max_ppo_steps").set_value(2)
+    by_key(at.number_input, "cfg-generation-max_new_tokens").set_value(8)
+    by_key(at.number_input, "cfg-data-holdout_size").set_value(8)
+    by_key(at.selectbox, "cfg-data-source_choice").set_value("builtin")
+    by_key(at.selectbox, "cfg-evaluator-kind").set_value("profanity")
+    by_key(at.text_input, "cfg-name").set_value("from-the-form")
+    by_key(at.selectbox, "cfg-model-choice").set_value("Hugging Face id or local path").run()
+    by_key(at.text_input, "cfg-model-custom").set_value(str(tiny_gpt2_dir / "nope")).run()
+    assert any("no such model directory" in e for e in errors(at))
+    by_key(at.text_input, "cfg-model-custom").set_value(str(tiny_gpt2_dir)).run()
+    assert not errors(at), errors(at)
+    assert not by_key(at.button, "start-run").disabled
+    by_key(at.button, "start-run").click().run()
+
+    runs = db.list_runs()
+    assert [r.name for r in runs] == ["from-the-form"]
+    cfg = RunConfig.from_yaml(runs[0].config_yaml)
+    assert (cfg.model.name_or_path, cfg.ppo.batch_size, cfg.ppo.max_ppo_steps) == (str(tiny_gpt2_dir), 4, 2)
+    assert cfg.ppo.learning_rate == pytest.approx(defaults.ppo.learning_rate)
+    assert cfg.evaluation.evaluator.kind == "profanity" and cfg.data.source == "builtin"
+    assert at.title[0].value == "Live run"  # Start goes to the live page of the new run
+    assert at.query_params["run"] == runs[0].id
+
+
+def test_launch_clones_a_past_runs_config(db):
+    cfg = RunConfig(name="to-clone")
+    cfg.ppo.learning_rate = 3e-4
+    cfg.reward.backends = [RewardBackendSettings(kind="jigsaw", weight=0.25, options={"label": "insult"})]
+    run_id = db.create_run(cfg.to_yaml(), name="to-clone")
+    at = app()
+    by_key(at.selectbox, "clone-run").set_value(run_id).run()
+    by_key(at.button, "clone-button").click().run()
+    assert by_key(at.text_input, "cfg-name").value == "to-clone"
+    assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(3e-4)
+    row = at.session_state["reward_rows"][0]
+    assert by_key(at.selectbox, f"rw-{row}-kind").value == "jigsaw"
+    assert by_key(at.number_input, f"rw-{row}-weight").value == pytest.approx(0.25)
+    assert "label: insult" in by_key(at.text_area, f"rw-{row}-options").value
+
+
+# ---- live ---------------------------------------------------------------------------------------------
+
+
+def test_live_page_shows_curves_samples_and_cancels(db):
+    run_id = db.create_run(RunConfig(name="live").to_yaml(), name="live", total_steps=10)
+    db.set_status(run_id, "running")
+    for step in (1, 2, 3):
+        db.log_metrics(run_id, step, {"objective/kl": 0.1 * step, "objective/kl_coef": 0.2, "time/step_s": 2.0,
+                                      "env/reward_mean": 1.0, "env/reward_std": 0.5, "env/reward/profanity": 1.0})
+        db.add_samples(run_id, step, [{"prompt": "p", "response": f"r{step}", "reward": 0.5,
+                                       "scores": {"profanity": 0.7}}])
+    db.set_progress(run_id, 3, 10)
+    at = app("live", run_id)
+    assert at.title[0].value == "Live run"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 8
+    assert any("step 3/10" in p.proto.text and "ETA 0:14" in p.proto.text for p in at.get("progress"))
+    assert any("18 metric rows · last step 3" in c.value for c in at.caption)
+    samples = at.dataframe[0].value  # the only table on the page (a display-only table has no key in AppTest)
+    assert list(samples["response"]) == ["r3", "r2", "r1"] and "profanity" in samples.columns
+
+    by_key(at.button, "cancel-run").click().run()
+    assert db.get_run(run_id).cancel_requested
+
+
+def test_live_page_shows_error_and_traceback(db):
+    run_id = db.create_run(RunConfig(name="broken").to_yaml(), name="broken")
+    db.set_status(run_id, "running")
+    db.set_status(run_id, "failed", error="RuntimeError: out of memory", traceback="Traceback (most recent call last):\n  boom")
+    at = app("live", run_id)
+    assert "RuntimeError: out of memory" in errors(at)
+    assert at.expander[0].label == "Traceback"
+    assert "boom" in at.code[0].value
+    assert not [b for b in at.button if b.key == "cancel-run"]
+
+
+# ---- before / after ------------------------------------------------------------------------------------
+
+
+def test_before_after_cards_table_and_filters(db):
+    run_id = add_finished_run(db, tox_after=0.9)
+    at = app("before_after", run_id)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Mean toxicity · before"].value == "0.5250"
+    assert metrics["Mean toxicity · after"].value == "0.4750"
+    assert metrics["Improvement of the mean"].value == "42.9 %"
+    assert metrics["Mean KL to the reference"].value == "1.234"
+    assert (metrics["Toxic rate · before"].value, metrics["Toxic rate · after"].value) == ("50.0%", "25.0%")
+    assert metrics["Std of toxicity · after"].value == "0.3000"
+    table = by_key(at.dataframe, "ba-table").value
+    assert list(table["idx"]) == [0, 1, 2, 3]
+    assert list(table["response_after"]) == [f"kind answer {i}" for i in range(4)]
+    assert table["change"].tolist() == pytest.approx([-0.7, 0.2, 0.0, 0.3])
+
+    by_key(at.radio, "ba-view").set_value("regressions").run()
+    assert list(by_key(at.dataframe, "ba-table").value["idx"]) == [3, 1]  # largest rise first
+    by_key(at.radio, "ba-view").set_value("biggest improvements").run()
+    assert list(by_key(at.dataframe, "ba-table").value["idx"]) == [0]
+    by_key(at.radio, "ba-view").set_value("all")
+    by_key(at.text_input, "ba-search").set_value("ANSWER 2").run()
+    assert list(by_key(at.dataframe, "ba-table").value["idx"]) == [2]
+
+
+# ---- runs --------------------------------------------------------------------------------------------
+
+
+def test_runs_page_lists_compares_and_deletes(db):
+    a = add_finished_run(db, name="first")
+    b = add_finished_run(db, name="second", tox_after=0.0)
+    at = app("runs")
+    table = by_key(at.dataframe, "runs-table").value
+    assert set(table["id"]) == {a, b}
+    row = table.set_index("id").loc[a]
+    assert row["status"] == "completed" and row["rewards"] == "profanity×1 + jigsaw×0.5"
+    assert row["model"] == "builtin:smollm2" and row["step"] == "5/5"
+    assert math.isclose(row["tox_after"], 0.3) and math.isclose(row["mean_kl"], 1.234)
+
+    order = list(table["id"])
+    at.session_state["runs-table"] = {"selection": {"rows": [order.index(a), order.index(b)], "columns": []}}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len([c for c in at.get("plotly_chart")]) == 4  # 3 default curves + before/after bars
+    assert set(at.dataframe[1].value["id"]) == {a, b}  # the comparison table, under the runs table
+
+    target = a  # the first selected row is the one the actions apply to
+    by_key(at.button, "delete-run").click().run()
+    assert db.get_run(target)  # not yet: it asks first
+    by_key(at.button, "delete-yes").click().run()
+    with pytest.raises(KeyError):
+        db.get_run(target)
+    assert len(db.list_runs()) == 1
+
+
+# ---- playground ------------------------------------------------------------------------------------------
+
+
+def test_playground_scores_default_texts(db):
+    t0 = time.perf_counter()
+    at = app("playground")
+    assert at.title[0].value == "Reward playground"
+    scores = at.dataframe[0].value.set_index("text")
+    assert list(scores.index) == ["I like you.", "You are terrible and i hate you."]
+    for backend in ("profanity", "jigsaw"):
+        tox = scores[f"{backend} toxicity"]
+        assert tox["You are terrible and i hate you."] > tox["I like you."]
+        reward = scores[f"{backend} reward"]
+        assert reward["I like you."] > reward["You are terrible and i hate you."]
+    assert not errors(at), errors(at)
+    assert time.perf_counter() - t0 < 60
