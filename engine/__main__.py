@@ -54,7 +54,7 @@ def cmd_run(args) -> int:
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
     store = _store(args)
-    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.ppo.max_ppo_steps)
+    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
     print(f"run {run_id} ({store.url})")
     bars: dict[str, tqdm] = {}
 

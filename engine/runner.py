@@ -85,7 +85,9 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
         return {}
     except BaseException as exc:  # record every failure, then let it propagate
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        # A ConfigError's first line is only "invalid config:"; its field lines are the useful part.
+        message = " ".join(line.strip() for line in text.splitlines()) if text else type(exc).__name__
         store.set_status(run_id, status, error=f"{type(exc).__name__}: {message}", traceback=traceback.format_exc())
         raise
     store.set_status(run_id, "completed")
@@ -219,6 +221,6 @@ def run(cfg: RunConfig, store: Store | None = None,
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered (cheap: text only)
     store = store or Store()
-    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.ppo.max_ppo_steps)
+    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
     summary = execute(cfg, store, run_id, on_progress)
     return run_id, summary

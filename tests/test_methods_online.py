@@ -67,6 +67,15 @@ def online_config(model_dir, tmp_path, method) -> RunConfig:
     return cfg
 
 
+def _run_async(coro):
+    """Run a coroutine on a fresh loop in its own thread: another test's fixture (Playwright's sync API)
+    may leave an event loop running in this thread, where asyncio.run refuses to start."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 @pytest.mark.parametrize("normalize", ["none", "zscore", "minmax"])
 def test_reward_functions_sum_to_the_ensembles_score(normalize):
     prompts = ["p one", "p two", "p three"]
@@ -77,7 +86,7 @@ def test_reward_functions_sum_to_the_ensembles_score(normalize):
     ensemble = Ensemble([(LetterShare(), 2.0), (Length(), 0.5)], normalize=normalize)
     funcs, weights, recorder = reward_functions(ensemble)
     assert [f.__name__ for f in funcs] == ["letters", "length"] and weights == [2.0, 0.5]
-    per_func = [asyncio.run(f(prompts=["<chat-formatted>"] * 3, completions=completions, raw_prompt=prompts))
+    per_func = [_run_async(f(prompts=["<chat-formatted>"] * 3, completions=completions, raw_prompt=prompts))
                 for f in funcs]
     total = [sum(w * v[i] for w, v in zip(weights, per_func, strict=True)) for i in range(3)]  # TRL's weighted sum
     assert total == pytest.approx(expected.scores)

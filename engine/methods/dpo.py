@@ -66,7 +66,7 @@ def train_dpo(bundle, train_pairs: Sequence[dict], eval_pairs: Sequence[dict], c
     trainer.train()
     summary: dict[str, Any] = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                "train_steps": trainer.state.global_step}
-    if eval_ds is not None:
+    if eval_ds is not None and trainer.state.global_step >= d.max_steps:  # not after a cancelled run
         # TRL's implicit-reward metrics on pairs it never trained on; logged to the store as dpo/eval/*
         metrics = trainer.evaluate()
         summary["pair_eval"] = {k[len("eval_"):]: float(v) for k, v in metrics.items()

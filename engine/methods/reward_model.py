@@ -101,6 +101,8 @@ def train_reward_model(cfg: RunConfig, train_pairs: Sequence[dict], eval_pairs: 
         summary["trl_eval_accuracy_before"] = float(trainer.evaluate()["eval_accuracy"])
     trainer.train()
     summary["train_steps"] = trainer.state.global_step
+    if trainer.state.global_step < r.max_steps:
+        return trainer, summary  # stopped early (cancelled): nothing to evaluate or save
     if eval_ds is not None:
         summary["trl_eval_accuracy"] = float(trainer.evaluate()["eval_accuracy"])  # logged as rm/eval/accuracy
     model_dir = out_dir / "reward_model"
