@@ -1,4 +1,5 @@
-"""Live run page: status, progress and ETA, cancel, error and traceback, live curves and recent samples.
+"""Live run page: status, progress and ETA, cancel, error and traceback, live curves, judge accounting
+and recent samples.
 
 The panel below the controls is an `st.fragment` that re-runs on a timer in the browser while the run is
 queued or running: only it re-runs, it reads only metric rows newer than the last it saw, and it
@@ -11,7 +12,7 @@ import time
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, judges, state
 
 lab = state.lab()
 st.title("Live run")
@@ -86,6 +87,19 @@ def live_panel() -> None:
     last_step = int(cache.long["step"].max()) if not cache.long.empty else 0
     st.caption(f"{len(cache.long):,} metric rows · last step {last_step} · "
                f"panel built in {1000 * (time.perf_counter() - t0):.0f} ms", help="updated live while the run is active")
+
+    judge_rows = judges.judge_table(cache.wide())  # reads only the judge/* columns
+    if not judge_rows.empty:
+        st.subheader("Judge accounting")
+        judge_box = st.container(key="judge-accounting")  # a stable selector for browser tests and screenshots
+        judge_box.dataframe(judge_rows, key="judge-table", hide_index=True,
+                            column_config={"p50 latency (s)": st.column_config.NumberColumn(format="%.3f"),
+                                           "p95 latency (s)": st.column_config.NumberColumn(format="%.3f"),
+                                           "est. cost (USD)": st.column_config.NumberColumn(format="$%.4f")})
+        if judge_rows["est. cost (USD)"].isna().any():
+            judge_box.caption("Cumulative over the run. No cost estimate for a model without a price in the table.")
+        else:
+            judge_box.caption("Cumulative over the run.")
 
     st.subheader("Recent samples")
     samples = lab.samples(run_id, last_n=24)
