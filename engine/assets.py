@@ -211,13 +211,15 @@ def summary_target(dialogue: str, max_words: int = 20) -> str | None:
     return f" The human asks: {_words(human[0], max_words)} The assistant says: {_words(reply, max_words)}"
 
 
-def training_texts(dialogues: Sequence[str], eos: str = EOS_TOKEN, summary_fraction: float = 0.5,
+def training_texts(dialogues: Sequence[str], eos: str = EOS_TOKEN, summary_fraction: float = 1.0,
                    summary_max_chars: int = 600, seed: int = 0) -> list[str]:
-    """The tiny policy's pre-training corpus: each dialogue + eos, plus for `summary_fraction` of the short ones
-    the lab's prompt ("Summarize the following conversation. ... Summary:") followed by `summary_target`.
+    """The tiny policy's pre-training corpus: each dialogue + eos, plus, for `summary_fraction` of the dialogues
+    short enough to be lab prompts (<= `summary_max_chars`), the lab's prompt ("Summarize the following
+    conversation. ... Summary:") followed by `summary_target` and eos.
 
-    Why: RL prompts end in "Summary:", a format plain dialogues never show; a few hundred extractive examples
-    teach the model to answer it with one short line about the dialogue (and eos), not with a new dialogue.
+    Why: RL prompts end in "Summary:", a format plain dialogues never show; ~1,000 extractive examples teach the
+    model to answer it with one line about the dialogue and eos, not with a new dialogue. The line quotes the
+    user's request and the assistant's answer, so its toxicity follows the dialogue's and a reward can move it.
     """
     from engine.data import format_prompt
 
@@ -291,7 +293,7 @@ def _budget_callback(max_seconds: float | None):
 def build_tiny_policy(out_dir: str | os.PathLike, dialogues: Sequence[str], max_steps: int = 300, *,
                       max_seconds: float | None = None, vocab_size: int = 4096, n_layer: int = 4, n_embd: int = 256,
                       n_head: int = 4, n_positions: int = 512, max_length: int = 256, batch_size: int = 8,
-                      learning_rate: float = 1e-3, summary_fraction: float = 0.5, seed: int = 0) -> dict[str, Any]:
+                      learning_rate: float = 2e-3, summary_fraction: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """Train a byte-level BPE tokenizer and pre-train a GPT-2-style model on `dialogues`; save both in `out_dir`.
 
     Training is TRL's SFTTrainer on plain text (see `training_texts`) for `max_steps` optimizer steps, or fewer if
@@ -330,8 +332,9 @@ def build_tiny_policy(out_dir: str | os.PathLike, dialogues: Sequence[str], max_
         output_dir=str(out_dir / "_trainer"), max_steps=max_steps, per_device_train_batch_size=batch_size,
         learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, max_steps // 20),
         weight_decay=0.01, max_length=max_length, dataset_text_field="text",
-        # CPU facts (shared/notes/libraries.md): no bf16; checkpointing only costs time on a model this small
-        bf16=False, use_cpu=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
+        # shared/notes/libraries.md: on CPU no bf16 and use_cpu; a GPU, if any, is simply faster. Gradient
+        # checkpointing (TRL's default) only costs time on a model this small.
+        bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False, logging_steps=1, save_strategy="no",
         report_to="none", disable_tqdm=True, seed=seed, dataloader_drop_last=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}),
                          processing_class=tokenizer, callbacks=[budget])
@@ -372,8 +375,18 @@ def tiny_policy_dir(cache_dir: str | os.PathLike | None = None, dialogues: Seque
 
 def _tiny_policy_target(cache_dir, dialogues: list[str], steps: int,
                         settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """The cache folder for these settings and data (a hash of both), and the marker's description of them."""
-    key_src = json.dumps({"steps": steps, **settings, "version": _TINY_POLICY_VERSION}, sort_keys=True)
+    """The cache folder for these settings and data (a hash of both), and the marker's description of them.
+
+    The key holds every setting, defaults included, so changing a default in the code also changes the folder.
+    """
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(build_tiny_policy).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown tiny policy setting(s) {unknown}; allowed: {sorted(defaults)}")
+    key_src = json.dumps({**defaults, **settings, "steps": steps, "version": _TINY_POLICY_VERSION}, sort_keys=True)
     data_hash = hashlib.sha256("\x00".join(dialogues).encode("utf-8")).hexdigest()
     key = hashlib.sha256((key_src + data_hash).encode()).hexdigest()[:12]
     info = {"asset": "tiny-gpt2", "settings": json.loads(key_src), "data_sha256": data_hash,

@@ -177,6 +177,9 @@ def test_tiny_policy_dir_caches_by_settings_and_rebuilds_incomplete(tmp_path, di
 
     assert target(dialogues, 5) == first
     assert len({first, target(dialogues[:100], 5), target(dialogues, 6), target(dialogues, 5, n_layer=3)}) == 4
+    assert target(dialogues, 5, seed=0) == first  # a default passed explicitly is the same model
+    with pytest.raises(ValueError, match="n_layers"):
+        assets.tiny_policy_dir(tmp_path, dialogues, steps=5, n_layers=3)
 
     (first / assets.MARKER).unlink()  # simulate a crash before the marker: must be rebuilt, not trusted
     assert assets.tiny_policy_dir(tmp_path, dialogues, steps=5, **EXTRA_TINY) == first
