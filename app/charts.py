@@ -260,3 +260,78 @@ def compare_summaries_figure(summaries: Mapping[str, dict], height: int = 320) -
                       title={"text": "Mean toxicity before / after (95 % CI of the change)", "font": {"size": 14}},
                       yaxis_title="mean toxicity")
     return fig
+
+
+# ---- comparing methods ------------------------------------------------------------------------------
+
+METHOD_COLORS = {"ppo": PALETTE[0], "dpo": PALETTE[1], "rloo": PALETTE[2], "grpo": PALETTE[3], "dpo_ai": PALETTE[4]}
+
+
+def run_label(name: str, run_id: str) -> str:
+    """How a run is named on the comparison charts: its name, and its id when that differs."""
+    return run_id if not name or name == run_id else f"{name} ({run_id})"
+
+
+def comparison_bars(table: pd.DataFrame, height: int = 340) -> go.Figure:
+    """Mean toxicity before and after per run (comparison table rows: id, name, method, tox_before, tox_after,
+    tox_change_%), the after bar labelled with its % change; each run's method under its name."""
+    rows = table[table["tox_before"].notna() | table["tox_after"].notna()] if not table.empty else table
+    labels = [f"{run_label(n, i)}<br>{m}" for n, i, m in zip(rows.get("name", []), rows.get("id", []),
+                                                             rows.get("method", []), strict=True)]
+    fig = go.Figure()
+    if len(rows):
+        fig.add_trace(go.Bar(name="before (base model)", x=labels, y=rows["tox_before"], marker_color=PALETTE[7],
+                             hovertemplate="%{x}<br>%{y:.4f}<extra>before</extra>"))
+        change = [f"{c:+.0f} %" if c == c else "" for c in rows["tox_change_%"]]
+        fig.add_trace(go.Bar(name="after (trained)", x=labels, y=rows["tox_after"], text=change,
+                             textposition="outside", marker_color=PALETTE[2],
+                             hovertemplate="%{x}<br>%{y:.4f} (%{text})<extra>after</extra>"))
+    else:
+        fig.add_annotation(text="no evaluated runs", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(barmode="group", height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      title={"text": "Mean toxicity of hold-out responses, before / after", "font": {"size": 14}},
+                      yaxis_title="mean toxicity", legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def tradeoff_figure(points: pd.DataFrame, x_title: str, y_title: str, title: str, height: int = 420,
+                    front_name: str = "Pareto front") -> go.Figure:
+    """One point per run (engine.compare.tradeoff rows: id, name, method, x, y, on_front, x_before, y_before),
+    coloured by method, name and values on hover; the Pareto front as a dashed line through its points; where
+    known, each run's base-model point in grey, joined to its trained point by a faint line."""
+    fig = go.Figure()
+    if points is None or points.empty:
+        fig.add_annotation(text="no run has both values", showarrow=False, x=0.5, y=0.5, xref="paper",
+                           yref="paper")
+    else:
+        labels = [run_label(n, i) for n, i in zip(points["name"], points["id"], strict=True)]
+        points = points.assign(label=labels)
+        before = points[points["x_before"].notna() & points["y_before"].notna()]
+        if len(before):
+            xs, ys = [], []
+            for _, r in before.iterrows():
+                xs += [r["x_before"], r["x"], None]
+                ys += [r["y_before"], r["y"], None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(127,127,127,0.35)", width=1),
+                                     hoverinfo="skip", showlegend=False))
+            fig.add_trace(go.Scatter(x=before["x_before"], y=before["y_before"], mode="markers",
+                                     name="before (base model)", hovertext=before["label"],
+                                     marker=dict(color=PALETTE[7], size=9, symbol="circle-open"),
+                                     hovertemplate="%{hovertext}, base model<br>" + x_title + ": %{x:.4f}<br>"
+                                     + y_title + ": %{y:.4f}<extra></extra>"))
+        front = points[points["on_front"].astype(bool)].sort_values(["x", "y"])
+        if len(front) > 1:
+            fig.add_trace(go.Scatter(x=front["x"], y=front["y"], mode="lines", name=front_name,
+                                     line=dict(color="#444", width=1.5, dash="dash"), hoverinfo="skip"))
+        for method, part in points.groupby("method", sort=False):
+            symbols = ["star" if f else "circle" for f in part["on_front"]]
+            fig.add_trace(go.Scatter(
+                x=part["x"], y=part["y"], mode="markers", name=str(method), hovertext=part["label"],
+                marker=dict(color=METHOD_COLORS.get(str(method), PALETTE[9]), size=13, symbol=symbols,
+                            line=dict(color="white", width=1)),
+                hovertemplate="<b>%{hovertext}</b><br>" + x_title + ": %{x:.4f}<br>" + y_title
+                + ": %{y:.4f}<extra>" + str(method) + "</extra>"))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
+                      title={"text": title, "font": {"size": 14}}, xaxis_title=x_title, yaxis_title=y_title,
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

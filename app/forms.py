@@ -78,7 +78,8 @@ def _sections() -> dict[str, tuple[str, type, tuple[str, ...]]]:
                     out[TITLES.get(path, path)] = (path, tp, HAND_DRAWN.get(path, ()))
                 visit(path + ".", tp)
 
-    out["Run"] = ("", RunConfig, ("name", "method"))  # RunConfig's own scalars, e.g. output_dir
+    # RunConfig's own scalars, e.g. output_dir; parent_run is set by the engine (a chain's second run), not by hand
+    out["Run"] = ("", RunConfig, ("name", "method", "parent_run"))
     visit("", RunConfig)
     return out
 

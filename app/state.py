@@ -27,6 +27,7 @@ PAGE_FILES = {  # name -> (file, title, icon)
     "live": ("live.py", "Live run", ":material/monitoring:"),
     "before_after": ("before_after.py", "Before / after", ":material/compare_arrows:"),
     "runs": ("runs.py", "Runs", ":material/table_rows:"),
+    "compare": ("compare.py", "Compare methods", ":material/balance:"),
     "playground": ("playground.py", "Reward playground", ":material/science:"),
 }
 

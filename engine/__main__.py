@@ -1,5 +1,8 @@
 """Command line: `python -m engine run CONFIG.yaml`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
 
+`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.methods.rlhf_chain) and
+prints both run ids.
+
 A thin layer over engine.runner and engine.store: it parses arguments, prints, and exits non-zero
 with a clear message on bad input.
 """
@@ -45,8 +48,7 @@ def cmd_run(args) -> int:
     from tqdm import tqdm
 
     from engine.config import RunConfig
-    from engine.evaluate import format_summary
-    from engine.runner import Progress, prepare_prompts, execute
+    from engine.runner import Progress, execute, prepare_prompts
 
     cfg = RunConfig.load(args.config)
     for override in args.set or []:
@@ -54,11 +56,13 @@ def cmd_run(args) -> int:
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
     store = _store(args)
-    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
-    print(f"run {run_id} ({store.url})")
     bars: dict[str, tqdm] = {}
 
     def on_progress(p: Progress) -> None:
+        if p.phase == "done":  # a chain's next run draws fresh bars
+            for bar in bars.values():
+                bar.close()
+            bars.clear()
         if p.total and p.phase != "done":
             bar = bars.get(p.phase)
             if bar is None:
@@ -76,6 +80,10 @@ def cmd_run(args) -> int:
 
     # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running".
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if cfg.method == "reward_model" and cfg.reward_model.then_ppo:
+        return _run_rlhf_chain(cfg, store, on_progress)
+    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
+    print(f"run {run_id} ({store.url})")
     try:
         summary = execute(cfg, store, run_id, on_progress)
     except KeyboardInterrupt:
@@ -83,13 +91,47 @@ def cmd_run(args) -> int:
         return 130
     for bar in bars.values():
         bar.close()
+    return _report(store, run_id, summary)
+
+
+def _report(store, run_id: str, summary: dict) -> int:
+    """Print a finished run's status and summary; the exit code (0: completed)."""
+    from engine.evaluate import format_summary
+
     record = store.get_run(run_id)
     print(f"run {run_id}: {record.status}")
     if summary.get("before"):
         print(format_summary(summary))
+    if "pairwise_accuracy" in summary:
+        print(f"held-out pairwise accuracy {summary['pairwise_accuracy']:.3f}; model {summary.get('model_path')}")
     if "wall_seconds" in summary:
         print(f"wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB")
     return 0 if record.status == "completed" else 1
+
+
+def _run_rlhf_chain(cfg, store, on_progress) -> int:
+    """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.methods.rlhf_chain)."""
+    from engine.methods import rlhf_chain
+
+    ids: list[str] = []
+
+    def on_run(run_id, run_cfg) -> None:
+        ids.append(run_id)
+        stage = "reward-model run" if run_cfg.method == "reward_model" else "PPO run"
+        print(f"{stage} {run_id} ({run_cfg.name}, {store.url})", flush=True)
+
+    try:
+        rm_id, ppo_id = rlhf_chain(cfg, store, on_progress, on_run=on_run)
+    except KeyboardInterrupt:
+        print(f"run {ids[-1] if ids else '?'}: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # the reward-model run was cancelled: PPO not started
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    code = _report(store, rm_id, store.get_run(rm_id).summary or {})
+    code = _report(store, ppo_id, store.get_run(ppo_id).summary or {}) or code
+    print(f"reward-model run {rm_id} -> PPO run {ppo_id}")
+    return code
 
 
 def _raise_interrupt(signum, frame):

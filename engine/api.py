@@ -2,7 +2,8 @@
 
 Responsible for: turning UI intents (start, cancel, delete, export, score this text) into calls on the
 worker and the store, and shaping store rows into the tables the pages show (runs overview, recent
-samples, before/after side by side). Pages call this module and nothing deeper.
+samples, before/after side by side, the methods comparison of engine.compare). Pages call this module and
+nothing deeper.
 
 Not responsible for: training (engine.runner), queueing (engine.worker), persistence (engine.store)
 or drawing (app/). It imports no Streamlit, so every function is usable and testable from Python.
@@ -15,7 +16,7 @@ import json
 import math
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,7 +196,7 @@ def describe_rewards(config: dict[str, Any]) -> str:
 
 
 def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """One row per run: id, name, status, method, model, rewards, progress and its key results."""
+    """One row per run: id, name, status, method, RLHF chain link, model, rewards, progress and its key results."""
     import pandas as pd
 
     rows = []
@@ -205,6 +206,7 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
         before, after = s.get("before") or {}, s.get("after") or {}
         rows.append({
             "id": r.id, "name": r.name, "status": r.status, "method": r.method,
+            "chain": describe_chain(chain_links(r)),
             "model": (cfg.get("model") or {}).get("name_or_path", ""),
             "rewards": describe_rewards(cfg),
             "step": f"{r.step}/{r.total_steps if r.total_steps is not None else '?'}",
@@ -213,9 +215,34 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "improvement_%": s.get("pct_improvement_mean", math.nan), "mean_kl": s.get("mean_kl", math.nan),
             "error": r.error or "",
         })
-    cols = ["id", "name", "status", "method", "model", "rewards", "step", "created", "tox_before", "tox_after",
-            "improvement_%", "mean_kl", "error"]
+    cols = ["id", "name", "status", "method", "chain", "model", "rewards", "step", "created", "tox_before",
+            "tox_after", "improvement_%", "mean_kl", "error"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def chain_links(record: RunRecord) -> dict[str, Any]:
+    """Where a run sits in an RLHF chain (a reward_model run with reward_model.then_ppo, then PPO rewarded by it).
+
+    parent_run: the reward_model run whose model rewards this PPO run (None for other runs); then_ppo: whether this
+    reward_model run queues a PPO run when it completes; ppo_run: the PPO run it queued; ppo_not_queued: why none was.
+    """
+    cfg, summary = _config_dict(record), record.summary or {}
+    return {"parent_run": cfg.get("parent_run"),
+            "then_ppo": record.method == "reward_model" and bool((cfg.get("reward_model") or {}).get("then_ppo")),
+            "ppo_run": summary.get("ppo_run"), "ppo_not_queued": summary.get("ppo_not_queued")}
+
+
+def describe_chain(links: dict[str, Any]) -> str:
+    """One line for chain_links(): "rewarded by RUN", "then PPO RUN", "then PPO when completed", "no PPO: why"."""
+    if links.get("parent_run"):
+        return f"rewarded by {links['parent_run']}"
+    if not links.get("then_ppo"):
+        return ""
+    if links.get("ppo_run"):
+        return f"then PPO {links['ppo_run']}"
+    if links.get("ppo_not_queued"):
+        return f"no PPO: {links['ppo_not_queued']}"
+    return "then PPO when completed"
 
 
 # ---- export ----------------------------------------------------------------------------------------
@@ -351,6 +378,41 @@ class Lab:
 
     def export_run(self, run_id: str, dest: str | Path | None = None) -> bytes | Path:
         return export_run(self.store, run_id, dest)
+
+    # comparing methods (engine.compare)
+    def comparable_runs(self) -> list[RunRecord]:
+        """Finished runs of the policy methods (every method but reward_model), newest first."""
+        from engine.compare import policy_runs
+
+        return policy_runs(self.store)
+
+    def helpfulness_scorers(self) -> list[RunRecord]:
+        """Completed reward_model runs whose reward model can score helpfulness, newest first."""
+        from engine.compare import helpfulness_scorers
+
+        return helpfulness_scorers(self.store)
+
+    def missing_helpfulness(self, run_ids: Sequence[str], scorer_run_id: str) -> int:
+        """How many hold-out responses of these runs the scorer has not scored yet (0: all cached)."""
+        from engine.compare import missing_helpfulness
+
+        return sum(len(t) for t in missing_helpfulness(self.store, run_ids, scorer_run_id).values())
+
+    def compare(self, run_ids: Sequence[str], helpfulness: str | None = None,
+                progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+        """The comparison table of engine.compare.comparison_table; `helpfulness` = a reward_model run id whose
+        model scores the responses first (only those not yet scored; `progress(done, total)` follows it)."""
+        from engine.compare import comparison_table
+
+        return comparison_table(self.store, run_ids, helpfulness, progress=progress, build=_backend)
+
+    @staticmethod
+    def tradeoff(table: pd.DataFrame, x: str, y: str, maximize: tuple[bool, bool] = (True, True),
+                 x_before: str | None = None, y_before: str | None = None) -> pd.DataFrame:
+        """Points of two table columns with their Pareto front (engine.compare.tradeoff)."""
+        from engine.compare import tradeoff
+
+        return tradeoff(table, x, y, maximize, x_before, y_before)
 
     # forms and playground (no store needed; methods for the pages' convenience)
     @staticmethod

@@ -104,7 +104,9 @@ class DPOSettings:
 @dataclass
 class RewardModelSettings:
     """RLHF's first stage: a reward model trained with TRL's RewardTrainer (Bradley-Terry loss) on the HH pairs,
-    saved as a one-logit sequence classifier that the `hf_classifier` reward backend loads (label 0 = the reward)."""
+    saved as a one-logit sequence classifier that the `hf_classifier` reward backend loads (label 0 = the reward).
+    With then_ppo the second stage follows: a PPO run ("<name>-ppo") with this config's model, data, evaluation, ppo,
+    generation and reward sections, rewarded by the trained model (engine.methods.reward_model.ppo_config)."""
 
     base_model: str | None = None  # None: the policy's model.name_or_path; any model that takes a classifier head
     learning_rate: float = 1e-5  # full fine-tuning rate of LM reward models (InstructGPT's: 9e-6); TRL's is 1e-4
@@ -117,6 +119,8 @@ class RewardModelSettings:
     eval_pairs: int = 200  # held-out pairs for the pairwise accuracy (share where chosen scores above rejected)
     activation_checkpointing: bool = True  # recompute activations: far less memory, ~25 % slower (TRL's default)
     seed: int = 0
+    then_ppo: bool = False  # RLHF: when this run completes, queue a PPO run rewarded by the trained model
+    keep_rewards: bool = False  # with then_ppo: add the model to the Reward section's backends, not replace them
 
 
 @dataclass
@@ -231,6 +235,7 @@ class RunConfig:
     reward_model: RewardModelSettings = field(default_factory=RewardModelSettings)  # method reward_model
     online: OnlineRLSettings = field(default_factory=OnlineRLSettings)  # methods rloo and grpo
     ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
+    parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
     def total_steps(self) -> int:
@@ -586,6 +591,9 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "reward_model.eval_pairs", r.eval_pairs, 0, None)
     if cfg.method == "reward_model" and r.eval_pairs < 1:
         e.append(FieldError("reward_model.eval_pairs", "must be >= 1: the run reports the held-out pairwise accuracy"))
+    if cfg.method == "reward_model" and r.keep_rewards and not r.then_ppo:
+        e.append(FieldError("reward_model.keep_rewards", "only applies to the PPO run of then_ppo: tick then_ppo too, "
+                                                         "or untick this"))
 
     o = cfg.online
     _range(e, "online.learning_rate", o.learning_rate, 0.0, 1.0, low_open=True)

@@ -1,4 +1,4 @@
-"""The run store: the single source of truth for runs, metrics, samples, evaluations and checkpoints.
+"""The run store: the single source of truth for runs, metrics, samples, evaluations, scores and checkpoints.
 
 Responsible for: persisting everything a run produces, safely under concurrent use. The background
 worker writes from its thread (or process) while the Streamlit UI reads from others; every method
@@ -17,6 +17,10 @@ processes share the store.
 
 Metric values are stored as floats; non-finite values (NaN, +inf, -inf) are stored as NULL and
 come back as NaN, so a diverged step keeps its row and shows as a gap in a chart.
+
+Scores are second opinions on hold-out responses computed after a run (e.g. a trained reward model's
+helpfulness score of each "after" response, engine.compare), kept so they are computed once. Their table is
+created on open like the others, so a database written before it existed opens unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -168,6 +173,21 @@ class Evaluation(Base):
     response: Mapped[str] = mapped_column(Text)
     toxicity: Mapped[float | None] = mapped_column(Float)
     scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+
+
+class Score(Base):
+    """A later score of one hold-out response (run, phase, idx) by a named scorer; one value per key."""
+
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("run_id", "scorer", "phase", "idx", name="uq_scores_run_scorer_phase_idx"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    scorer: Mapped[str] = mapped_column(String(200))
+    phase: Mapped[str] = mapped_column(String(16))
+    idx: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Checkpoint(Base):
@@ -530,7 +550,7 @@ class Store:
             raise KeyError(f"no run with id {run_id!r}")
 
     def delete_run(self, run_id: str) -> None:
-        """Delete a run and (by cascade) its metrics, samples, evaluations and checkpoint rows.
+        """Delete a run and (by cascade) its metrics, samples, evaluations, scores and checkpoint rows.
 
         Checkpoint files on disk are left alone. A running run must be cancelled first.
         """
@@ -712,6 +732,60 @@ class Store:
             df = self._frame(s, stmt, cols)
         df["scores"] = df["scores"].map(json.loads)
         return df.astype({"id": "int64", "idx": "int64", "toxicity": "float64"})
+
+    # ---- scores
+
+    def add_scores(self, run_id: str, scorer: str, rows: list[dict[str, Any]]) -> None:
+        """Store a scorer's values of hold-out responses: dicts with phase ("before" / "after"), idx and value.
+
+        A value already stored for the same (run, scorer, phase, idx) is replaced; NaN/inf are stored as NULL.
+        """
+        if not isinstance(scorer, str) or not scorer:
+            raise ValueError(f"scorer must be a non-empty string, got {scorer!r}")
+        now = utcnow()
+        records = []
+        for i, row in enumerate(rows):
+            phase = row.get("phase")
+            if phase not in EVAL_PHASES:
+                raise ValueError(f"rows[{i}]['phase'] must be one of {EVAL_PHASES}, got {phase!r}")
+            records.append({"run_id": run_id, "scorer": scorer, "phase": phase,
+                            "idx": _as_step(row.get("idx"), f"rows[{i}]['idx']"),
+                            "value": _finite_or_none(row.get("value"), f"rows[{i}]['value']"), "created_at": now})
+        if not records:
+            with self._session() as s:
+                self._require_run(s, run_id)
+            return
+        for attempt in range(2):
+            try:
+                with self._write() as s:
+                    # Delete then insert in one transaction: a re-score replaces, and the unique key holds.
+                    for phase in EVAL_PHASES:
+                        idxs = [r["idx"] for r in records if r["phase"] == phase]
+                        if idxs:
+                            s.execute(delete(Score).where(Score.run_id == run_id, Score.scorer == scorer,
+                                                          Score.phase == phase, Score.idx.in_(idxs)))
+                    s.connection().execute(insert(Score.__table__), records)
+                return
+            except IntegrityError:
+                with self._session() as s:
+                    self._require_run(s, run_id)  # KeyError if the run is gone
+                if attempt:  # a concurrent writer inserted the same keys between our delete and insert
+                    raise
+
+    def scores(self, run_id: str, scorer: str | None = None, phase: str | None = None) -> pd.DataFrame:
+        """Stored scores as columns scorer, phase, idx, value; ordered by scorer, phase (before first), idx."""
+        if phase is not None and phase not in EVAL_PHASES:
+            raise ValueError(f"phase must be one of {EVAL_PHASES}, got {phase!r}")
+        stmt = select(Score.scorer, Score.phase, Score.idx, Score.value).where(Score.run_id == run_id)
+        if scorer is not None:
+            stmt = stmt.where(Score.scorer == scorer)
+        if phase is not None:
+            stmt = stmt.where(Score.phase == phase)
+        stmt = stmt.order_by(Score.scorer, Score.phase.desc(), Score.idx)
+        with self._session() as s:
+            self._require_run(s, run_id)
+            df = self._frame(s, stmt, ["scorer", "phase", "idx", "value"])
+        return df.astype({"scorer": "object", "phase": "object", "idx": "int64", "value": "float64"})
 
     # ---- checkpoints
 

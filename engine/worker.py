@@ -1,9 +1,11 @@
 """The background worker: one daemon thread per process that runs queued runs one at a time.
 
 Responsible for: the queue (submit, cancel, order), executing each run with `engine.runner.execute`,
-and live progress (phase, step/total, ETA from step times). A run is validated and its prompts are
-prepared *before* it is queued, so bad input raises in the caller and nothing half-made lands in the
-store. Runs execute one at a time because a run takes the whole device (CPU cores or the GPU).
+live progress (phase, step/total, ETA from step times), and RLHF's chain: a completed reward_model run
+with `reward_model.then_ppo` queues its PPO run (engine.methods.reward_model.ppo_config) at the head of
+the queue. A run is validated and its prompts are prepared *before* it is queued, so bad input raises
+in the caller and nothing half-made lands in the store. Runs execute one at a time because a run takes
+the whole device (CPU cores or the GPU).
 
 Not responsible for: training (engine.runner), persistence (engine.store) or drawing (the app). The
 UI never talks to the thread: the worker writes the store and the UI reads it.
@@ -131,6 +133,9 @@ class RunManager:
 
         Raises engine.config.ConfigError (a ValueError naming each field) before anything is stored.
         """
+        return self._submit(cfg)
+
+    def _submit(self, cfg: RunConfig, front: bool = False) -> str:
         from engine.runner import prepare_prompts
 
         if not isinstance(cfg, RunConfig):
@@ -139,7 +144,10 @@ class RunManager:
         prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
         run_id = self.store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
         with self._cond:
-            self._queue.append(run_id)
+            if front:
+                self._queue.appendleft(run_id)
+            else:
+                self._queue.append(run_id)
             self._configs[run_id] = cfg
             self._progress[run_id] = RunProgress(run_id, total=cfg.total_steps)
             self._cond.notify_all()
@@ -154,9 +162,11 @@ class RunManager:
         with self._cond:
             if run_id in self._queue:
                 self._queue.remove(run_id)
-                self._configs.pop(run_id, None)
+                cfg = self._configs.pop(run_id, None)
                 self._progress.pop(run_id, None)
                 self.store.set_status(run_id, "cancelled", error="cancelled before it started")
+                if cfg is not None and _then_ppo(cfg):
+                    self._note_ppo_stage(run_id, {"ppo_not_queued": "the reward-model run was cancelled"})
                 self._cond.notify_all()
                 return "cancelled"
             if run_id == self._current:  # taken by the thread, maybe not marked running yet
@@ -267,6 +277,50 @@ class RunManager:
         except BaseException:  # KeyboardInterrupt / SystemExit: the runner stored "interrupted"
             log.warning("run %s interrupted", run_id)
             raise
+        if _then_ppo(cfg):
+            self._queue_ppo_stage(run_id, cfg)
+
+    # ---- RLHF: reward model, then PPO with it
+
+    def _queue_ppo_stage(self, rm_id: str, cfg: RunConfig) -> str | None:
+        """Queue the PPO run rewarded by the model that reward_model run `rm_id` trained (its reward_model.then_ppo),
+        first in the queue so the chain goes on at once; returns its id.
+
+        The reward-model run's summary records the PPO run's id ("ppo_run"), or why none was queued
+        ("ppo_not_queued": the run failed or was cancelled, or the PPO config was refused)."""
+        from engine.methods.reward_model import ppo_config
+
+        try:
+            record = self.store.get_run(rm_id)
+        except KeyError:  # deleted meanwhile
+            return None
+        if record.status != "completed":
+            note = {"ppo_not_queued": f"the reward-model run ended {record.status}"}
+            log.warning("run %s ended %s: its PPO run (then_ppo) is not queued", rm_id, record.status)
+            self._note_ppo_stage(rm_id, note)
+            return None
+        try:
+            ppo_id = self._submit(ppo_config(cfg, record.summary or {}, rm_id), front=True)
+        except Exception as exc:  # a ConfigError or unreadable data: say so on the reward-model run
+            log.exception("run %s: its PPO run (then_ppo) could not be queued", rm_id)
+            self._note_ppo_stage(rm_id, {"ppo_not_queued": f"{type(exc).__name__}: {exc}"})
+            return None
+        log.info("run %s completed: queued PPO run %s rewarded by its model", rm_id, ppo_id)
+        self._note_ppo_stage(rm_id, {"ppo_run": ppo_id})
+        return ppo_id
+
+    def _note_ppo_stage(self, rm_id: str, note: dict[str, str]) -> None:
+        """Add `note` to a reward-model run's summary (what became of its then_ppo stage)."""
+        try:
+            summary = self.store.get_run(rm_id).summary or {}
+            self.store.set_summary(rm_id, {**summary, **note})
+        except KeyError:  # deleted meanwhile
+            pass
+
+
+def _then_ppo(cfg: RunConfig) -> bool:
+    """Whether a run, once completed, is followed by a PPO run rewarded by its model (RLHF's second stage)."""
+    return cfg.method == "reward_model" and cfg.reward_model.then_ppo
 
 
 # ---- the process-wide manager ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ import streamlit as st
 
 from app import forms, state
 from engine.api import errors_by_field, validate_config
-from engine.config import ConfigError, RunConfig
+from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
 
 lab = state.lab()
 forms.init_state()
@@ -104,13 +104,22 @@ with c3:
     st.selectbox("Method", forms.CHOICES["method"], key=forms.key_of("method"),
                  help="ppo: the seed's PPO with a value head (causal and seq2seq). The others use TRL trainers "
                       "(causal policies only): dpo on human pairs, dpo_ai on pairs the reward mix labels, "
-                      "reward_model trains a classifier, rloo / grpo are online RL without a value head.")
+                      "reward_model trains a classifier (then, optionally, PPO with it), rloo / grpo are online "
+                      "RL without a value head.")
     forms.show_errors(errors, "method")
-method = st.session_state.get(forms.key_of("method"), "ppo")
+    method = st.session_state.get(forms.key_of("method"), "ppo")
+    # model.architecture's error also shows in the expander below (opened then); say it here, by the method, too.
+    arch_errors = errors.get("model.architecture", [])
+    if method in CAUSAL_ONLY_METHODS and causal_only_message(method) in arch_errors:
+        st.error(f"{causal_only_message(method)}. The Policy below is seq2seq.", icon="⚠️")
+    elif method in CAUSAL_ONLY_METHODS:
+        st.caption("Causal (decoder-only) policies only: TRL's trainer for this method has no seq2seq support.")
+then_ppo = method == "reward_model" and bool(st.session_state.get(forms.key_of("reward_model.then_ppo")))
 
 st.subheader("Policy")
 forms.model_inputs(errors)
-with st.expander("Architecture, precision, device"):
+detail_errors = any(p in errors for p, _ in forms.plain_fields(*forms.SECTIONS["Model details"]))
+with st.expander("Architecture, precision, device", expanded=detail_errors):
     forms.section("Model details", errors, columns=3)
 with st.expander("LoRA adapters"):
     forms.section("LoRA", errors)
@@ -118,11 +127,21 @@ with st.expander("LoRA adapters"):
 
 st.subheader("Reward")
 st.caption("The reward is the weighted sum of these backends' scores; each one's raw score is logged too.")
+if method == "reward_model":
+    st.caption("A reward model learns from the human preference pairs, not from this mix: the mix is used only by "
+               "the PPO run of then_ppo, and only with keep_rewards (otherwise the trained model alone is its reward).")
 forms.reward_rows(errors)
 
 for title in forms.METHOD_SECTIONS.get(method, ("PPO",)):
     st.subheader(title)
+    if title == "Reward model":
+        st.caption("then_ppo chains RLHF's two stages: when this reward model completes, a PPO run named "
+                   "“<run name>-ppo” is queued first in line, rewarded by the trained model, with the Policy, "
+                   "Reward, PPO, Generation, Data and Evaluation sections of this form.")
     forms.section(title, errors)
+if then_ppo:
+    st.subheader("PPO · after the reward model")
+    forms.section("PPO", errors)
 st.subheader("Generation")
 forms.section("Generation", errors, columns=3)
 st.subheader("Data")

@@ -13,6 +13,7 @@ import time
 import streamlit as st
 
 from app import charts, judges, state
+from engine.api import chain_links
 
 lab = state.lab()
 st.title("Live run")
@@ -39,6 +40,26 @@ def fmt_eta(seconds: float | None) -> str:
         return "ETA —"
     m, s = divmod(int(round(seconds)), 60)
     return f"ETA {m}:{s:02d}" if m < 60 else f"ETA {m // 60} h {m % 60:02d} min"
+
+
+def chain_notes(run_id: str) -> None:
+    """RLHF chains: the reward-model run a PPO run is rewarded by, or the PPO run a reward-model run queues."""
+    links = chain_links(lab.get_run(run_id))
+    if links["parent_run"]:
+        st.info(f"RLHF, second stage: rewarded by the reward model of run {links['parent_run']}.",
+                icon=":material/link:")
+        st.page_link(state.page_path("live"), label=f"Reward-model run {links['parent_run']}",
+                     query_params={"run": links["parent_run"]}, icon=":material/monitoring:")
+    elif links["then_ppo"] and links["ppo_run"]:
+        st.success(f"RLHF: PPO run {links['ppo_run']} is queued, rewarded by this reward model.",
+                   icon=":material/link:")
+        st.page_link(state.page_path("live"), label=f"PPO run {links['ppo_run']}",
+                     query_params={"run": links["ppo_run"]}, icon=":material/monitoring:")
+    elif links["then_ppo"] and links["ppo_not_queued"]:
+        st.warning(f"RLHF: no PPO run was queued ({links['ppo_not_queued']}).", icon=":material/link_off:")
+    elif links["then_ppo"]:
+        st.info("RLHF: when this reward model completes, a PPO run rewarded by it is queued first in line "
+                "(then_ppo); it will be linked here.", icon=":material/link:")
 
 
 def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
@@ -76,6 +97,7 @@ def live_panel() -> None:
     if status.traceback:
         with st.expander("Traceback"):
             st.code(status.traceback, language="text")
+    chain_notes(run_id)
 
     cache = state.metric_cache(run_id)
     cache.refresh(lab)

@@ -139,3 +139,29 @@ def test_overlay_summaries_and_histogram():
     table = pd.DataFrame({"toxicity_before": [0.1, 0.9], "toxicity_after": [0.1, np.nan]})
     hist = charts.toxicity_histogram(table)
     assert [t.name for t in hist.data] == ["before", "after"] and len(hist.data[1].x) == 1
+
+
+def test_comparison_bars_and_tradeoff_scatter():
+    table = pd.DataFrame({"id": ["r1", "r2", "r3"], "name": ["ppo run", "r2", "broken"],
+                          "method": ["ppo", "dpo", "ppo"], "tox_before": [0.5, 0.5, np.nan],
+                          "tox_after": [0.25, 0.4, np.nan], "tox_change_%": [-50.0, -20.0, np.nan]})
+    bars = charts.comparison_bars(table)
+    before, after = bars.data
+    assert list(before.x) == ["ppo run (r1)<br>ppo", "r2<br>dpo"]  # no bars for a run without numbers
+    assert list(after.y) == [0.25, 0.4] and list(after.text) == ["-50 %", "-20 %"]
+    assert "no evaluated runs" in charts.comparison_bars(table.iloc[:0]).layout.annotations[0].text
+
+    points = pd.DataFrame({"id": ["r1", "r2", "r3"], "name": ["a", "b", "c"], "method": ["ppo", "dpo", "ppo"],
+                           "x": [0.9, 0.6, 0.5], "y": [0.1, 0.8, 0.05], "on_front": [True, True, False],
+                           "x_before": [0.5, 0.5, 0.5], "y_before": [0.0, 0.0, 0.0]})
+    fig = charts.tradeoff_figure(points, "harmlessness", "helpfulness", "Harmlessness vs helpfulness")
+    by_name = {t.name: t for t in fig.data if t.name}
+    assert set(by_name) == {"before (base model)", "Pareto front", "ppo", "dpo"}
+    front = by_name["Pareto front"]
+    assert list(front.x) == [0.6, 0.9] and list(front.y) == [0.8, 0.1]  # sorted along x
+    assert list(by_name["ppo"].hovertext) == ["a (r1)", "c (r3)"] and list(by_name["ppo"].x) == [0.9, 0.5]
+    assert list(by_name["ppo"].marker.symbol) == ["star", "circle"]  # on the front, or not
+    assert by_name["ppo"].marker.color == charts.METHOD_COLORS["ppo"]
+    assert fig.layout.xaxis.title.text == "harmlessness" and fig.layout.yaxis.title.text == "helpfulness"
+    empty = charts.tradeoff_figure(points.iloc[:0], "x", "y", "t")
+    assert not empty.data and "no run has both values" in empty.layout.annotations[0].text

@@ -2,13 +2,16 @@
 accuracy on a separable synthetic pair set, measured through the hf_classifier backend it is saved for; and the
 chain "train a reward model, then PPO with it"."""
 
+import dataclasses
 import json
 import random
 
 import pytest
 
-from engine.config import RewardBackendSettings, RunConfig
+from engine.__main__ import main as cli
+from engine.config import RewardBackendSettings, RunConfig, validate
 from engine.methods import rlhf_chain
+from engine.methods.reward_model import backend_settings, ppo_config
 from engine.rewards.hf_classifier import HFClassifierBackend
 from engine.runner import run
 from engine.store import Store
@@ -100,13 +103,72 @@ def test_rlhf_chain_trains_a_reward_model_then_ppo_with_it(tiny_gpt2_dir, tmp_pa
     cfg.data.max_prompt_tokens = 96
     cfg.data.min_chars = 10
     cfg.evaluation.bootstrap_samples = 100
-    rm_id, ppo_id = rlhf_chain(cfg, store)
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
+    before = cfg.to_dict()
+    announced = []
+    rm_id, ppo_id = rlhf_chain(cfg, store, on_run=lambda run_id, c: announced.append((run_id, c.method, c.name)))
+    assert cfg.to_dict() == before  # the caller's config (its reward section included) is untouched
+    assert announced == [(rm_id, "reward_model", "tiny-rm"), (ppo_id, "ppo", "tiny-rm-ppo")]
     rm, ppo = store.get_run(rm_id), store.get_run(ppo_id)
     assert (rm.method, rm.status, ppo.method, ppo.status) == ("reward_model", "completed", "ppo", "completed")
     ppo_cfg = RunConfig.from_yaml(ppo.config_yaml)
+    assert (ppo.name, ppo_cfg.parent_run) == ("tiny-rm-ppo", rm_id)
     (backend,) = ppo_cfg.reward.backends
     assert (backend.kind, backend.name, backend.options["model"]) == ("hf_classifier", "reward_model",
                                                                       rm.summary["model_path"])
     wide = store.metrics_wide(ppo_id)
     assert list(wide["env/reward/reward_model"].dropna().index) == [1, 2]  # PPO was rewarded by the trained model
     assert ppo.summary["before"]["n"] == 8
+
+
+def test_ppo_config_is_the_second_stage_and_leaves_the_reward_model_config_alone(tmp_path):
+    cfg = RunConfig(name="hh", method="reward_model")
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity", weight=0.5)]
+    cfg.reward_model.then_ppo = True
+    cfg.ppo.max_ppo_steps = 7
+    summary = {"reward_backend": dataclasses.asdict(backend_settings(tmp_path / "rm", 96))}
+    before = cfg.to_dict()
+
+    out = ppo_config(cfg, summary, "r-rm")
+    assert (out.method, out.name, out.parent_run, out.ppo.max_ppo_steps) == ("ppo", "hh-ppo", "r-rm", 7)
+    (rm,) = out.reward.backends  # the trained model replaces the mix ...
+    assert (rm.kind, rm.name, rm.score_on) == ("hf_classifier", "reward_model", "prompt_response")
+    assert rm.options == {"model": str(tmp_path / "rm"), "label": 0, "max_length": 96}
+    kept = ppo_config(cfg, summary, "r-rm", keep_rewards=True)  # ... or joins it
+    assert [b.display_name for b in kept.reward.backends] == ["profanity", "reward_model"]
+    cfg.reward_model.keep_rewards = True  # the config's own switch when the argument is not given
+    assert len(ppo_config(cfg, summary).reward.backends) == 2
+    cfg.reward_model.keep_rewards = False
+    assert cfg.to_dict() == before and out.reward is not cfg.reward
+    with pytest.raises(ValueError, match="reward_backend"):
+        ppo_config(cfg, {}, "r-failed")  # a run that did not complete has no model to reward with
+
+
+def test_keep_rewards_without_then_ppo_is_refused_on_its_field():
+    cfg = RunConfig(method="reward_model")
+    cfg.reward_model.keep_rewards = True
+    assert [e.field for e in validate(cfg)] == ["reward_model.keep_rewards"]
+    cfg.reward_model.then_ppo = True
+    assert validate(cfg) == []
+
+
+def test_cli_run_with_then_ppo_runs_the_chain_and_prints_both_ids(tiny_gpt2_dir, tmp_path, capsys):
+    cfg = rm_config(tiny_gpt2_dir, tmp_path, steps=2)
+    cfg.reward_model.then_ppo = True
+    cfg.reward_model.eval_pairs = 4
+    cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 2, 2, 1
+    cfg.generation.max_new_tokens, cfg.generation.min_length = 4, 1
+    cfg.data.max_prompt_tokens, cfg.data.min_chars = 64, 10
+    cfg.evaluation.enabled = False
+    path = cfg.save(tmp_path / "rlhf.yaml")
+    db = str(tmp_path / "cli.db")
+    assert cli(["--db", db, "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    store = Store(db)
+    ppo, rm = store.list_runs()  # newest first
+    assert (rm.method, rm.status, rm.name, ppo.method, ppo.status, ppo.name) == (
+        "reward_model", "completed", "tiny-rm", "ppo", "completed", "tiny-rm-ppo")
+    assert f"reward-model run {rm.id} (tiny-rm" in out and f"PPO run {ppo.id} (tiny-rm-ppo" in out
+    assert f"reward-model run {rm.id} -> PPO run {ppo.id}" in out
+    ppo_cfg = RunConfig.from_yaml(ppo.config_yaml)
+    assert ppo_cfg.parent_run == rm.id and ppo_cfg.reward.backends[0].options["model"] == rm.summary["model_path"]

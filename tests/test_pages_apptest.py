@@ -7,6 +7,7 @@ the browser tests in tests/e2e/.)
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -269,3 +270,164 @@ def test_playground_scores_default_texts(db):
         assert reward["I like you."] > reward["You are terrible and i hate you."]
     assert not errors(at), errors(at)
     assert time.perf_counter() - t0 < 60
+
+
+# ---- compare methods -------------------------------------------------------------------------------------
+
+
+def add_evaluated_run(store: Store, name: str, method: str, after: list[float], prompts: list[str] | None = None,
+                      kl: float = 1.0, status: str = "completed") -> str:
+    """A finished policy run with before/after rows (length and KL per response, as the runner stores them)."""
+    prompts = prompts or [f"hold-out {i}" for i in range(4)]
+    run_id = store.create_run(RunConfig(name=name, method=method).to_yaml(), name=name, method=method)
+    store.set_status(run_id, "running")
+    for phase, values in (("before", [0.9, 0.5, 0.1, 0.6]), ("after", after)):
+        store.add_evaluations(run_id, phase, [
+            {"idx": i, "prompt": p, "response": f"{phase} answer {i}", "toxicity": t,
+             "scores": {"length": 10, "kl": 0.0 if phase == "before" else kl}}
+            for i, (p, t) in enumerate(zip(prompts, values, strict=True))])
+    store.set_summary(run_id, {"wall_seconds": 30.0})
+    store.set_status(run_id, status)
+    return run_id
+
+
+def figure_titles(at: AppTest) -> list[str]:
+    return [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")]
+
+
+def test_compare_page_without_runs_says_how_to_get_some(db):
+    at = app("compare")
+    assert at.title[0].value == "Compare methods"
+    assert any("No finished policy runs yet" in i.value for i in at.info)
+
+
+def test_compare_page_table_charts_and_messages(db):
+    ppo = add_evaluated_run(db, "ppo-run", "ppo", [0.2, 0.3, 0.1, 0.2], kl=2.0)
+    dpo = add_evaluated_run(db, "dpo-run", "dpo", [0.5, 0.5, 0.1, 0.5], kl=0.5)
+    other = add_evaluated_run(db, "other-prompts", "rloo", [0.1] * 4, prompts=[f"other {i}" for i in range(4)])
+    failed = db.create_run(RunConfig(name="failed-run", method="grpo").to_yaml(), name="failed-run", method="grpo")
+    db.set_status(failed, "running")
+    db.set_status(failed, "failed", error="RuntimeError: out of memory")
+    at = app("compare")
+    runs = by_key(at.multiselect, "cmp-runs")
+    assert set(runs.value) == {ppo, dpo, other}  # the completed policy runs; the failed one is an option
+    assert any(failed in o for o in runs.options)
+    assert any("method **reward_model**" in i.value for i in at.info)  # no scorer yet: how to get one
+    assert not [s for s in at.selectbox if s.key == "cmp-scorer"]
+
+    runs.set_value([ppo, dpo, other, failed]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("id")
+    assert list(table.index) == [ppo, dpo, other, failed]
+    assert table.loc[ppo, "tox_after"] == pytest.approx(0.2) and table.loc[ppo, "mean_kl"] == pytest.approx(2.0)
+    assert table.loc[ppo, "tox_change_%"] == pytest.approx(100 * (0.2 - 0.525) / 0.525)
+    assert table.loc[other, "same_holdout"] is False and table.loc[failed, "n_prompts"] == 0
+    warnings = [w.value for w in at.warning]
+    assert any("No hold-out evaluation for failed-run (failed)" in w for w in warnings)
+    assert any("other hold-out prompts than ppo-run" in w and "other-prompts" in w for w in warnings)
+    titles = figure_titles(at)
+    assert titles == ["Mean toxicity of hold-out responses, before / after",
+                      "Harmlessness vs KL (front: least KL for its harmlessness)"]
+    bars = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert bars[0]["x"] == [f"ppo-run ({ppo})<br>ppo", f"dpo-run ({dpo})<br>dpo"]  # the mismatched and the failed run are not drawn
+    assert any("Pareto front" in c.value and "ppo-run" in c.value and "dpo-run" in c.value for c in at.caption)
+
+
+def test_compare_page_scores_helpfulness_once(db, tiny_roberta_classifier_dir):
+    ppo = add_evaluated_run(db, "ppo-run", "ppo", [0.2, 0.3, 0.1, 0.2])
+    dpo = add_evaluated_run(db, "dpo-run", "dpo", [0.5, 0.5, 0.1, 0.5])
+    settings = {"kind": "hf_classifier", "name": "rm", "weight": 1.0, "score_on": "prompt_response",
+                "options": {"model": str(tiny_roberta_classifier_dir), "label": "nothate", "max_length": 64}}
+    rm = db.create_run(RunConfig(name="rm", method="reward_model").to_yaml(), name="rm", method="reward_model")
+    db.set_status(rm, "running")
+    db.set_summary(rm, {"model_path": str(tiny_roberta_classifier_dir), "reward_backend": settings,
+                        "pairwise_accuracy": 0.625})
+    db.set_status(rm, "completed")
+    at = app("compare")
+    assert by_key(at.selectbox, "cmp-scorer").value == rm
+    assert len(db.scores(ppo, f"reward_model:{rm}")) == 8 and len(db.scores(dpo, f"reward_model:{rm}")) == 8
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[ppo, "helpfulness_after"] == pytest.approx(
+        db.scores(ppo, f"reward_model:{rm}", "after")["value"].mean())
+    assert "Harmlessness vs helpfulness" in figure_titles(at)
+    scatter = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
+                   if json.loads(c.proto.spec)["layout"]["title"]["text"] == "Harmlessness vs helpfulness")
+    drawn = {t["name"]: t for t in scatter["data"] if t.get("name")}
+    assert {"ppo", "dpo", "before (base model)"} <= set(drawn)
+    assert drawn["ppo"]["hovertext"] == [f"ppo-run ({ppo})"]
+    at.run()  # a rerun reads the cached scores
+    assert not at.exception and len(db.scores(ppo)) == 8
+
+
+def test_launch_reward_model_then_ppo_links_both_runs(db, tiny_gpt2_dir):
+    at = app()
+    by_key(at.selectbox, "cfg-method").set_value("reward_model").run()
+    then_ppo = by_key(at.checkbox, "cfg-reward_model-then_ppo")  # drawn from the config dataclass, with its help
+    assert not then_ppo.value and "queue a PPO run rewarded by the trained model" in then_ppo.help
+    assert by_key(at.checkbox, "cfg-reward_model-keep_rewards")
+    assert any("then_ppo chains RLHF's two stages" in c.value for c in at.caption)
+    assert not [w for w in at.number_input if w.key == "cfg-ppo-max_ppo_steps"]  # PPO's section: only with then_ppo
+    by_key(at.checkbox, "cfg-reward_model-keep_rewards").check().run()
+    assert any("only applies to the PPO run of then_ppo" in e for e in errors(at))  # shown under the checkbox
+    then_ppo = by_key(at.checkbox, "cfg-reward_model-then_ppo")
+    then_ppo.check().run()
+    assert by_key(at.number_input, "cfg-ppo-max_ppo_steps")
+
+    # a tiny chain from the form: Start opens the reward-model run, which says a PPO run follows it
+    by_key(at.selectbox, "cfg-model-choice").set_value("Hugging Face id or local path").run()
+    by_key(at.text_input, "cfg-model-custom").set_value(str(tiny_gpt2_dir))
+    by_key(at.selectbox, "cfg-data-source_choice").set_value("builtin")
+    by_key(at.selectbox, "cfg-evaluator-kind").set_value("profanity")
+    by_key(at.number_input, "cfg-data-holdout_size").set_value(4)
+    by_key(at.number_input, "cfg-reward_model-max_steps").set_value(1)
+    by_key(at.number_input, "cfg-reward_model-batch_size").set_value(2)
+    by_key(at.number_input, "cfg-reward_model-eval_pairs").set_value(2)
+    by_key(at.number_input, "cfg-reward_model-max_length").set_value(64)
+    by_key(at.number_input, "cfg-ppo-batch_size").set_value(2)
+    by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(2)
+    by_key(at.number_input, "cfg-ppo-max_ppo_steps").set_value(1)
+    by_key(at.number_input, "cfg-generation-max_new_tokens").set_value(5)
+    by_key(at.text_input, "cfg-name").set_value("chain").run()
+    assert not errors(at), errors(at)
+    by_key(at.button, "start-run").click().run()
+    (rm,) = [r for r in db.list_runs() if r.method == "reward_model"]
+    cfg = RunConfig.from_yaml(rm.config_yaml)
+    assert (rm.name, cfg.reward_model.then_ppo, cfg.reward_model.keep_rewards) == ("chain", True, True)
+    assert at.title[0].value == "Live run" and at.query_params["run"] == rm.id
+    notes = [e.value for e in [*at.info, *at.success]]
+    assert any(n.startswith("RLHF") and "PPO run" in n for n in notes), notes
+
+
+def test_live_page_links_a_chains_runs(db):
+    rm_cfg = RunConfig(name="hh", method="reward_model")
+    rm_cfg.reward_model.then_ppo = True
+    rm_id = db.create_run(rm_cfg.to_yaml(), name="hh", method="reward_model")
+    ppo_cfg = RunConfig(name="hh-ppo", parent_run=rm_id)
+    ppo_id = db.create_run(ppo_cfg.to_yaml(), name="hh-ppo")
+    db.set_summary(rm_id, {"pairwise_accuracy": 0.9, "ppo_run": ppo_id})
+    for run_id in (rm_id, ppo_id):
+        db.set_status(run_id, "running")
+        db.set_status(run_id, "completed")
+    at = app("live", rm_id)
+    assert any(f"PPO run {ppo_id} is queued" in s.value for s in at.success)
+    at = app("live", ppo_id)
+    assert any(f"rewarded by the reward model of run {rm_id}" in i.value for i in at.info)
+    db.set_summary(rm_id, {"ppo_not_queued": "the reward-model run ended failed"})
+    at = app("live", rm_id)
+    assert any("no PPO run was queued (the reward-model run ended failed)" in w.value for w in at.warning)
+
+
+def test_launch_says_trl_methods_are_causal_only_next_to_the_method(db, tiny_t5_dir):
+    at = app()
+    by_key(at.selectbox, "cfg-model-choice").set_value("Hugging Face id or local path").run()
+    by_key(at.text_input, "cfg-model-custom").set_value(str(tiny_t5_dir)).run()
+    assert not errors(at)  # PPO trains seq2seq policies
+    for method, what in (("dpo", "DPOTrainer is causal-only"), ("grpo", "online trainers are causal-only")):
+        by_key(at.selectbox, "cfg-method").set_value(method).run()
+        method_column = next(c for c in at.columns if any(s.key == "cfg-method" for s in c.selectbox))
+        assert any(what in e.value for e in method_column.error), errors(at)  # next to the method ...
+        details = next(e for e in at.expander if e.label == "Architecture, precision, device")
+        assert details.proto.expanded and any(what in e.value for e in details.error)  # ... and on its field, open
+        assert by_key(at.button, "start-run").disabled
+    by_key(at.selectbox, "cfg-method").set_value("ppo").run()
+    assert not errors(at)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from engine.api import chain_links, runs_table
 from engine.config import ConfigError, RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import RunManager, eta_seconds, get_manager
@@ -24,6 +25,17 @@ def tiny_config(model_dir, steps: int = 3, name: str = "tiny", evaluate: bool = 
     cfg.evaluation.bootstrap_samples = 100
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
     cfg.generation.max_new_tokens = 8
+    return cfg
+
+
+def rlhf_config(model_dir, name: str = "rlhf", rm_steps: int = 2, base_model: str | None = None) -> RunConfig:
+    """A reward model on the built-in HH pairs, then (then_ppo) one PPO step rewarded by it."""
+    cfg = tiny_config(model_dir, steps=1, name=name, evaluate=False)
+    cfg.method = "reward_model"
+    r = cfg.reward_model
+    r.then_ppo, r.base_model = True, base_model
+    r.max_steps, r.batch_size, r.eval_pairs, r.max_length = rm_steps, 4, 4, 96
+    cfg.data.max_prompt_tokens = 96
     return cfg
 
 
@@ -174,3 +186,56 @@ def test_get_manager_is_one_per_database(tmp_path):
     finally:
         for url in ("a.db", "b.db"):
             assert get_manager(str(tmp_path / url)).shutdown()
+
+
+# ---- RLHF chain: reward_model with then_ppo ----------------------------------------------------------
+
+
+def test_reward_model_then_ppo_queues_ppo_first_rewarded_by_the_trained_model(store, manager_factory, tiny_gpt2_dir):
+    m = manager_factory(start=False)
+    rm_id = m.submit(rlhf_config(tiny_gpt2_dir))
+    other = m.submit(tiny_config(tiny_gpt2_dir, steps=1, name="queued-after", evaluate=False))
+    assert chain_links(store.get_run(rm_id))["then_ppo"]
+    m.start()
+    assert m.wait(rm_id, timeout=120) == "completed", store.get_run(rm_id).traceback
+    assert wait_for(lambda: "ppo_run" in (store.get_run(rm_id).summary or {}), timeout=30)
+    ppo_id = store.get_run(rm_id).summary["ppo_run"]
+    assert m.wait(ppo_id, timeout=120) == "completed", store.get_run(ppo_id).traceback
+    assert m.wait(other, timeout=120) == "completed"
+
+    rm, ppo = store.get_run(rm_id), store.get_run(ppo_id)
+    assert (ppo.name, ppo.method, ppo.total_steps) == ("rlhf-ppo", "ppo", 1)
+    assert rm.finished_at <= ppo.started_at <= store.get_run(other).started_at  # the chain goes on first
+    ppo_cfg = RunConfig.from_yaml(ppo.config_yaml)  # the stored YAML names the reward model and where it came from
+    assert ppo_cfg.parent_run == rm_id
+    assert [(b.kind, b.name, b.options["model"]) for b in ppo_cfg.reward.backends] == [
+        ("hf_classifier", "reward_model", rm.summary["model_path"])]
+    assert store.metrics_wide(ppo_id)["env/reward/reward_model"].notna().all()  # PPO was rewarded by it
+    table = runs_table(store.list_runs()).set_index("id")
+    assert table.loc[ppo_id, "chain"] == f"rewarded by {rm_id}" and table.loc[rm_id, "chain"] == f"then PPO {ppo_id}"
+    assert table.loc[other, "chain"] == ""
+
+
+def test_failed_or_cancelled_reward_model_queues_no_ppo(store, manager_factory, tiny_gpt2_dir, tmp_path):
+    broken = tmp_path / "broken_model"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
+    m = manager_factory(start=False)
+    failing = m.submit(rlhf_config(tiny_gpt2_dir, name="failing", base_model=str(broken)))
+    cancelled_queued = m.submit(rlhf_config(tiny_gpt2_dir, name="cancelled-queued"))
+    long_id = m.submit(rlhf_config(tiny_gpt2_dir, name="cancelled-running", rm_steps=10_000))
+    assert m.cancel(cancelled_queued) == "cancelled"
+    m.start()
+    assert m.wait(failing, timeout=120) == "failed"
+    assert wait_for(lambda: store.get_run(long_id).step >= 1, timeout=120)
+    assert m.cancel(long_id) == "running"
+    assert m.wait(long_id, timeout=60) == "cancelled"
+    assert wait_for(lambda: "ppo_not_queued" in (store.get_run(long_id).summary or {}), timeout=30)
+
+    assert {r.id for r in store.list_runs()} == {failing, cancelled_queued, long_id}  # no PPO run anywhere
+    assert m.queue() == []
+    notes = {rid: store.get_run(rid).summary["ppo_not_queued"] for rid in (failing, cancelled_queued, long_id)}
+    assert notes == {failing: "the reward-model run ended failed",
+                     cancelled_queued: "the reward-model run was cancelled",
+                     long_id: "the reward-model run ended cancelled"}
+    assert runs_table([store.get_run(failing)])["chain"][0] == "no PPO: the reward-model run ended failed"

@@ -11,7 +11,9 @@ and evaluation. PPO stays in engine/ppo.py + engine/runner.py (TRL 1.x has no PP
 Every policy method (all but `reward_model`) is evaluated exactly as PPO is: the same hold-out prompts
 (`engine.runner.prepare_prompts`), the same evaluator, "before" = the base model, "after" = the trained policy,
 plus the sequence KL to the base. DPO, RLOO and GRPO are causal-only in TRL 1.x; a seq2seq policy is refused with a
-ConfigError on `model.architecture`. `rlhf_chain(cfg)` trains a reward model and then runs PPO with it.
+ConfigError on `model.architecture`. `rlhf_chain(cfg)` trains a reward model and then runs PPO with it; a
+`reward_model` run with `reward_model.then_ppo` queued on the worker (the Launch page) queues that PPO run itself
+when it completes (`reward_model.ppo_config` builds it, for both).
 
 Logged metrics (written every optimizer step by callbacks.StoreCallback):
 
@@ -69,8 +71,9 @@ def execute_method(cfg: RunConfig, store, run_id: str, notify: Callable[[Any], N
                      f"got {cfg.method!r}")
 
 
-def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool = False) -> tuple[str, str]:
+def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool | None = None,
+               on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, str]:
     """Train a reward model, then run PPO with it as the reward; returns (reward-model run id, PPO run id)."""
     from engine.methods.reward_model import rlhf_chain as chain
 
-    return chain(cfg, store, on_progress, keep_rewards=keep_rewards)
+    return chain(cfg, store, on_progress, keep_rewards=keep_rewards, on_run=on_run)

@@ -6,7 +6,8 @@ saving it as a plain Hugging Face directory the `hf_classifier` reward backend l
 the one PPO will see. Pairs are tokenized here exactly as the backend tokenizes `prompt + reply` (its
 `score_on: prompt_response`: the tokenizer's special tokens, cut from the left to reward_model.max_length), and
 handed to TRL pre-tokenized, so training and scoring see the same tokens (TRL would otherwise append an EOS that
-the backend never adds). `rlhf_chain` runs the reward-model run and then a PPO run rewarded by it.
+the backend never adds). `ppo_config` builds the PPO run rewarded by a trained reward model (reward_model.then_ppo:
+the worker queues it when the reward-model run completes); `rlhf_chain` runs both stages in this process.
 
 Not responsible for: the PPO run (engine.runner) or loading the classifier for scoring (engine.rewards).
 The reward model is always fully fine-tuned (model.lora applies to policies only): its directory must be a plain
@@ -168,24 +169,52 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     return summary
 
 
-def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool = False) -> tuple[str, str]:
+def ppo_config(cfg: RunConfig, rm_summary: dict[str, Any], rm_run_id: str | None = None,
+               keep_rewards: bool | None = None) -> RunConfig:
+    """RLHF's second stage: the PPO run that follows a reward-model run (the worker, the CLI and rlhf_chain use it).
+
+    A copy of `cfg` (cfg itself is not changed) with method "ppo", name "<cfg.name>-ppo" and parent_run = rm_run_id,
+    rewarded by the model of `rm_summary` (a completed reward_model run's summary: its `reward_backend`) alone, or
+    added to cfg.reward's backends with keep_rewards (None: cfg.reward_model.keep_rewards). Every other section
+    (model, data, evaluation, ppo, generation, reward normalisation) is cfg's.
+    """
+    if not (rm_summary or {}).get("reward_backend"):
+        raise ValueError("the reward-model run's summary has no reward_backend: did it complete?")
+    keep = cfg.reward_model.keep_rewards if keep_rewards is None else keep_rewards
+    rm_backend = RewardBackendSettings(**rm_summary["reward_backend"])
+    out = replace(cfg, method="ppo", name=f"{cfg.name}-ppo", parent_run=rm_run_id)  # sections deep-copied
+    out.reward = dataclasses.replace(out.reward, backends=(list(out.reward.backends) if keep else []) + [rm_backend])
+    return out
+
+
+def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool | None = None,
+               on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, str]:
     """RLHF in two runs: a reward model on the human pairs, then PPO rewarded by it; returns (rm_run_id, ppo_run_id).
 
-    Both runs use cfg (model, data, evaluation, ppo and reward_model sections); the PPO run's reward is the trained
-    reward model alone, or added to cfg.reward's backends with keep_rewards=True. Raises RuntimeError when the
-    reward-model run does not complete (e.g. it was cancelled); PPO is then not started.
+    Both runs use cfg (model, data, evaluation, ppo and reward_model sections; cfg is not changed). The reward-model
+    run is named cfg.name when cfg.method is "reward_model", else "<cfg.name>-reward-model"; the PPO run is built by
+    `ppo_config` (keep_rewards None: cfg.reward_model.keep_rewards). `on_run(run_id, run_cfg)` is called as each run
+    is registered, before it executes (the CLI prints the ids). Raises RuntimeError when the reward-model run does
+    not complete (it was cancelled); a failing run raises its error. PPO is then not started.
     """
-    from engine.runner import run
+    from engine.runner import execute, prepare_prompts
     from engine.store import Store
 
     store = store or Store()
-    rm_cfg = replace(cfg, method="reward_model", name=f"{cfg.name}-reward-model")
-    rm_id, rm_summary = run(rm_cfg, store, on_progress)
+
+    def start(run_cfg: RunConfig) -> tuple[str, dict[str, Any]]:  # engine.runner.run, announcing the id first
+        run_cfg.check()
+        prepare_prompts(run_cfg)
+        run_id = store.create_run(run_cfg.to_yaml(), name=run_cfg.name, method=run_cfg.method,
+                                  total_steps=run_cfg.total_steps)
+        if on_run is not None:
+            on_run(run_id, run_cfg)
+        return run_id, execute(run_cfg, store, run_id, on_progress)
+
+    name = cfg.name if cfg.method == "reward_model" else f"{cfg.name}-reward-model"
+    rm_id, rm_summary = start(replace(cfg, method="reward_model", name=name))
     status = store.get_run(rm_id).status
     if status != "completed":
         raise RuntimeError(f"reward-model run {rm_id} ended {status}; PPO was not started")
-    ppo_cfg = replace(cfg, method="ppo", name=f"{cfg.name}-ppo")
-    rm_backend = RewardBackendSettings(**rm_summary["reward_backend"])
-    ppo_cfg.reward.backends = (list(ppo_cfg.reward.backends) if keep_rewards else []) + [rm_backend]
-    ppo_id, _ = run(ppo_cfg, store, on_progress)
+    ppo_id, _ = start(ppo_config(cfg, rm_summary, rm_id, keep_rewards))
     return rm_id, ppo_id

@@ -237,3 +237,63 @@ def test_render_time_of_a_20000_step_run(lab_server, page):
     # What 20,000 steps add over 10 steps to redrawing every chart stays under a second (downsampled to
     # ~2,000 points a series; absolute times depend on the machine's load, so the test compares).
     assert statistics.median(b for b, _ in big_redraws) - statistics.median(b for b, _ in small_redraws) < 1000
+
+
+def write_policy_run(store, name: str, method: str, after: list[float], kl: float) -> str:
+    """A completed policy run with before/after evaluations, written as the runner writes them (no training)."""
+    run_id = store.create_run(RunConfig(name=name, method=method).to_yaml(), name=name, method=method)
+    store.set_status(run_id, "running")
+    for phase, values in (("before", [0.8, 0.6, 0.2, 0.5]), ("after", after)):
+        store.add_evaluations(run_id, phase, [
+            {"idx": i, "prompt": f"compare hold-out {i}", "response": f"{phase} reply {i}", "toxicity": t,
+             "scores": {"length": 12, "kl": 0.0 if phase == "before" else kl}} for i, t in enumerate(values)])
+    store.set_summary(run_id, {"wall_seconds": 60.0})
+    store.set_status(run_id, "completed")
+    return run_id
+
+
+def test_compare_page_table_and_scatter(lab_server, page, tiny_gpt2_dir, tmp_path, screenshot_dir):
+    """Three methods' runs and a reward model written straight into the store; the Compare page shows their table,
+    scores helpfulness with the reward model, and draws the harmlessness vs helpfulness scatter."""
+    from dataclasses import asdict
+
+    from engine.methods.reward_model import backend_settings, load_reward_model
+
+    rm_dir = tmp_path / "reward_model"  # what a reward_model run saves: the tiny GPT-2 with a one-logit head
+    model, tokenizer = load_reward_model(str(tiny_gpt2_dir))
+    model.save_pretrained(rm_dir)
+    tokenizer.save_pretrained(rm_dir)
+    with lab_server.store() as store:
+        runs = {"cmp-ppo": write_policy_run(store, "cmp-ppo", "ppo", [0.2, 0.3, 0.1, 0.2], kl=3.0),
+                "cmp-dpo": write_policy_run(store, "cmp-dpo", "dpo", [0.5, 0.4, 0.2, 0.3], kl=0.8),
+                "cmp-grpo": write_policy_run(store, "cmp-grpo", "grpo", [0.3, 0.3, 0.1, 0.3], kl=1.5)}
+        rm = store.create_run(RunConfig(name="cmp-rm", method="reward_model").to_yaml(), name="cmp-rm",
+                              method="reward_model")
+        store.set_status(rm, "running")
+        store.set_summary(rm, {"model_path": str(rm_dir), "pairwise_accuracy": 0.6,
+                               "reward_backend": asdict(backend_settings(rm_dir, max_length=64))})
+        store.set_status(rm, "completed")
+    pg = page
+    open_page(pg, f"{lab_server.url}/compare")
+    pg.wait_for_selector(".st-key-cmp-scatter .js-plotly-plot", state="attached", timeout=120_000)
+    pg.locator(".st-key-cmp-table table tr").nth(len(runs)).wait_for(state="attached")
+    rows = table_rows(pg, ".st-key-cmp-table")
+    header = rows[0]
+    shown = {r[header.index("id")]: r for r in rows[1:]}
+    assert set(runs.values()) <= set(shown)
+    ppo = shown[runs["cmp-ppo"]]  # the accessible table holds the raw values of the columns in view
+    assert float(ppo[header.index("toxicity after")]) == pytest.approx(0.2)
+    assert float(ppo[header.index("Δ mean")]) == pytest.approx(100 * (0.2 - 0.525) / 0.525)
+    assert ppo[header.index("same hold-out")] == "true"
+    traces = pg.evaluate("""() => document.querySelector('.st-key-cmp-scatter .js-plotly-plot')._fullData
+        .map(t => [t.name, t.hovertext ? Array.from(t.hovertext) : []])""")
+    labels = {label for _, texts in traces for label in texts}
+    for name, rid in runs.items():
+        assert f"{name} ({rid})" in labels
+    assert {"ppo", "dpo", "grpo"} <= {name for name, _ in traces}
+    with lab_server.store() as store:
+        assert len(store.scores(runs["cmp-dpo"], f"reward_model:{rm}")) == 8  # scored once, kept in the store
+    height = pg.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    pg.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 3200)})  # the whole page in one picture
+    pg.wait_for_timeout(1500)
+    pg.screenshot(path=screenshot_dir / "compare.png")
