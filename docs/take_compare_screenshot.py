@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -25,10 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "docs"))
 
-from take_screenshots import free_port, full_height  # noqa: E402
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+from take_screenshots import CHROMIUM_ARGS, full_height, lab_server  # noqa: E402
 
 
 def main() -> None:
@@ -59,24 +54,7 @@ def main() -> None:
         query["scorer"] = args.scorer
     chart = ".st-key-cmp-scatter .js-plotly-plot" if (args.scorer or scorers) else ".st-key-cmp-kl .js-plotly-plot"
 
-    port = free_port()
-    env = {**os.environ, "RLAIF_LAB_DB": db}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("streamlit did not start")
-            time.sleep(0.3)
+    with lab_server(db) as url:
         from playwright.sync_api import sync_playwright
 
         out = Path(args.out)
@@ -91,9 +69,6 @@ def main() -> None:
             pg.screenshot(path=out)
             browser.close()
         print(f"wrote {out}")
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 if __name__ == "__main__":

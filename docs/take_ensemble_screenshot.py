@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # judge_server: the fake endpoint the judge tests use
 sys.path.insert(0, str(ROOT / "docs"))  # take_screenshots: free_port, full_height
 
-from take_screenshots import free_port, full_height  # noqa: E402
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+from take_screenshots import CHROMIUM_ARGS, full_height, lab_server  # noqa: E402
 
 
 def build_tiny_gpt2(out_dir: Path) -> Path:
@@ -88,24 +82,7 @@ def run_ensemble(model_dir: Path, db: Path, judge_url: str, steps: int) -> str:
 def screenshot(db: Path, run_id: str, chromium: str) -> None:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    env = {**os.environ, "RLAIF_LAB_DB": str(db)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit("streamlit did not start")
-            time.sleep(0.3)
+    with lab_server(db) as url:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
@@ -119,9 +96,6 @@ def screenshot(db: Path, run_id: str, chromium: str) -> None:
             pg.screenshot(path=OUT)
             browser.close()
         print(f"wrote {OUT.relative_to(ROOT)}")
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def main() -> None:

@@ -12,12 +12,14 @@ with RLAIF_LAB_SCREENSHOTS=1; this script is for pictures of a real run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +27,41 @@ OUT = ROOT / "docs" / "screenshots"
 sys.path.insert(0, str(ROOT))
 
 
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def lab_server(db: str | Path, timeout_s: float = 60) -> Iterator[str]:
+    """`streamlit run app/main.py` over the store `db` on a free port; yields its URL once healthy."""
+    port = free_port()
+    env = {**os.environ, "RLAIF_LAB_DB": str(db) if "://" in str(db) else str(Path(db).resolve())}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                sys.exit("streamlit did not start")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
 
 
 def full_height(pg, min_height: int = 900, max_height: int = 3200) -> None:
@@ -67,27 +100,12 @@ def main() -> None:
     run_id = args.run or done[0]
     compare = args.compare or done[:2]
 
-    port = free_port()
-    env = {**os.environ, "RLAIF_LAB_DB": str(Path(args.db).resolve())}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.fileWatcherType", "none",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
+    with lab_server(args.db) as url:
         from playwright.sync_api import sync_playwright
 
         OUT.mkdir(parents=True, exist_ok=True)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=args.chromium, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                              "--disable-component-update", "--disable-sync"])
+            browser = p.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
             pg = browser.new_page(viewport={"width": 1400, "height": 1000})
             if "launch" in args.pages:
                 shoot(pg, f"{url}/", "launch", ".st-key-start-run")
@@ -100,9 +118,6 @@ def main() -> None:
             if "playground" in args.pages:
                 shoot(pg, f"{url}/playground", "playground", "[data-testid='stDataFrame']")
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def shoot_runs(pg, url: str, compare: list[str]) -> None:

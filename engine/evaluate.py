@@ -10,7 +10,8 @@ were noise). Every prompt / response / score is returned for the side-by-side ta
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch
     """
     import torch
 
-    from engine.models import encode_queries, generate, logprobs_from_logits, reference_logprobs
+    from engine.models import encode_queries, generate, logprobs_from_logits, min_new_tokens, reference_logprobs
     from engine.ppo import decode_responses
 
     responses, lengths, kls = [], [], []
@@ -45,8 +46,10 @@ def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch
             r, rm = generate(bundle, policy.lm, q, qm, gen)
             with torch.no_grad():
                 logits, _ = policy(q, qm, r, rm)
-                logp = logprobs_from_logits(logits, r, gen.temperature)
-                ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature)
+                # KL of the distribution actually sampled (min-length EOS ban included), as in training
+                n_min, eos = min_new_tokens(gen), bundle.tokenizer.eos_token_id
+                logp = logprobs_from_logits(logits, r, gen.temperature, n_min, eos)
+                ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min)
             kls += ((logp - ref_lp) * rm).sum(1).tolist()
         responses += decode_responses(bundle.tokenizer, r, rm)
         lengths += rm.sum(1).tolist()

@@ -15,12 +15,13 @@ This module imports torch: import it only where a model is needed (the UI never 
 
 from __future__ import annotations
 
-import copy
 import contextlib
+import copy
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -234,7 +235,7 @@ def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSe
     """
     tok = bundle.tokenizer
     kwargs = dict(
-        max_new_tokens=gen.max_new_tokens, min_new_tokens=min(gen.min_length, gen.max_new_tokens),
+        max_new_tokens=gen.max_new_tokens, min_new_tokens=min_new_tokens(gen),
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
     )
     if greedy or not gen.do_sample:
@@ -264,23 +265,48 @@ def trim_after_eos(response, eos_id: int | None, pad_id: int):
     return response[:, :length].contiguous(), mask[:, :length].contiguous()
 
 
-def logprobs_from_logits(logits, tokens, temperature: float = 1.0):
-    """log p(token) under `logits / temperature`, gathered per position: `[B, R]`."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+def sampling_logits(logits, temperature: float = 1.0, min_new_tokens: int = 0, eos_token_id: int | None = None):
+    """The logits of the distribution `generate` samples each response token from: divided by the temperature,
+    and with EOS banned at the first `min_new_tokens` positions (generate's min_new_tokens, the seed's min_length).
+
+    Log-probs and KL must come from this distribution, not the raw one: with the raw one, a policy that puts mass
+    on an EOS it is never allowed to emit gets log pi(token) < log pi_ref(token) on every forced token, the KL
+    estimate turns negative and the KL penalty becomes a bonus for wanting to stop early (TRL's known
+    "negative KL" trap with min_length). top_k / top_p are not applied: they would give the reference -inf.
+    """
+    logits = logits / temperature
+    if min_new_tokens > 0 and eos_token_id is not None and logits.shape[-2] > 0:
+        banned = torch.zeros(logits.shape[-2:], dtype=torch.bool, device=logits.device)
+        banned[:min_new_tokens, eos_token_id] = True
+        # A finite minimum, not -inf: a masked-out EOS at a banned position must not turn into NaN.
+        logits = logits.masked_fill(banned, torch.finfo(logits.dtype).min)
+    return logits
+
+
+def logprobs_from_logits(logits, tokens, temperature: float = 1.0, min_new_tokens: int = 0,
+                         eos_token_id: int | None = None):
+    """log p(token) under the sampling distribution (`sampling_logits`), gathered per position: `[B, R]`."""
+    logp = torch.log_softmax(sampling_logits(logits, temperature, min_new_tokens, eos_token_id), dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def entropy_from_logits(logits, temperature: float = 1.0):
-    """Entropy of the next-token distribution at each position: `[B, R]`."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+def entropy_from_logits(logits, temperature: float = 1.0, min_new_tokens: int = 0, eos_token_id: int | None = None):
+    """Entropy of the sampling distribution at each position: `[B, R]`."""
+    logp = torch.log_softmax(sampling_logits(logits, temperature, min_new_tokens, eos_token_id), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
-def reference_logprobs(bundle: PolicyBundle, query_ids, query_mask, response_ids, response_mask, temperature: float):
-    """Per-token log-probs of the responses under the reference model."""
+def min_new_tokens(gen: "GenerationSettings") -> int:
+    """How many leading response tokens `generate` keeps from being EOS."""
+    return min(gen.min_length, gen.max_new_tokens)
+
+
+def reference_logprobs(bundle: PolicyBundle, query_ids, query_mask, response_ids, response_mask, temperature: float,
+                       min_new: int = 0):
+    """Per-token log-probs of the responses under the reference model (same sampling distribution as the policy's)."""
     with torch.no_grad(), bundle.reference_lm() as ref:
         logits, _ = forward_lm(ref, bundle.seq2seq, query_ids, query_mask, response_ids, response_mask)
-        return logprobs_from_logits(logits, response_ids, temperature)
+        return logprobs_from_logits(logits, response_ids, temperature, min_new, bundle.tokenizer.eos_token_id)
 
 
 def save_policy(bundle: PolicyBundle, out_dir: str | Path) -> Path:

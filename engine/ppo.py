@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from engine.models import (
     entropy_from_logits,
     generate,
     logprobs_from_logits,
+    min_new_tokens,
     reference_logprobs,
 )
 
@@ -209,6 +211,8 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(params, lr=ppo.learning_rate)
         self.generator = torch.Generator().manual_seed(ppo.seed)
         self.step_count = 0
+        # generate() bans EOS on the first tokens: log-probs, entropy and KL use that same distribution
+        self.min_new, self.eos_id = min_new_tokens(gen), bundle.tokenizer.eos_token_id
 
     # 1-2. rollout and score ------------------------------------------------------------------------
     def rollout(self, prompts: Sequence[str]) -> Rollout:
@@ -224,7 +228,7 @@ class PPOTrainer:
     # 3. forward pass without gradients -------------------------------------------------------------
     def _forward(self, q, qm, r, rm):
         logits, values = self.bundle.policy(q, qm, r, rm)
-        return logprobs_from_logits(logits, r, self.gen.temperature), values, logits
+        return logprobs_from_logits(logits, r, self.gen.temperature, self.min_new, self.eos_id), values, logits
 
     def step(self, prompts: Sequence[str]) -> dict[str, float]:
         """One PPO step on a batch of prompts; returns the step's metrics."""
@@ -237,9 +241,9 @@ class PPOTrainer:
 
         with torch.no_grad():
             old_logprobs, old_values, logits = self._forward(q, qm, r, rm)
-            entropy = entropy_from_logits(logits, self.gen.temperature)
+            entropy = entropy_from_logits(logits, self.gen.temperature, self.min_new, self.eos_id)
             del logits
-            ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature)
+            ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature, self.min_new)
 
             # 4. per-token rewards with the KL penalty
             scores = ro.scores
@@ -316,6 +320,6 @@ class PPOTrainer:
 def decode_responses(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """Response texts (special tokens dropped), from the masked response tokens only."""
     out = []
-    for ids, m in zip(response_ids, response_mask):
+    for ids, m in zip(response_ids, response_mask, strict=True):
         out.append(tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True))
     return out

@@ -13,9 +13,10 @@ import math
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.config import ConfigError, FieldError, RunConfig
 from engine.store import Store
@@ -144,7 +145,7 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
                                                      **eval_kwargs)
         tox = score_toxicity(evaluator, responses)
         rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": k}}
-                for i, (p, r, t, n, k) in enumerate(zip(holdout, responses, tox, lengths, kls))]
+                for i, (p, r, t, n, k) in enumerate(zip(holdout, responses, tox, lengths, kls, strict=True))]
         store.add_evaluations(run_id, which, rows)
         return tox, lengths, kls
 

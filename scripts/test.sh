@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_BROWSER=1 bash scripts/setup.sh
 . .venv/bin/activate
+ruff check .
 python -m pytest -q "$@"

@@ -127,3 +127,32 @@ def test_fixed_kl_controller_stays():
     ctl = FixedKLController(0.3)
     ctl.update(100.0, 16)
     assert ctl.value == 0.3
+
+
+def test_min_length_eos_ban_keeps_the_kl_estimate_honest():
+    # Policy and reference agree on every token but EOS (id 0), which the policy wants far more. With generate's
+    # min_new_tokens = 3 the first three tokens can never be EOS, so on those positions the two SAMPLING
+    # distributions are identical and the KL of any sampled token must be exactly 0. Scoring with the raw logits
+    # (the old way) makes every forced token look less likely under the policy: a negative KL, i.e. a bonus.
+    from engine.models import entropy_from_logits, logprobs_from_logits
+
+    torch.manual_seed(0)
+    ref_logits = torch.randn(2, 4, 7)
+    pol_logits = ref_logits.clone()
+    pol_logits[..., 0] += 5.0
+    tokens = torch.tensor([[3, 1, 4, 2], [5, 6, 2, 0]])  # EOS (0) only at position 3, after the ban
+
+    raw = logprobs_from_logits(pol_logits, tokens) - logprobs_from_logits(ref_logits, tokens)
+    assert (raw[:, :3] < -1.0).all()  # the trap
+
+    kl = (logprobs_from_logits(pol_logits, tokens, 1.0, 3, 0)
+          - logprobs_from_logits(ref_logits, tokens, 1.0, 3, 0))
+    assert torch.allclose(kl[:, :3], torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(kl[:, 3:], raw[:, 3:])  # after the ban nothing changes
+    # A banned EOS that only sits under the padding mask stays finite (no NaN through mask * logp).
+    lp = logprobs_from_logits(pol_logits, torch.zeros(2, 4, dtype=torch.long), 1.0, 3, 0)
+    assert torch.isfinite(lp).all() and (lp[:, :3] < -1e30).all()
+    assert torch.isfinite(entropy_from_logits(pol_logits, 1.0, 3, 0)).all()
+    # Temperature divides the logits before the ban, as generate does.
+    assert torch.allclose(logprobs_from_logits(pol_logits, tokens, 2.0, 3, 0),
+                          logprobs_from_logits(pol_logits / 2.0, tokens, 1.0, 3, 0))

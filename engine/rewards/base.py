@@ -11,8 +11,9 @@ the same object can serve as the evaluator of before/after toxicity.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @dataclass
@@ -55,5 +56,5 @@ def texts_to_score(prompts: Sequence[str], responses: Sequence[str], score_on: s
     if score_on == "response":
         return list(responses)
     if score_on == "prompt_response":
-        return [p + r for p, r in zip(prompts, responses)]
+        return [p + r for p, r in zip(prompts, responses, strict=True)]
     raise ValueError(f"score_on must be 'response' or 'prompt_response', got {score_on!r}")

@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 # USD per 1,000 (input, output) tokens, on-demand, us-east-1 (AWS Bedrock price list).
