@@ -16,6 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
+# Progress-bar postfix: (label, metric key) of PPO and of the TRL methods; those a step logs are shown.
+POSTFIX = (("kl", "objective/kl"), ("ret", "ppo/returns/mean"), ("reward", "env/reward_mean"),
+           ("loss", "rm/loss"), ("acc", "rm/accuracy"), ("loss", "dpo/loss"), ("margin", "dpo/rewards/margins"))
+
 
 def _store(args):
     from engine.store import Store
@@ -68,10 +72,9 @@ def cmd_run(args) -> int:
             if bar is None:
                 bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, unit="step" if p.phase == "train" else "prompt")
             bar.update(max(p.done - bar.n, 0))
-            if p.metrics:
-                bar.set_postfix(kl=f"{p.metrics.get('objective/kl', 0):.3f}",
-                                ret=f"{p.metrics.get('ppo/returns/mean', 0):.3f}",
-                                reward=f"{p.metrics.get('env/reward_mean', 0):.3f}")
+            shown = {label: p.metrics[key] for label, key in POSTFIX if key in (p.metrics or {})}
+            if shown:  # only what this method logs: a reward model has no KL to show as 0
+                bar.set_postfix({label: f"{value:.3f}" for label, value in shown.items()})
             bar.refresh()
             if p.done >= p.total:
                 bar.close()

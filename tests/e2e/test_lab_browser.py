@@ -81,7 +81,8 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     box.fill("5")
     box.press("Enter")
     pg.get_by_text("must divide batch_size (16) exactly, got 5").wait_for()
-    assert pg.locator(".st-key-start-run button").is_disabled()
+    # the error and the Start button are drawn by the same rerun, top to bottom: wait for the button's turn
+    pg.locator(".st-key-start-run button:disabled").wait_for(timeout=30_000)
     box.fill("4")
     box.press("Enter")
     pg.get_by_text("must divide batch_size").wait_for(state="detached")
