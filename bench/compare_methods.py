@@ -21,13 +21,13 @@ held-out pair accuracy.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.compare import comparison_table  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
 from engine.methods import rlhf_chain  # noqa: E402
 from engine.runner import run  # noqa: E402
@@ -65,17 +65,6 @@ def method_config(base: RunConfig, method: str, budget: int) -> RunConfig:
     return cfg
 
 
-def row(store: Store, run_id: str, label: str) -> dict:
-    rec = store.get_run(run_id)
-    s = rec.summary or {}
-    b, a = s.get("before", {}), s.get("after", {})
-    return {"method": label, "run": run_id, "status": rec.status, "tox_before": b.get("mean", math.nan),
-            "tox_after": a.get("mean", math.nan), "pct_change": -s.get("pct_improvement_mean", math.nan),
-            "std_before": b.get("std", math.nan), "std_after": a.get("std", math.nan),
-            "mean_kl": s.get("mean_kl", math.nan), "len_before": s.get("length_before", math.nan),
-            "len_after": s.get("length_after", math.nan), "wall_s": s.get("wall_seconds", math.nan)}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--db", default="runs/compare.db")
@@ -93,27 +82,30 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Store(args.db)
     base = base_config(args.model, args.lr, args.budget, args.holdout, args.out)
-    rows, rm_accuracy = [], None
+    run_ids, labels, walls, rm_accuracy = [], {}, {}, None
     for method in methods:
         cfg = method_config(base, method, args.budget)
         t0 = time.perf_counter()
         print(f"== {method}", flush=True)
         if method == "rlhf":
-            rm_id, ppo_id = rlhf_chain(cfg, store)
+            rm_id, run_id = rlhf_chain(cfg, store)
             rm_accuracy = (store.get_run(rm_id).summary or {}).get("pairwise_accuracy")
-            rows.append(row(store, ppo_id, "rlhf (rm + ppo)"))
-            rows[-1]["wall_s"] = time.perf_counter() - t0  # both runs: the reward model is part of its cost
+            labels[run_id] = "rlhf (rm + ppo)"
+            walls[run_id] = time.perf_counter() - t0  # both runs: the reward model is part of its cost
         else:
             run_id, _ = run(cfg, store)
-            rows.append(row(store, run_id, method))
+            labels[run_id] = method
+        run_ids.append(run_id)
 
-    cols = ["method", "tox_before", "tox_after", "pct_change", "mean_kl", "len_before", "len_after", "wall_s"]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        cells = [r["method"]] + [f"{r[c]:.4f}" if c.startswith("tox") else f"{r[c]:+.1f} %" if c == "pct_change"
-                                 else f"{r[c]:.2f}" if c in ("mean_kl", "len_before", "len_after")
-                                 else f"{r[c]:.0f}" for c in cols[1:]]
-        print("| " + " | ".join(cells) + " |")
+    # The Compare page's own table (numbers recomputed from the stored evaluations), so the two cannot disagree.
+    table = comparison_table(store, run_ids)
+    cols = ["tox_before", "tox_after", "tox_change_%", "mean_kl", "length_before", "length_after", "wall_s"]
+    print("\n| method | " + " | ".join(cols) + " |\n|" + "---|" * (len(cols) + 1))
+    for r in table.to_dict("records"):
+        r["wall_s"] = walls.get(r["id"], r["wall_s"])
+        cells = [f"{r[c]:.4f}" if c.startswith("tox_") and not c.endswith("%") else f"{r[c]:+.1f} %"
+                 if c.endswith("%") else f"{r[c]:.2f}" if c != "wall_s" else f"{r[c]:.0f}" for c in cols]
+        print(f"| {labels[r['id']]} | " + " | ".join(cells) + " |")
     if rm_accuracy is not None:
         print(f"\nreward model: pairwise accuracy on held-out HH pairs = {rm_accuracy:.3f}")
     return 0
