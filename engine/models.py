@@ -63,6 +63,15 @@ def is_seq2seq(path: str, architecture: str = "auto") -> bool:
     return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
 
 
+def autocast(device, mixed_precision: str = "no"):
+    """The autocast context of `mixed_precision`: "bf16" runs matmuls in bfloat16 while weights, optimizer state,
+    value head and log-softmax stay float32 (2-3x faster on GPUs and on CPUs with AVX512-BF16 or AMX); "no" is a
+    no-op."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 def _dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
@@ -115,11 +124,12 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
 class ActorCritic(nn.Module):
     """The policy LM plus a scalar value head on its last hidden state."""
 
-    def __init__(self, lm, seq2seq: bool, uses_lora: bool = False):
+    def __init__(self, lm, seq2seq: bool, uses_lora: bool = False, mixed_precision: str = "no"):
         super().__init__()
         self.lm = lm
         self.seq2seq = seq2seq
         self.uses_lora = uses_lora
+        self.mixed_precision = mixed_precision
         cfg = lm.config
         hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.n_embd
         self.value_head = nn.Linear(hidden, 1)
@@ -134,8 +144,10 @@ class ActorCritic(nn.Module):
 
     def forward(self, query_ids, query_mask, response_ids, response_mask):
         """Logits `[B, R, V]` predicting each response token and values `[B, R]` of the state before it."""
-        logits, hidden = forward_lm(self.lm, self.seq2seq, query_ids, query_mask, response_ids, response_mask,
-                                    with_hidden=True)
+        with autocast(self.device, self.mixed_precision):
+            logits, hidden = forward_lm(self.lm, self.seq2seq, query_ids, query_mask, response_ids, response_mask,
+                                        with_hidden=True)
+        # The value head runs outside autocast, in float32.
         return logits, self.value_head(hidden.float()).squeeze(-1)
 
 
@@ -150,6 +162,21 @@ class PolicyBundle:
     path: str
     device: str
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    mixed_precision: str = "no"  # "bf16": generation and forward passes under bfloat16 autocast
+
+    def autocast(self):
+        """The autocast context every forward pass and generation of this bundle runs under."""
+        return autocast(self.device, self.mixed_precision)
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Mixed precision off for the block (evaluation measures the trained weights at their own precision)."""
+        saved = self.mixed_precision, self.policy.mixed_precision
+        self.mixed_precision = self.policy.mixed_precision = "no"
+        try:
+            yield
+        finally:
+            self.mixed_precision, self.policy.mixed_precision = saved
 
     @contextlib.contextmanager
     def reference_lm(self) -> Iterator[Any]:
@@ -197,11 +224,13 @@ def load_policy(settings: "ModelSettings") -> PolicyBundle:
         reference = copy.deepcopy(lm).eval()
         reference.requires_grad_(False)
     disable_dropout(lm)
-    policy = ActorCritic(lm, seq2seq=seq2seq, uses_lora=settings.lora.enabled)
+    policy = ActorCritic(lm, seq2seq=seq2seq, uses_lora=settings.lora.enabled,
+                         mixed_precision=settings.mixed_precision)
     use_template = settings.chat_template == "on" or (
         settings.chat_template == "auto" and not seq2seq and bool(getattr(tokenizer, "chat_template", None)))
     return PolicyBundle(policy=policy, tokenizer=tokenizer, reference=reference, seq2seq=seq2seq,
-                        path=path, device=str(torch.device(device)), chat_template=use_template)
+                        path=path, device=str(torch.device(device)), chat_template=use_template,
+                        mixed_precision=settings.mixed_precision)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,7 +271,7 @@ def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSe
         kwargs.update(do_sample=False)
     else:
         kwargs.update(do_sample=True, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature)
-    with torch.no_grad():
+    with torch.no_grad(), bundle.autocast():
         out = lm.generate(input_ids=query_ids, attention_mask=query_mask, **kwargs)
     response = out[:, 1:] if bundle.seq2seq else out[:, query_ids.shape[1]:]
     return trim_after_eos(response, tok.eos_token_id, tok.pad_token_id)
@@ -304,7 +333,7 @@ def min_new_tokens(gen: "GenerationSettings") -> int:
 def reference_logprobs(bundle: PolicyBundle, query_ids, query_mask, response_ids, response_mask, temperature: float,
                        min_new: int = 0):
     """Per-token log-probs of the responses under the reference model (same sampling distribution as the policy's)."""
-    with torch.no_grad(), bundle.reference_lm() as ref:
+    with torch.no_grad(), bundle.reference_lm() as ref, bundle.autocast():
         logits, _ = forward_lm(ref, bundle.seq2seq, query_ids, query_mask, response_ids, response_mask)
         return logprobs_from_logits(logits, response_ids, temperature, min_new, bundle.tokenizer.eos_token_id)
 

@@ -67,6 +67,7 @@ def test_wrong_type_is_named():
     ("data.source", "/nonexistent/prompts.csv", "data.source", "no such file"),
     ("data.template", "no placeholder", "data.template", "{dialogue}"),
     ("reward.normalize", "softmax", "reward.normalize", "zscore"),
+    ("model.mixed_precision", "fp8", "model.mixed_precision", "bf16"),
 ])
 def test_validation_names_field_and_range(field, value, expect_field, expect_text):
     data = RunConfig().to_dict()
@@ -84,6 +85,16 @@ def test_reward_backend_errors():
     assert {"reward.backends[0].options.model", "reward.backends[1].kind", "reward.backends[2].weight"} <= fields
     cfg.reward.backends = []
     assert any(e.field == "reward.backends" for e in validate(cfg))
+
+
+def test_profanity_options_are_checked():
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity", options={"transform": "sigmoid", "scale": 2})]
+    errors = {e.field: e.message for e in validate(cfg)}
+    assert "log_odds, p_not" in errors["reward.backends[0].options.transform"]
+    assert "only options.transform" in errors["reward.backends[0].options.scale"]
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity", options={"transform": "p_not"})]
+    assert validate(cfg) == []
 
 
 def test_credentials_are_refused_in_config():

@@ -87,6 +87,41 @@ def test_ppo_raises_mean_reward_on_a_toy_task(which, request):
     assert last > first + 0.05, (first, last)
 
 
+def test_bf16_mixed_precision_trains_in_bf16_and_evaluates_in_float32(tiny_gpt2_dir):
+    from engine.evaluate import generate_responses
+
+    bundle = _bundle(tiny_gpt2_dir, mixed_precision="bf16")
+    tok = bundle.tokenizer
+    enc = tok(["Human: hi there", "Human: what is the weather like"], return_tensors="pt", padding=True)
+    resp = tok([" fine thanks a lot", " rainy and cold here"], return_tensors="pt", padding=True)["input_ids"]
+    args = (enc["input_ids"], enc["attention_mask"], resp, torch.ones_like(resp))
+    with torch.no_grad():
+        logits16, values16 = bundle.policy(*args)
+        with bundle.full_precision():
+            logits32, values32 = bundle.policy(*args)
+        ref16 = reference_logprobs(bundle, *args, temperature=1.0)
+    assert bundle.mixed_precision == "bf16" and bundle.policy.mixed_precision == "bf16"  # restored after the block
+    assert logits16.dtype == logits32.dtype == torch.float32 and values16.dtype == torch.float32
+    lp16, lp32 = logprobs_from_logits(logits16, resp), logprobs_from_logits(logits32, resp)
+    diff = (lp16 - lp32).abs().max()
+    assert 0 < diff < 0.2, diff  # really rounded to bf16, yet close
+    # Policy and reference share the weights and the precision at the start: the KL estimate is exactly 0.
+    assert torch.equal(lp16, ref16)
+
+    # Training steps run under autocast and still move the policy the right way...
+    cfg = PPOSettings(batch_size=8, mini_batch_size=4, learning_rate=3e-3, init_kl_coef=0.01, adaptive_kl=False)
+    trainer = PPOTrainer(bundle, _e_share, cfg, GenerationSettings(max_new_tokens=6, min_length=6))
+    m = trainer.step(["Human: hello there"] * 8)
+    assert abs(m["objective/kl"]) < 1e-4 and all(p.dtype == torch.float32 for p in bundle.policy.parameters())
+    # ...while evaluation samples at full precision: the same responses as a float32 bundle with those weights.
+    gen = GenerationSettings(max_new_tokens=6)
+    prompts = ["Human: hello there", "Human: tell me a story"]
+    got = generate_responses(bundle, prompts, gen, which="after", batch_size=2, max_prompt_tokens=32, seed=5)
+    bundle.mixed_precision = bundle.policy.mixed_precision = "no"
+    want = generate_responses(bundle, prompts, gen, which="after", batch_size=2, max_prompt_tokens=32, seed=5)
+    assert got == want
+
+
 def test_first_step_metrics_and_zero_initial_kl(tiny_gpt2_dir):
     bundle = _bundle(tiny_gpt2_dir)
     seen = []

@@ -44,6 +44,18 @@ def test_profanity_reward_is_log_odds_of_not_offensive(profanity):
     assert isinstance(profanity, RewardBackend) and isinstance(profanity, ToxicityScorer)
 
 
+def test_profanity_p_not_transform_is_one_minus_p(profanity):
+    texts = [SEED_NICE, SEED_MEAN, "What a lovely garden."]
+    log_odds = profanity.score([""] * 3, texts)
+    result = ProfanityBackend(transform="p_not").score([""] * 3, texts)
+    assert result.raw == log_odds.raw  # same classifier, only the reward differs
+    assert result.scores == pytest.approx([1 - p for p in log_odds.raw["p_offensive"]], rel=1e-12)
+    # The nice sentence scores higher; rewards stay in [0, 1] (log-odds would give about +1.6 and -2.0)
+    assert 1 >= result.scores[0] > result.scores[1] >= 0
+    with pytest.raises(ValueError, match="transform must be one of"):
+        ProfanityBackend(transform="logit")
+
+
 def test_log_odds_clips_extreme_probabilities():
     bound = math.log((1 - EPS) / EPS)
     assert log_odds_not(0.0) == pytest.approx(bound)

@@ -19,6 +19,13 @@ from engine.rewards.base import RewardResult, texts_to_score
 # p is clipped to [EPS, 1 - EPS] before the log-odds, so the reward stays within about ±13.8.
 EPS = 1e-6
 
+# How P(offensive) becomes the reward:
+# - log_odds: log(1 - p) - log(p), unbounded in both directions. Cleaning an already clean text (p 0.05 -> 0.01,
+#   +1.6) is worth a third of removing an insult (p 0.9 -> 0.1, +4.4), so much of the KL budget goes to the bulk.
+# - p_not: 1 - p, linear in the probability that mean toxicity averages: the insult is worth 20 times the clean-up,
+#   so the policy spends its KL where the mean toxicity is. Scale it with the backend's weight.
+TRANSFORMS = ("log_odds", "p_not")
+
 
 def log_odds_not(p: float, eps: float = EPS) -> float:
     """log(1 - p) - log(p), with p clipped to [eps, 1 - eps]: high when the text is unlikely offensive."""
@@ -36,15 +43,19 @@ def check_texts(texts: Sequence[str], arg: str = "texts") -> list[str]:
 
 
 class ProfanityBackend:
-    """Reward = log-odds that the text is not offensive, by alt-profanity-check.
+    """Reward = log-odds that the text is not offensive (or 1 - P(offensive), `transform="p_not"`), by
+    alt-profanity-check.
 
     raw signals: `p_offensive` per item. `toxicity(texts)` gives the same P(offensive).
     """
 
-    def __init__(self, name: str = "profanity", score_on: str = "response") -> None:
+    def __init__(self, name: str = "profanity", score_on: str = "response", transform: str = "log_odds") -> None:
         texts_to_score([], [], score_on)  # validates score_on early
+        if transform not in TRANSFORMS:
+            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
         self.name = name
         self.score_on = score_on
+        self.transform = transform
 
     def p_offensive(self, texts: Sequence[str]) -> list[float]:
         """P(offensive) per text, in [0, 1]."""
@@ -61,7 +72,8 @@ class ProfanityBackend:
         return self.p_offensive(texts)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardResult:
-        """Reward of each (prompt, response): log(1 - p) - log(p) of the text given by `score_on`."""
+        """Reward of each (prompt, response) from P(offensive) of the text given by `score_on` (see TRANSFORMS)."""
         texts = texts_to_score(check_texts(prompts, "prompts"), check_texts(responses, "responses"), self.score_on)
         probs = self.p_offensive(texts)
-        return RewardResult(scores=[log_odds_not(p) for p in probs], raw={"p_offensive": probs})
+        scores = [log_odds_not(p) for p in probs] if self.transform == "log_odds" else [1.0 - p for p in probs]
+        return RewardResult(scores=scores, raw={"p_offensive": probs})
