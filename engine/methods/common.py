@@ -44,7 +44,8 @@ def trl_args(cfg: RunConfig, out_dir: str | Path, *, learning_rate: float, max_s
         logging_steps=1,  # every optimizer step reaches the store, as PPO's do
         save_strategy="no", report_to="none", disable_tqdm=True,  # the store and the runner's progress are the sinks
         use_cpu=device == "cpu",
-        bf16=device.startswith("cuda") and cfg.model.dtype == "bfloat16",  # TRL's default (True) fails on CPU
+        # TRL's default (True) fails on CPU; on a GPU, bf16 weights or bf16 mixed precision turn it on
+        bf16=device.startswith("cuda") and (cfg.model.dtype == "bfloat16" or cfg.model.mixed_precision == "bf16"),
         # Set by its new name: in transformers 5 `gradient_checkpointing` is a deprecated alias (TRL's default: on).
         activation_checkpointing=activation_checkpointing,
         dataloader_num_workers=0,
