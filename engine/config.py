@@ -67,8 +67,12 @@ class PPOSettings:
 
     learning_rate: float = 1.41e-5  # seed value
     ppo_epochs: int = 1  # optimisation passes over each rollout batch
-    batch_size: int = 16  # prompts per PPO step (rollout size)
+    batch_size: int = 16  # responses per PPO step (rollout size): batch_size / num_generations prompts
     mini_batch_size: int = 4  # must divide batch_size
+    # Responses sampled per prompt. The seed's PPO: 1. With k > 1 each response's score is centred on the mean score
+    # of the other k-1 responses to the same prompt (RLOO's leave-one-out baseline) before the KL-penalised rewards:
+    # the prompt's own share of the reward variance (a toxic dialogue vs a benign one) no longer drives the update.
+    num_generations: int = 1  # responses per prompt; k > 1: leave-one-out baseline per prompt (must divide batch_size)
     max_ppo_steps: int = 10  # seed value: 10 steps
     init_kl_coef: float = 0.2  # beta of the per-token KL penalty at the start
     adaptive_kl: bool = True  # Ziegler et al. 2019 proportional controller; False keeps beta fixed
@@ -217,6 +221,9 @@ class EvaluationSettings:
     enabled: bool = True
     evaluator: RewardBackendSettings = field(default_factory=lambda: RewardBackendSettings(kind="jigsaw"))
     batch_size: int = 32
+    # Responses sampled per hold-out prompt, before and after. A few responses above 0.5 carry the mean toxicity,
+    # so one sample per prompt is noisy; the 95 % interval resamples prompts, each with its k responses.
+    samples_per_prompt: int = 1  # responses per hold-out prompt (more: a tighter interval, k times the eval time)
     toxic_threshold: float = 0.5  # the "toxic rate" is the share of responses above this
     bootstrap_samples: int = 2000  # for the 95 % interval of the change in mean toxicity
     seed: int = 1234  # evaluation sampling seed, the same before and after
@@ -476,6 +483,10 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     _range(e, "ppo.ppo_epochs", p.ppo_epochs, 1, 100)
     _range(e, "ppo.batch_size", p.batch_size, 1, 4096)
     _range(e, "ppo.mini_batch_size", p.mini_batch_size, 1, None)
+    _range(e, "ppo.num_generations", p.num_generations, 1, None)
+    if p.num_generations >= 1 and p.batch_size >= 1 and p.batch_size % p.num_generations:
+        e.append(FieldError("ppo.num_generations",
+                            f"must divide batch_size ({p.batch_size}) exactly, got {p.num_generations}"))
     if p.mini_batch_size >= 1 and p.batch_size >= 1:
         if p.mini_batch_size > p.batch_size:
             e.append(FieldError("ppo.mini_batch_size", f"must be <= batch_size ({p.batch_size}), got {p.mini_batch_size}"))
@@ -537,6 +548,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
             e.append(FieldError("evaluation.evaluator.kind", "the evaluator must give a toxicity probability: "
                                 "use profanity, jigsaw or hf_classifier"))
         _range(e, "evaluation.batch_size", ev.batch_size, 1, None)
+        _range(e, "evaluation.samples_per_prompt", ev.samples_per_prompt, 1, 100)
         _range(e, "evaluation.toxic_threshold", ev.toxic_threshold, 0.0, 1.0)
         _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, None)
         if d.holdout_size < 1:

@@ -2,8 +2,9 @@
 
 One PPO step, as in Ziegler et al. 2019 / the old TRL PPOTrainer the seed used:
 
-  1. rollout      sample a response to each prompt of the batch with the current policy
-  2. score        the reward backends give one scalar per (prompt, response)
+  1. rollout      sample num_generations responses to each prompt of the batch with the current policy
+  2. score        the reward backends give one scalar per (prompt, response); with several responses per
+                  prompt, each score is centred on the mean of its siblings' (leave-one-out baseline)
   3. old stats    log-probs and values of the policy, log-probs of the reference, without gradients
   4. rewards      per-token reward = -kl_coef * (logp - logp_ref), plus the score on the last token
   5. GAE          advantages and returns over the response tokens (gamma, lambda); advantages whitened
@@ -119,6 +120,21 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
     return rewards * mask, kl
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Scores `[n * k]` (k consecutive responses per prompt) minus the mean of the other k-1 scores of their prompt.
+
+    The baseline of a response never depends on its own score, so the policy gradient stays unbiased
+    (Kool et al. 2019; Ahmadian et al. 2024, RLOO). k = 1 returns the scores unchanged.
+    """
+    if group_size <= 1:
+        return scores
+    if scores.numel() % group_size:
+        raise ValueError(f"{scores.numel()} scores do not split into groups of {group_size}")
+    groups = scores.view(-1, group_size)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).view(-1)
+
+
 def compute_gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
                 gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens.
@@ -231,10 +247,11 @@ class PPOTrainer:
         return logprobs_from_logits(logits, r, self.gen.temperature, self.min_new, self.eos_id), values, logits
 
     def step(self, prompts: Sequence[str]) -> dict[str, float]:
-        """One PPO step on a batch of prompts; returns the step's metrics."""
+        """One PPO step on a batch of prompts (each sampled `num_generations` times); returns the step's metrics."""
         cfg = self.cfg
+        k = max(1, cfg.num_generations)
         t0 = time.perf_counter()
-        ro = self.rollout(prompts)
+        ro = self.rollout([p for p in prompts for _ in range(k)])  # a prompt's k responses sit side by side
         t_rollout = time.perf_counter() - t0
         q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
         mask = rm.float()
@@ -245,8 +262,8 @@ class PPOTrainer:
             del logits
             ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature, self.min_new)
 
-            # 4. per-token rewards with the KL penalty
-            scores = ro.scores
+            # 4. per-token rewards with the KL penalty (scores first centred per prompt when k > 1)
+            scores = leave_one_out_baseline(ro.scores, k)
             if cfg.whiten_rewards:
                 scores = (scores - scores.mean()) / (scores.std() + 1e-8) if len(scores) > 1 else scores
             kl_coef = self.kl_ctl.value

@@ -100,7 +100,7 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     import torch
 
     from engine import data as data_mod
-    from engine.evaluate import generate_responses, score_toxicity, summarize
+    from engine.evaluate import evaluate_side, summarize
     from engine.models import load_policy, save_policy
     from engine.ppo import PPOTrainer
     from engine.rewards import build_backend, build_reward
@@ -134,18 +134,14 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     train = data_mod.truncate_left(train, bundle.tokenizer, max_tokens, template=cfg.data.template)
     holdout = data_mod.truncate_left(holdout, bundle.tokenizer, max_tokens, template=cfg.data.template)
     ev = cfg.evaluation
-    eval_kwargs = dict(batch_size=ev.batch_size, max_prompt_tokens=max_tokens, seed=ev.seed)
 
     def eval_side(which: str) -> tuple[list[float], list[int], list[float]]:
         def prog(done: int, total: int) -> None:
-            notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} prompts"))
+            notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
             check_cancel()
 
-        responses, lengths, kls = generate_responses(bundle, holdout, cfg.generation, which=which, progress=prog,
-                                                     **eval_kwargs)
-        tox = score_toxicity(evaluator, responses)
-        rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": k}}
-                for i, (p, r, t, n, k) in enumerate(zip(holdout, responses, tox, lengths, kls, strict=True))]
+        rows, tox, lengths, kls = evaluate_side(bundle, evaluator, holdout, cfg.generation, ev, which=which,
+                                                max_prompt_tokens=max_tokens, progress=prog)
         store.add_evaluations(run_id, which, rows)
         return tox, lengths, kls
 
@@ -175,7 +171,8 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
 
     trainer = PPOTrainer(bundle, reward_fn, cfg.ppo, cfg.generation, max_prompt_tokens=max_tokens,
                          callbacks=[to_store])
-    batches = _batches(train, cfg.ppo.batch_size, cfg.data.split_seed + cfg.ppo.seed)
+    # Each step's batch_size responses come from batch_size / num_generations prompts.
+    batches = _batches(train, cfg.ppo.batch_size // cfg.ppo.num_generations, cfg.data.split_seed + cfg.ppo.seed)
     t_train = time.perf_counter()
     step_kls = []
     for step in range(1, total + 1):
@@ -195,7 +192,8 @@ def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progre
     if evaluator is not None:
         tox_after, len_after, kl_after = eval_side("after")
         summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
-                                 bootstrap_samples=ev.bootstrap_samples, seed=ev.seed))
+                                 bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
+                                 samples_per_prompt=ev.samples_per_prompt))
         summary["evaluator"] = cfg.evaluation.evaluator.display_name
         summary["length_before"] = _summary_lengths(len_before)
         summary["length_after"] = _summary_lengths(len_after)

@@ -68,6 +68,8 @@ def test_wrong_type_is_named():
     ("data.template", "no placeholder", "data.template", "{dialogue}"),
     ("reward.normalize", "softmax", "reward.normalize", "zscore"),
     ("model.mixed_precision", "fp8", "model.mixed_precision", "bf16"),
+    ("ppo.num_generations", 3, "ppo.num_generations", "must divide batch_size (16)"),
+    ("ppo.num_generations", 0, "ppo.num_generations", ">= 1"),
 ])
 def test_validation_names_field_and_range(field, value, expect_field, expect_text):
     data = RunConfig().to_dict()

@@ -10,6 +10,7 @@ from engine.ppo import (
     FixedKLController,
     compute_gae,
     compute_rewards,
+    leave_one_out_baseline,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -156,3 +157,15 @@ def test_min_length_eos_ban_keeps_the_kl_estimate_honest():
     # Temperature divides the logits before the ban, as generate does.
     assert torch.allclose(logprobs_from_logits(pol_logits, tokens, 2.0, 3, 0),
                           logprobs_from_logits(pol_logits / 2.0, tokens, 1.0, 3, 0))
+
+
+def test_leave_one_out_baseline_by_hand():
+    # two prompts, three responses each: every score minus the mean of its two siblings
+    scores = torch.tensor([1.0, 2.0, 6.0, -1.0, -1.0, 5.0])
+    centred = leave_one_out_baseline(scores, 3)
+    assert torch.allclose(centred, torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, -1 - 2.0, -1 - 2.0, 5 + 1.0]))
+    # a prompt whose responses all score the same gives no signal, whatever its level
+    assert torch.equal(leave_one_out_baseline(torch.tensor([7.0, 7.0, -3.0, -3.0]), 2), torch.zeros(4))
+    assert torch.equal(leave_one_out_baseline(scores, 1), scores)  # the seed's PPO: unchanged
+    with pytest.raises(ValueError, match="groups of 4"):
+        leave_one_out_baseline(scores, 4)

@@ -122,6 +122,22 @@ def test_bf16_mixed_precision_trains_in_bf16_and_evaluates_in_float32(tiny_gpt2_
     assert got == want
 
 
+def test_num_generations_samples_each_prompt_k_times_and_still_learns(tiny_gpt2_dir):
+    bundle = _bundle(tiny_gpt2_dir)
+    cfg = PPOSettings(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.01,
+                      adaptive_kl=False, seed=0, num_generations=4)
+    seen = []
+    trainer = PPOTrainer(bundle, _e_share, cfg, GenerationSettings(max_new_tokens=8, min_length=8),
+                         callbacks=[lambda step, m, ro: seen.append(ro)])
+    prompts = ["Human: hello there", "Human: how are you", "Human: tell me a story", "Human: what now"]
+    history = [trainer.step(prompts)["env/reward_mean"] for _ in range(30)]
+    ro = seen[0]
+    assert ro.prompts == [p for p in prompts for _ in range(4)] and len(ro.responses) == 16
+    assert len(set(ro.responses[:4])) > 1  # four samples, not one copied
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last > first + 0.05, (first, last)
+
+
 def test_first_step_metrics_and_zero_initial_kl(tiny_gpt2_dir):
     bundle = _bundle(tiny_gpt2_dir)
     seen = []

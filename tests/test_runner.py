@@ -56,6 +56,23 @@ def test_run_end_to_end_writes_everything(tiny_gpt2_dir, tmp_path):
     AutoModelForCausalLM.from_pretrained(ckpt)  # the checkpoint loads with from_pretrained
 
 
+def test_several_generations_and_eval_samples_per_prompt(tiny_gpt2_dir, tmp_path):
+    store = Store(tmp_path / "runs.db")
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path, steps=2)
+    cfg.ppo.num_generations = 2  # 4 responses a step: 2 prompts x 2
+    cfg.evaluation.samples_per_prompt = 3
+    run_id, summary = run(cfg, store)
+    samples = store.samples(run_id)
+    assert samples.groupby("step").size().tolist() == [4, 4]
+    assert (samples.groupby("step")["prompt"].nunique() == 2).all()  # each prompt twice, side by side
+    ev = store.evaluations(run_id)
+    before = ev[ev.phase == "before"].sort_values("idx")
+    assert len(before) == 24 and before["prompt"].nunique() == 8
+    assert (before["prompt"].to_numpy().reshape(8, 3) == before["prompt"].to_numpy()[::3, None]).all()
+    assert summary["before"]["n"] == 24 and summary["samples_per_prompt"] == 3
+    assert summary["holdout_prompts"] == 8
+
+
 class Boom:
     """A reward backend that fails on its third call."""
 

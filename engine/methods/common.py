@@ -235,21 +235,16 @@ class PolicyRun:
     def evaluate(self, which: str) -> tuple[list[float], list[int], list[float]]:
         """Responses to the hold-out prompts ("before": the base model; "after": the trained policy), scored by the
         evaluator and stored; returns (toxicity, lengths, KL to the base per response)."""
-        from engine.evaluate import generate_responses, score_toxicity
+        from engine.evaluate import evaluate_side
         from engine.runner import Progress
 
-        ev = self.cfg.evaluation
-
         def prog(done: int, total: int) -> None:
-            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} prompts"))
+            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
             self.check_cancel()
 
-        responses, lengths, kls = generate_responses(
-            self.bundle, self.holdout, self.cfg.generation, which=which, progress=prog, batch_size=ev.batch_size,
-            max_prompt_tokens=self.cfg.data.max_prompt_tokens, seed=ev.seed)
-        tox = score_toxicity(self.evaluator, responses)
-        rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": k}}
-                for i, (p, r, t, n, k) in enumerate(zip(self.holdout, responses, tox, lengths, kls, strict=True))]
+        rows, tox, lengths, kls = evaluate_side(self.bundle, self.evaluator, self.holdout, self.cfg.generation,
+                                                self.cfg.evaluation, which=which,
+                                                max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog)
         self.store.add_evaluations(self.run_id, which, rows)
         return tox, lengths, kls
 
@@ -281,7 +276,8 @@ class PolicyRun:
             tox_before, len_before, _ = self.before
             tox_after, len_after, kl_after = self.evaluate("after")
             summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
-                                     bootstrap_samples=ev.bootstrap_samples, seed=ev.seed))
+                                     bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
+                                     samples_per_prompt=ev.samples_per_prompt))
             summary["evaluator"] = ev.evaluator.display_name
             summary["length_before"] = _mean(len_before)
             summary["length_after"] = _mean(len_after)
