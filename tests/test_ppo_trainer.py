@@ -117,7 +117,7 @@ def test_bf16_mixed_precision_trains_in_bf16_and_evaluates_in_float32(tiny_gpt2_
     gen = GenerationSettings(max_new_tokens=6)
     prompts = ["Human: hello there", "Human: tell me a story"]
     got = generate_responses(bundle, prompts, gen, which="after", batch_size=2, max_prompt_tokens=32, seed=5)
-    bundle.mixed_precision = bundle.policy.mixed_precision = "no"
+    bundle.mixed_precision = bundle.policy.mixed_precision = "none"
     want = generate_responses(bundle, prompts, gen, which="after", batch_size=2, max_prompt_tokens=32, seed=5)
     assert got == want
 
