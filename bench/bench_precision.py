@@ -61,12 +61,13 @@ def main() -> None:
         cfg.model.mixed_precision = precision
         torch.manual_seed(0)
         bundle = load_policy(cfg.model)
-        prompts = data_mod.truncate_left(train[: args.batch * (args.steps + 1)], bundle.tokenizer,
+        per_step = args.batch // cfg.ppo.num_generations  # each prompt is sampled num_generations times
+        prompts = data_mod.truncate_left(train[: per_step * (args.steps + 1)], bundle.tokenizer,
                                          cfg.data.max_prompt_tokens, template=cfg.data.template)
         trainer = PPOTrainer(bundle, reward_fn, cfg.ppo, cfg.generation, max_prompt_tokens=cfg.data.max_prompt_tokens)
         steps, rollouts = [], []
         for i in range(args.steps + 1):
-            m = trainer.step(prompts[i * args.batch:(i + 1) * args.batch])
+            m = trainer.step(prompts[i * per_step:(i + 1) * per_step])
             if i:  # the first step warms up
                 steps.append(m["time/step_s"])
                 rollouts.append(m["time/rollout_s"])
@@ -75,7 +76,8 @@ def main() -> None:
               flush=True)
 
     # Rounding noise of bf16 on log-probs, same weights (the last bundle, trained a few steps in bf16).
-    q, qm = encode_queries(bundle, prompts[: args.batch], cfg.data.max_prompt_tokens, bundle.policy.device)
+    q, qm = encode_queries(bundle, prompts[:per_step] * cfg.ppo.num_generations, cfg.data.max_prompt_tokens,
+                           bundle.policy.device)
     r, rm = generate(bundle, bundle.policy.lm, q, qm, cfg.generation)
     n_min, eos = min_new_tokens(cfg.generation), bundle.tokenizer.eos_token_id
     with torch.no_grad():

@@ -54,8 +54,8 @@ class ModelSettings:
     architecture: str = "auto"  # auto | causal | seq2seq (auto reads config.is_encoder_decoder)
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
     # PPO's generation and forward/backward under bfloat16 autocast, weights and Adam state kept in `dtype`; evaluation
-    # always runs at full precision. 2-3x faster where the chip has bf16 units, slower on CPUs without them.
-    mixed_precision: str = "none"  # none | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: 2-3x faster PPO steps)
+    # always runs at full precision. About 2x faster where the chip has bf16 units, slower on CPUs without them.
+    mixed_precision: str = "none"  # none | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: about 2x faster PPO steps)
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
