@@ -65,7 +65,7 @@ def is_seq2seq(path: str, architecture: str = "auto") -> bool:
 
 def autocast(device, mixed_precision: str = "none"):
     """The autocast context of `mixed_precision`: "bf16" runs matmuls in bfloat16 while weights, optimizer state,
-    value head and log-softmax stay float32 (2-3x faster on GPUs and on CPUs with AVX512-BF16 or AMX); "none" is a
+    value head and log-softmax stay float32 (about 2x faster on GPUs and CPUs with AVX512-BF16 or AMX); "none" is a
     no-op."""
     if mixed_precision == "none":
         return contextlib.nullcontext()
