@@ -162,7 +162,15 @@ class PolicyBundle:
     path: str
     device: str
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
-    mixed_precision: str = "none"  # "bf16": generation and forward passes under bfloat16 autocast
+
+    # The policy holds the setting ("none" | "bf16"); the bundle's generation and reference passes follow it.
+    @property
+    def mixed_precision(self) -> str:
+        return self.policy.mixed_precision
+
+    @mixed_precision.setter
+    def mixed_precision(self, value: str) -> None:
+        self.policy.mixed_precision = value
 
     def autocast(self):
         """The autocast context every forward pass and generation of this bundle runs under."""
@@ -171,12 +179,11 @@ class PolicyBundle:
     @contextlib.contextmanager
     def full_precision(self) -> Iterator[None]:
         """Mixed precision off for the block (evaluation measures the trained weights at their own precision)."""
-        saved = self.mixed_precision, self.policy.mixed_precision
-        self.mixed_precision = self.policy.mixed_precision = "none"
+        saved, self.mixed_precision = self.mixed_precision, "none"
         try:
             yield
         finally:
-            self.mixed_precision, self.policy.mixed_precision = saved
+            self.mixed_precision = saved
 
     @contextlib.contextmanager
     def reference_lm(self) -> Iterator[Any]:
@@ -229,8 +236,7 @@ def load_policy(settings: "ModelSettings") -> PolicyBundle:
     use_template = settings.chat_template == "on" or (
         settings.chat_template == "auto" and not seq2seq and bool(getattr(tokenizer, "chat_template", None)))
     return PolicyBundle(policy=policy, tokenizer=tokenizer, reference=reference, seq2seq=seq2seq,
-                        path=path, device=str(torch.device(device)), chat_template=use_template,
-                        mixed_precision=settings.mixed_precision)
+                        path=path, device=str(torch.device(device)), chat_template=use_template)
 
 
 # --------------------------------------------------------------------------------------------------
