@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.evaluate import bootstrap_change, pct_improvement, summarize, toxicity_stats
+from engine.evaluate import bootstrap_change, format_summary, pct_improvement, summarize, toxicity_stats
 
 
 def test_toxicity_stats_and_improvement_by_hand():
@@ -41,3 +41,5 @@ def test_summarize_reports_every_response_and_the_grouping():
     assert s["before"]["n"] == 4 and s["samples_per_prompt"] == 2
     assert s["pct_improvement_mean"] == pytest.approx(100 * (0.4 - 0.1375) / 0.4)
     assert s["before"]["toxic_rate"] == 0.5 and s["after"]["toxic_rate"] == 0.0
+    assert "n=4 (2 prompts x 2)" in format_summary(s)
+    assert "prompts x" not in format_summary(summarize(before, after, bootstrap_samples=200))
