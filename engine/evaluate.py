@@ -58,12 +58,13 @@ def _generate_batch(bundle, chunk: list[str], gen, *, which: str, max_prompt_tok
         with bundle.reference_lm() as ref:
             r, rm = generate(bundle, ref, q, qm, gen)
         return r, rm, [0.0] * len(chunk)
-    r, rm = generate(bundle, policy.lm, q, qm, gen)
+    # The sampler's own logits give the policy's log-probs: no second policy pass over prompt + response.
+    r, rm, logits = generate(bundle, policy.lm, q, qm, gen, with_logits=True)
     with torch.no_grad():
-        logits, _ = policy(q, qm, r, rm)
         # KL of the distribution actually sampled (min-length EOS ban included), as in training
         n_min, eos = min_new_tokens(gen), bundle.tokenizer.eos_token_id
         logp = logprobs_from_logits(logits, r, gen.temperature, n_min, eos)
+        del logits
         ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min)
     return r, rm, ((logp - ref_lp) * rm).sum(1).tolist()
 

@@ -262,11 +262,14 @@ def encode_queries(bundle: PolicyBundle, prompts: list[str], max_tokens: int, de
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
-def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSettings", greedy: bool = False):
+def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSettings", greedy: bool = False,
+             with_logits: bool = False):
     """Sample responses for a batch of queries: `(response_ids [B, R], response_mask [B, R])`.
 
     Responses are cut at the prompt length (seed trap 4: never the last N tokens of prompt+response),
-    and end at the first EOS, which is kept as the policy's last action.
+    and end at the first EOS, which is kept as the policy's last action. With `with_logits`, also the
+    raw logits `[B, R, V]` (float32) that each response token was sampled from, so the sampler's log-probs
+    need no second forward pass over prompt + response (the prompt is most of that pass's cost).
     """
     tok = bundle.tokenizer
     kwargs = dict(
@@ -277,10 +280,18 @@ def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSe
         kwargs.update(do_sample=False)
     else:
         kwargs.update(do_sample=True, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature)
+    if with_logits:
+        kwargs.update(output_logits=True, return_dict_in_generate=True)
     with torch.no_grad(), bundle.autocast():
         out = lm.generate(input_ids=query_ids, attention_mask=query_mask, **kwargs)
-    response = out[:, 1:] if bundle.seq2seq else out[:, query_ids.shape[1]:]
-    return trim_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+    sequences = out.sequences if with_logits else out
+    response = sequences[:, 1:] if bundle.seq2seq else sequences[:, query_ids.shape[1]:]
+    response, mask = trim_after_eos(response, tok.eos_token_id, tok.pad_token_id)
+    if not with_logits:
+        return response, mask
+    # One [B, V] tensor per generated step, before any logits processor (temperature, EOS ban).
+    logits = torch.stack(out.logits, dim=1)[:, :response.shape[1]].float()
+    return response, mask, logits
 
 
 def trim_after_eos(response, eos_id: int | None, pad_id: int):

@@ -27,6 +27,31 @@ def test_value_head_and_logit_shapes(which, request):
     assert bundle.seq2seq == (which == "tiny_t5_dir")
 
 
+@pytest.mark.parametrize("which", ["tiny_gpt2_dir", "tiny_t5_dir"])
+def test_generate_logits_match_a_forward_pass(which, request):
+    """The logits generate samples from give the same log-probs as a separate pass over prompt + response,
+    EOS ban and temperature included (evaluation takes the policy's log-probs from them)."""
+    bundle = _bundle(request.getfixturevalue(which))
+    tok = bundle.tokenizer
+    enc = tok(["Human: hi", "Human: a much longer question about the weather today and tomorrow"],
+              return_tensors="pt", padding=True)
+    q, qm = enc["input_ids"], enc["attention_mask"]
+    gen = GenerationSettings(max_new_tokens=8, min_length=3, temperature=0.7)
+    torch.manual_seed(0)
+    r, rm, gen_logits = generate(bundle, bundle.policy.lm, q, qm, gen, with_logits=True)
+    torch.manual_seed(0)
+    r2, rm2 = generate(bundle, bundle.policy.lm, q, qm, gen)
+    assert torch.equal(r, r2) and torch.equal(rm, rm2)  # asking for logits does not change the samples
+    assert gen_logits.shape == (2, r.shape[1], bundle.policy.lm.config.vocab_size)
+    eos = tok.eos_token_id
+    with torch.no_grad():
+        fwd_logits, _ = bundle.policy(q, qm, r, rm)
+    lp_gen = logprobs_from_logits(gen_logits, r, 0.7, 3, eos) * rm
+    lp_fwd = logprobs_from_logits(fwd_logits, r, 0.7, 3, eos) * rm
+    assert torch.allclose(lp_gen, lp_fwd, atol=1e-4)
+    assert lp_gen.abs().sum() > 0
+
+
 def test_causal_forward_is_unaffected_by_left_padding(tiny_gpt2_dir):
     """Log-probs of a response must not depend on how much left padding its prompt got."""
     bundle = _bundle(tiny_gpt2_dir)
