@@ -32,6 +32,17 @@ def filter_before_after(table: pd.DataFrame, view: str = "all", query: str = "")
     return out
 
 
+def holdout_count(n: int | None, samples_per_prompt: int | None = 1) -> str:
+    """How many hold-out responses a number counts, in words: "200 hold-out prompts", or with several responses
+    per prompt "800 hold-out responses (200 prompts × 4)"."""
+    if n is None:
+        return "— hold-out prompts"
+    k = samples_per_prompt or 1
+    if k == 1:
+        return f"{n} hold-out prompts"
+    return f"{n} hold-out responses ({n // k} prompts × {k})"
+
+
 def fmt(value: float | None, spec: str = ".4f", missing: str = "—") -> str:
     """A number formatted, or `missing` for None / NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

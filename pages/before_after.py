@@ -18,6 +18,8 @@ record = lab.get_run(run_id)
 table = lab.evaluations(run_id)
 summary = record.summary or {}
 before, after = summary.get("before") or {}, summary.get("after") or {}
+# Several responses per hold-out prompt: the table has one row per response (its prompt repeated).
+k = summary.get("samples_per_prompt") or 1
 
 if not before:
     if table.empty:
@@ -47,7 +49,7 @@ else:
     st.caption(
         f"95 % CI of the change in mean toxicity: [{fmt(summary.get('delta_ci_low'), '+.4f')}, "
         f"{fmt(summary.get('delta_ci_high'), '+.4f')}] · % improvement CI [{fmt(summary.get('pct_ci_low'), '.1f')} %, "
-        f"{fmt(summary.get('pct_ci_high'), '.1f')} %] · n = {before.get('n', '—')} hold-out prompts · "
+        f"{fmt(summary.get('pct_ci_high'), '.1f')} %] · n = {tables.holdout_count(before.get('n'), k)} · "
         f"evaluator {summary.get('evaluator', '—')} · max {fmt(before.get('max'))} → {fmt(after.get('max'))} · "
         f"response length {fmt(summary.get('length_before'), '.1f')} → {fmt(summary.get('length_after'), '.1f')} tokens")
 
@@ -61,7 +63,8 @@ with c1:
 with c2:
     query = st.text_input("Search prompts and responses", key="ba-search", placeholder="text to find")
 shown = tables.filter_before_after(table, view, query)
-st.caption(f"{len(shown)} of {len(table)} hold-out prompts · change = toxicity after − before (negative is better) · "
+counted = tables.holdout_count(len(table), k).replace("hold-out ", "", 1)
+st.caption(f"{len(shown)} of {counted} · change = toxicity after − before (negative is better) · "
            "click a column to sort, a row to read it in full")
 picked = st.dataframe(
     shown, key="ba-table", hide_index=True, on_select="rerun", selection_mode="single-row", height=420,

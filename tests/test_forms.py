@@ -113,3 +113,9 @@ def test_filters_of_the_before_after_table(table):
     with pytest.raises(ValueError, match="view must be one of"):
         tables.filter_before_after(table, "best")
     assert tables.fmt(float("nan")) == "—" and tables.fmt(0.5, ".1%") == "50.0%"
+
+
+def test_holdout_count_names_prompts_and_responses_per_prompt():
+    assert tables.holdout_count(200) == "200 hold-out prompts"
+    assert tables.holdout_count(800, 4) == "800 hold-out responses (200 prompts × 4)"
+    assert tables.holdout_count(None) == "— hold-out prompts"

@@ -222,6 +222,17 @@ def test_before_after_cards_table_and_filters(db):
     by_key(at.radio, "ba-view").set_value("all")
     by_key(at.text_input, "ba-search").set_value("ANSWER 2").run()
     assert list(by_key(at.dataframe, "ba-table").value["idx"]) == [2]
+    captions = [c.value for c in at.caption]
+    assert any("n = 4 hold-out prompts" in c for c in captions)
+    assert any(c.startswith("1 of 4 prompts") for c in captions)
+
+
+def test_before_after_counts_responses_when_several_per_prompt(db):
+    run_id = add_finished_run(db)
+    db.set_summary(run_id, {**db.get_run(run_id).summary, "samples_per_prompt": 2})
+    captions = [c.value for c in app("before_after", run_id).caption]
+    assert any("n = 4 hold-out responses (2 prompts × 2)" in c for c in captions)
+    assert any(c.startswith("4 of 4 responses (2 prompts × 2)") for c in captions)
 
 
 # ---- runs --------------------------------------------------------------------------------------------
