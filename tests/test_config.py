@@ -128,3 +128,11 @@ def test_engine_import_is_light_and_streamlit_free():
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_shipped_default_config_is_valid_and_round_trips():
+    """configs/default.yaml (scripts/demo.sh) loads, validates, and is the same config after a YAML round trip."""
+    from pathlib import Path
+
+    cfg = RunConfig.load(Path(__file__).resolve().parent.parent / "configs" / "default.yaml").check()
+    assert RunConfig.from_yaml(cfg.to_yaml()) == cfg
