@@ -32,15 +32,15 @@ def filter_before_after(table: pd.DataFrame, view: str = "all", query: str = "")
     return out
 
 
-def holdout_count(n: int | None, samples_per_prompt: int | None = 1) -> str:
+def holdout_count(n: int | None, samples_per_prompt: int | None = 1, prefix: str = "hold-out ") -> str:
     """How many hold-out responses a number counts, in words: "200 hold-out prompts", or with several responses
-    per prompt "800 hold-out responses (200 prompts × 4)"."""
+    per prompt "800 hold-out responses (200 prompts × 4)"; `prefix` goes before the first noun."""
     if n is None:
-        return "— hold-out prompts"
+        return f"— {prefix}prompts"
     k = samples_per_prompt or 1
     if k == 1:
-        return f"{n} hold-out prompts"
-    return f"{n} hold-out responses ({n // k} prompts × {k})"
+        return f"{n} {prefix}prompts"
+    return f"{n} {prefix}responses ({n // k} prompts × {k})"
 
 
 def fmt(value: float | None, spec: str = ".4f", missing: str = "—") -> str:

@@ -63,8 +63,7 @@ with c1:
 with c2:
     query = st.text_input("Search prompts and responses", key="ba-search", placeholder="text to find")
 shown = tables.filter_before_after(table, view, query)
-counted = tables.holdout_count(len(table), k).replace("hold-out ", "", 1)
-st.caption(f"{len(shown)} of {counted} · change = toxicity after − before (negative is better) · "
+st.caption(f"{len(shown)} of {tables.holdout_count(len(table), k, prefix='')} · change = toxicity after − before (negative is better) · "
            "click a column to sort, a row to read it in full")
 picked = st.dataframe(
     shown, key="ba-table", hide_index=True, on_select="rerun", selection_mode="single-row", height=420,
