@@ -158,3 +158,61 @@ def test_parse_score_property_no_digits_means_none_and_never_crashes():
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         value = parse_score(text, 1, 5)
         assert value is None or 1 <= value <= 5, text
+
+
+# -- parse_score: exact or nothing (issue 11, "Parsing") ----------------------------------------------
+
+
+@pytest.mark.parametrize("text, low, high", [
+    ("4,5", 1, 5),  # a decimal comma or two numbers: not a 4
+    ("Score: 4,5", 1, 5),
+    ("4/10", 1, 5),  # another scale: refused, not read as 4
+    ("4 out of 10", 1, 5),
+    ("Score: 4/10, since it is clear", 1, 5),
+    ("Score: N/A. The reply is 2 sentences long.", 1, 5),  # a label with no number: no score
+    ("Rating: none (I cannot rate 2 texts at once)", -5, 5),
+    ("<thinking>The score is 3.", 1, 5),  # reasoning never closed (cut short): no answer
+    ("<thinking>Score: 3</thinking>", 1, 5),  # reasoning only: no answer after it
+])
+def test_ambiguous_or_foreign_scale_replies_are_refused(text, low, high):
+    assert parse_score(text, low, high) is None
+
+
+@pytest.mark.parametrize("text, low, high, expected", [
+    ("The text has 2 sentences and one mild insult, so overall -4", -5, 5, -4.0),  # the last number, not the first
+    ("Score: 2 for style, but on reflection. Final score: 4", 1, 5, 4.0),  # the last label wins
+    ("Score: 4.25\nI'd rate coherence 5 but accuracy 3.", 1, 5, 4.25),  # a label beats loose keywords
+    ("<thinking>Maybe 1? The rubric says score 2.</thinking>\nScore: 4", 1, 5, 4.0),  # reasoning never wins
+    ("<think>it could be -5</think> -1", -5, 5, -1.0),
+    ("3/5", 1, 5, 3.0),  # a denominator that is the rubric's top is fine
+    ("3 out of 5.00", 1, 5, 3.0),
+    ("Score: 4, because it is clear", 1, 5, 4.0),  # a comma then a space is punctuation
+    ("It is between 1 and 5; I say 2", 1, 5, 2.0),
+])
+def test_the_answer_is_the_explicit_or_last_number(text, low, high, expected):
+    assert parse_score(text, low, high) == expected
+
+
+def test_long_replies_are_capped_at_both_ends():
+    from engine.rewards.judge_parsing import HEAD_CHARS, TAIL_CHARS, answer_text
+
+    filler = "blah 7 " * 10_000  # 70 KB of prose with numbers in it
+    capped = answer_text("Score: 3\n" + filler + "\nThat is all.")
+    assert len(capped) < HEAD_CHARS + TAIL_CHARS + 20
+    assert capped.startswith("Score: 3") and capped.endswith("That is all.")
+    assert parse_score("Score: 3\n" + filler, 1, 5) == 3.0
+    assert parse_score(filler + "so overall 2", 1, 5) == 2.0  # the tail is read
+
+
+@pytest.mark.parametrize("reply", [
+    "1" * 65_536 + "a",  # one 64 KB digit run glued to a word
+    "1," * 32_768 + "x",  # comma-joined digits: the ambiguous-number path
+    "1." * 32_768 + "x",
+    "Score " * 11_000,  # keywords with no number
+    "- " * 32_768 + "3",
+])
+def test_adversarial_64kb_replies_parse(reply):
+    """Each of these took seconds to minutes with a backtracking parser; now the cap and the atomic
+    number pattern keep them linear (no timing asserted: a regression shows up as a hung test)."""
+    value = parse_score(reply, 1, 5)
+    assert value is None or 1 <= value <= 5
