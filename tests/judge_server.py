@@ -13,8 +13,20 @@ them; without directives the reply is `default_reply`:
 - [[error:N]]        the first N requests get HTTP 500 (Bedrock: InternalServerException), then the answer;
 - [[fail:CODE]]      always HTTP CODE (Bedrock: ValidationException);
 - [[hang:S]]         wait S seconds (or until the server stops) before answering;
-- [[malformed]]      HTTP 200 with a body that is not JSON.
-`latency_s` delays every answer (benchmarks). Every request is recorded in `requests`.
+- [[malformed]]      HTTP 200 with a body that is not JSON;
+- [[reset:N]]        the first N requests with this exact text get the headers and half the body of the
+                     answer, then a TCP reset (a connection dropped mid-body);
+- [[echo:CODE]]      HTTP CODE whose error message reflects the request's headers back (Authorization, the
+                     AWS security token): a careless endpoint that leaks what it was sent;
+- [[stop:REASON]]    the answer with this stop reason (Converse stopReason / Anthropic stop_reason /
+                     OpenAI finish_reason; "max_tokens" is sent as "length" to OpenAI clients);
+- [[blocks:A||B]]    the answer as several content blocks; a block written "thinking:T" is a reasoning block
+                     (Converse reasoningContent, Anthropic "thinking", an OpenAI part of type "reasoning").
+Bedrock errors carry the real error types: 401 UnrecognizedClientException, 403 AccessDeniedException, 429
+ThrottlingException, other 4xx ValidationException, 5xx InternalServerException.
+`always` is a directive string applied to every request (e.g. "[[fail:403]]" for an endpoint that denies
+everything, whatever text a policy generates); `latency_s` delays every answer (benchmarks). Every request
+is recorded in `requests`.
 Not a test: imported by tests/test_judges*.py and bench/bench_judge.py.
 """
 
@@ -22,6 +34,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -29,7 +43,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
-_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed)(?::(.*?))?\]\]", re.DOTALL)
+_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed|reset|echo|stop|blocks)(?::(.*?))?\]\]",
+                        re.DOTALL)
+_BEDROCK_ERRORS = {401: "UnrecognizedClientException", 403: "AccessDeniedException"}
 
 
 @dataclass
@@ -55,9 +71,10 @@ def _user_text(route: str, body: Any) -> str:
 class FakeJudgeServer:
     """Start with `with FakeJudgeServer() as server:`; `server.url` is http://127.0.0.1:<port>."""
 
-    def __init__(self, default_reply: str = "+5", latency_s: float = 0.0) -> None:
+    def __init__(self, default_reply: str = "+5", latency_s: float = 0.0, always: str = "") -> None:
         self.default_reply = default_reply
         self.latency_s = latency_s
+        self.always = always
         self.requests: list[RecordedRequest] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -112,14 +129,18 @@ class FakeJudgeServer:
 
     def plan(self, text: str) -> tuple[str, Any]:
         """What to answer for `text`: ("reply", str) | ("throttle", None) | ("error", code) | ("hang", s) |
-        ("malformed", None)."""
-        directives = {m.group(1): m.group(2) for m in _DIRECTIVE.finditer(text)}
+        ("malformed", None) | ("reset", str) | ("echo", code)."""
+        directives = {m.group(1): m.group(2) for m in _DIRECTIVE.finditer(text + self.always)}
         if "hang" in directives:
             return "hang", float(directives["hang"] or 60)
         if "malformed" in directives:
             return "malformed", None
+        if "echo" in directives:
+            return "echo", int(directives["echo"] or 403)
         if "fail" in directives:
             return "error", int(directives["fail"] or 400)
+        if "reset" in directives and self._nth("reset", text) < int(directives["reset"] or 1):
+            return "reset", directives.get("reply", self.default_reply)
         if "throttle" in directives and self._nth("throttle", text) < int(directives["throttle"] or 1):
             return "throttle", None
         if "error" in directives and self._nth("error", text) < int(directives["error"] or 1):
@@ -162,6 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fake.latency_s:
             time.sleep(fake.latency_s)
         action, arg = fake.plan(text)
+        directives = {m.group(1): m.group(2) for m in _DIRECTIVE.finditer(text + fake.always)}
         if action == "hang":
             fake._stop.wait(arg)
             if fake._stop.is_set():
@@ -179,30 +201,75 @@ class _Handler(BaseHTTPRequestHandler):
             if route == "openai":
                 self._send(arg, {"error": {"message": f"server error {arg}", "type": "server_error"}})
             else:
-                kind = "InternalServerException" if arg >= 500 else "ValidationException"
+                kind = _BEDROCK_ERRORS.get(arg, "InternalServerException" if arg >= 500 else "ValidationException")
                 self._send(arg, {"message": f"{kind} from the fake"}, {"x-amzn-ErrorType": kind})
+            return
+        if action == "echo":
+            leak = f"denied; you sent {dict(self.headers.items())!r}"
+            if route == "openai":
+                self._send(arg, {"error": {"message": leak, "type": "auth"}})
+            else:
+                kind = _BEDROCK_ERRORS.get(arg, "ValidationException")
+                self._send(arg, {"message": leak}, {"x-amzn-ErrorType": kind})
             return
         if action == "malformed":
             self._send(200, b'{"output": {"message": {"content": [{"text": "+5"')  # cut short
             return
-        self._send(200, self._reply_body(route, body, text, arg))
+        reply_body = self._reply_body(route, body, text, arg, directives.get("stop"), directives.get("blocks"))
+        if action == "reset":
+            self._reset_mid_body(json.dumps(reply_body).encode())
+            return
+        self._send(200, reply_body)
 
     @staticmethod
-    def _reply_body(route: str, body: Any, text: str, reply: str) -> dict[str, Any]:
+    def _reply_body(route: str, body: Any, text: str, reply: str, stop: str | None = None,
+                    blocks: str | None = None) -> dict[str, Any]:
         n_in, n_out = len(text.split()), max(len(reply.split()), 1)
+        parts = blocks.split("||") if blocks is not None else [reply]
+
+        def block(part: str) -> dict[str, Any]:
+            thinking = part.startswith("thinking:")
+            part = part.removeprefix("thinking:")
+            if route == "converse":
+                return {"reasoningContent": {"reasoningText": {"text": part}}} if thinking else {"text": part}
+            if route == "invoke":
+                return {"type": "thinking", "thinking": part} if thinking else {"type": "text", "text": part}
+            return {"type": "reasoning", "text": part} if thinking else {"type": "text", "text": part}
+
         if route == "converse":
-            return {"output": {"message": {"role": "assistant", "content": [{"text": reply}]}},
-                    "stopReason": "end_turn", "usage": {"inputTokens": n_in, "outputTokens": n_out,
-                                                        "totalTokens": n_in + n_out},
+            return {"output": {"message": {"role": "assistant", "content": [block(p) for p in parts]}},
+                    "stopReason": stop or "end_turn", "usage": {"inputTokens": n_in, "outputTokens": n_out,
+                                                                "totalTokens": n_in + n_out},
                     "metrics": {"latencyMs": 1}}
         if route == "invoke":
             return {"id": "msg_fake", "type": "message", "role": "assistant", "model": "fake",
-                    "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
+                    "content": [block(p) for p in parts], "stop_reason": stop or "end_turn",
                     "usage": {"input_tokens": n_in, "output_tokens": n_out}}
+        content: Any = [block(p) for p in parts] if blocks is not None else reply
+        finish = {"max_tokens": "length"}.get(stop or "", stop or "stop")
         return {"id": "chatcmpl-fake", "object": "chat.completion", "model": (body or {}).get("model", "fake"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
-                             "finish_reason": "stop"}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
+
+    def _reset_mid_body(self, data: bytes) -> None:
+        """The status line, the headers and half the body, then a TCP reset (SO_LINGER 0 on close)."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-amzn-RequestId", "fake-request-id")
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close_connection = True
+        try:
+            self.connection.close()  # with linger 0: RST, not FIN
+        except OSError:
+            pass
 
     def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -15,6 +15,7 @@ from judge_server import FakeJudgeServer
 from engine.rewards.base import RewardBackend, RewardResult
 from engine.rewards.bedrock_judge import BedrockJudge
 from engine.rewards.judge_accounting import JudgeAccounting
+from engine.rewards.judge_options import check_options
 
 KEY_ID, SECRET, TOKEN = "AKIAFAKEKEYID0000001", "fakeSecretKey/ABCDEF0123456789xyz", "FakeSessionToken0123456789abc"
 MODEL = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -58,8 +59,8 @@ def test_good_scores_and_prose_are_parsed(server, api):
     m = judge.metrics()
     assert m[f"judge/tox_{api}/calls"] == 4 and m[f"judge/tox_{api}/retries"] == 0
     assert m[f"judge/tox_{api}/fallbacks"] == 0
-    # token usage comes from the response (the fake counts words): input ~ the rendered rubric
-    assert m[f"judge/tox_{api}/input_tokens"] > 4 * 20 and m[f"judge/tox_{api}/output_tokens"] >= 4
+    # token usage comes from the response (the fake counts the user message's words)
+    assert m[f"judge/tox_{api}/input_tokens"] > 4 * 6 and m[f"judge/tox_{api}/output_tokens"] >= 4
     expected_cost = (m[f"judge/tox_{api}/input_tokens"] * 0.003 + m[f"judge/tox_{api}/output_tokens"] * 0.015) / 1000
     assert m[f"judge/tox_{api}/cost_usd"] == pytest.approx(expected_cost)
     judge.close()
@@ -71,7 +72,8 @@ def test_converse_request_shape(server):
     judge.score(["p"], ["shape-check converse"])
     (req,) = server.requests_for("shape-check converse")
     assert req.path == f"/model/{MODEL}/converse"
-    assert req.body["messages"] == [{"role": "user", "content": [{"text": "Judge: shape-check converse"}]}]
+    assert req.body["messages"] == [{"role": "user", "content": [{"text": "Judge: <response>\nshape-check converse\n"
+                                                                          "</response>"}]}]
     assert req.body["inferenceConfig"] == {"maxTokens": 7, "temperature": 0.0, "topP": 0.9}
     assert req.body["system"] == [{"text": "Be strict."}]
     assert req.headers["X-Amz-Security-Token"] == TOKEN  # the env credentials signed the request
@@ -88,6 +90,7 @@ def test_invoke_request_shape(server):
     assert (body["max_tokens"], body["temperature"], body["top_p"]) == (300, 0.0, 1.0)
     assert body["messages"][0]["role"] == "user"
     assert "Rate the toxicity" in body["messages"][0]["content"][0]["text"]
+    assert "-5 (high toxicity)" in body["system"]  # the instructions travel as the system prompt
 
 
 def test_summary_quality_rubric_sends_prompt_and_reads_decimal(server):
@@ -100,25 +103,28 @@ def test_summary_quality_rubric_sends_prompt_and_reads_decimal(server):
 
 
 @pytest.mark.parametrize("api", ["converse", "invoke"])
-def test_no_score_and_malformed_json_fall_back(server, api):
-    judge = make(server, api=api, name="j", fallback=-1.0)
+def test_no_score_and_malformed_json_get_the_worst_score(server, api):
+    judge = make(server, api=api, name="j")
     result = judge.score(["p"] * 3, [f"[[reply:I will not rate this.]] {api}", f"[[malformed]] {api}", f"ok {api}"])
-    assert result.scores == [-1.0, -1.0, 5.0]
+    assert result.scores == [-5.0, -5.0, 5.0] and result.valid == [False, False, True]
     assert result.raw["j/parse_ok"] == [0.0, 0.0, 1.0]
     m = judge.metrics()
     assert (m["judge/j/parse_failures"], m["judge/j/errors"], m["judge/j/fallbacks"]) == (1, 1, 2)
 
 
-def test_default_fallback_is_the_rubric_midpoint(server):
-    assert make(server).fallback == 0.0
-    assert make(server, rubric="summary_quality").fallback == 3.0
-    with pytest.raises(ValueError, match=r"fallback must lie in the rubric's range \[-5.0, 5.0\]"):
-        make(server, fallback=9)
+def test_unparsed_scores_the_rubrics_worst_by_default(server):
+    assert make(server).worst == -5.0 and make(server).on_unparsed == "worst"
+    assert make(server, rubric="summary_quality").worst == 1.0
+    assert check_options("bedrock_judge", {"fallback": 0}) == [
+        ("fallback", "replaced by on_unparsed: worst (the rubric's worst score, the default) or mask")]
+    with pytest.raises(ValueError, match="on_unparsed must be one of worst, mask"):
+        make(server, on_unparsed="midpoint")
 
 
 @pytest.mark.parametrize("api", ["converse", "invoke"])
 def test_throttling_is_retried_and_counted(server, api):
-    judge = make(server, api=api, name="t", max_attempts=4)
+    # A deadline no backoff or loaded machine can reach: the test counts retries, it does not time them.
+    judge = make(server, api=api, name="t", max_attempts=4, timeout_s=120)
     text = f"[[throttle:1]] [[reply:-3]] throttle-{api}"
     result = judge.score(["p"], [text])
     assert result.scores == [-3.0] and result.raw["t/parse_ok"] == [1.0]
@@ -128,9 +134,9 @@ def test_throttling_is_retried_and_counted(server, api):
 
 
 def test_throttling_past_max_attempts_falls_back_with_retries_counted(server):
-    judge = make(server, name="t", max_attempts=2, timeout_s=10)
+    judge = make(server, name="t", max_attempts=2, timeout_s=120)
     result = judge.score(["p"], ["[[throttle:9]] always-throttled"])
-    assert result.scores == [0.0] and result.raw["t/parse_ok"] == [0.0]
+    assert result.scores == [-5.0] and result.raw["t/parse_ok"] == [0.0]
     assert len(server.requests_for("always-throttled")) == 2
     m = judge.metrics()
     assert m["judge/t/errors"] == 1 and m["judge/t/retries"] == 1
@@ -138,7 +144,7 @@ def test_throttling_past_max_attempts_falls_back_with_retries_counted(server):
 
 def test_validation_error_is_not_retried(server):
     judge = make(server, name="v")
-    assert judge.score(["p"], ["[[fail:400]] bad-request"]).scores == [0.0]
+    assert judge.score(["p"], ["[[fail:400]] bad-request"]).scores == [-5.0]
     assert len(server.requests_for("bad-request")) == 1
     assert judge.metrics()["judge/v/errors"] == 1
 
@@ -148,7 +154,7 @@ def test_a_hang_returns_the_fallback_within_about_the_timeout(server):
     t0 = time.monotonic()
     result = judge.score(["p"] * 3, ["[[hang:30]] hang-a", "fine-a", "[[reply:-5]] fine-b"])
     elapsed = time.monotonic() - t0
-    assert result.scores == [0.0, 5.0, -5.0]
+    assert result.scores == [-5.0, 5.0, -5.0]
     assert result.raw["h/parse_ok"] == [0.0, 1.0, 1.0]
     assert elapsed < 0.5 + 1.0, elapsed  # not 5 attempts x 0.5 s, not 30 s
     assert judge.metrics()["judge/h/timeouts"] == 1
@@ -209,8 +215,8 @@ def test_no_credentials_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"api": "stream"}, "api must be 'converse' or 'invoke'"),
-    ({"api": "invoke", "model_id": "meta.llama3-8b-instruct-v1:0"}, "use api='converse'"),
+    ({"api": "stream"}, "api must be one of converse, invoke"),
+    ({"api": "invoke", "model_id": "meta.llama3-8b-instruct-v1:0"}, "use api: converse"),
     ({"max_workers": 0}, "max_workers must be >= 1"),
     ({"timeout_s": 0}, "timeout_s must be > 0"),
     ({"top_p": 1.5}, "top_p must be <= 1.0"),
@@ -253,7 +259,7 @@ def test_accounting_percentiles_cost_and_threads():
 
 def test_empty_batch_and_bad_inputs(server):
     judge = make(server, name="e")
-    assert judge.score([], []) == RewardResult([], {"e/score": [], "e/parse_ok": []})
+    assert judge.score([], []) == RewardResult([], {"e/score": [], "e/parse_ok": []}, valid=[])
     with pytest.raises(ValueError, match="2 prompts for 1 responses"):
         judge.score(["a", "b"], ["x"])
     with pytest.raises(ValueError, match=r"responses\[1\] must be a str, got NoneType"):

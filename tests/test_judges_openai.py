@@ -46,7 +46,7 @@ def test_scores_request_shape_and_usage(server, client, monkeypatch):
     assert req.path == "/v1/chat/completions"
     assert req.body == {"model": "judge-model", "temperature": 0.0, "top_p": 0.5, "max_tokens": 9,
                         "messages": [{"role": "system", "content": "Be fair."},
-                                     {"role": "user", "content": f"Rate: {tag} a"}]}
+                                     {"role": "user", "content": f"Rate: <response>\n{tag} a\n</response>"}]}
     assert req.headers["Authorization"] == f"Bearer {API_KEY}"
     m = judge.metrics()
     # the fake counts words: usage.prompt_tokens / completion_tokens must be summed as reported
@@ -77,8 +77,8 @@ def test_429_and_5xx_are_retried_with_backoff(server, client):
 
 
 def test_giving_up_after_max_attempts_and_4xx_not_retried(server, client):
-    judge = make(server, client, name="g", max_attempts=3, fallback=-5)
-    result = judge.score(["p"] * 2, [f"[[error:99]] always-{client}", f"[[fail:401]] denied-{client}"])
+    judge = make(server, client, name="g", max_attempts=3)
+    result = judge.score(["p"] * 2, [f"[[error:99]] always-{client}", f"[[fail:400]] denied-{client}"])
     assert result.scores == [-5.0, -5.0] and result.raw["g/parse_ok"] == [0.0, 0.0]
     assert len(server.requests_for(f"always-{client}")) == 3
     assert len(server.requests_for(f"denied-{client}")) == 1
@@ -100,7 +100,7 @@ def test_malformed_no_score_and_hang(server, client):
     result = judge.score(["p"] * 4, [f"[[malformed]] mal-{client}", f"[[reply:no idea]] nos-{client}",
                                      f"[[hang:30]] hang-{client}", f"[[reply:1]] ok-{client}"])
     elapsed = time.monotonic() - t0
-    assert result.scores == [0.0, 0.0, 0.0, 1.0]
+    assert result.scores == [-5.0, -5.0, -5.0, 1.0]
     assert elapsed < 0.5 + 1.0, elapsed
     m = judge.metrics()
     assert (m["judge/m/errors"], m["judge/m/parse_failures"], m["judge/m/timeouts"]) == (1, 1, 1)
@@ -123,7 +123,7 @@ def test_key_never_leaks(server, client, monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     judge = make(server, client, name="k")
-    judge.score(["p"] * 3, [f"leak-{client}", f"[[error:1]] leak2-{client}", f"[[fail:401]] leak3-{client}"])
+    judge.score(["p"] * 3, [f"leak-{client}", f"[[error:1]] leak2-{client}", f"[[fail:400]] leak3-{client}"])
     assert server.requests_for(f"leak-{client}")[0].headers["Authorization"] == f"Bearer {API_KEY}"
     for text in [repr(judge), str(judge.metrics()), str(vars(judge)), caplog.text,
                  *(r.getMessage() for r in caplog.records)]:
@@ -138,7 +138,7 @@ def test_bad_arguments(client):
         OpenAIJudge(base_url="http://user:pw@127.0.0.1:1/v1", model="m", http_client=client)
     with pytest.raises(ValueError, match="base_url must be an http"):
         OpenAIJudge(base_url="127.0.0.1:8000", model="m", http_client=client)
-    with pytest.raises(ValueError, match="backoff_s must be a finite number"):
+    with pytest.raises(ValueError, match="backoff_s must be >= 0.0"):
         OpenAIJudge(base_url="http://127.0.0.1:1/v1", model="m", backoff_s=-1, http_client=client)
     with pytest.raises(ValueError, match="http_client must be"):
         OpenAIJudge(base_url="http://127.0.0.1:1/v1", model="m", http_client="curl")

@@ -16,22 +16,25 @@ def test_builtin_rubrics_match_the_seed():
     tox = get_rubric("toxicity")
     assert tox.score_range == (-5.0, 5.0) and tox.integer and tox.midpoint == 0.0
     text = tox.render("PROMPT", "You are terrible and i hate you.")
-    assert "-5 (high toxicity)" in text and "+5 (low toxicity)" in text and "only with the number" in text
-    assert "You are terrible and i hate you." in text and "PROMPT" not in text  # seed trap 2: response alone
+    assert "-5 (high toxicity)" in tox.system and "+5 (low toxicity)" in tox.system  # instructions: system prompt
+    assert "only with the number" in tox.system and "never instructions" in tox.system
+    assert "<response>\nYou are terrible and i hate you.\n</response>" in text
+    assert "PROMPT" not in text  # seed trap 2: response alone
 
     sq = get_rubric("summary_quality")
     assert sq.score_range == (1.0, 5.0) and sq.midpoint == 3.0
     text = sq.render("Summarize the following conversation.\n\nHuman: hi", "A greeting.")
-    for needle in ("1.00", "5.00", "factual accuracy", "coherence", "coverage", "Score: x.xx", "justification",
-                   "Human: hi", "A greeting."):
-        assert needle in text
+    for needle in ("1.00", "5.00", "factual accuracy", "coherence", "coverage", "Score: x.xx", "justification"):
+        assert needle in sq.system
+    assert "<prompt>\nSummarize the following conversation.\n\nHuman: hi\n</prompt>" in text
+    assert "<response>\nA greeting.\n</response>" in text
     assert set(BUILTIN_RUBRICS) == {"toxicity", "summary_quality"}
 
 
 def test_user_rubric_from_mapping_and_literal_braces():
     r = get_rubric({"name": "polite", "template": 'Rate politeness 0-10 as {{"score": n}}: {response}',
                     "low": 0, "high": 10, "system": "You are strict."})
-    assert r.render("p", "thanks!") == 'Rate politeness 0-10 as {"score": n}: thanks!'
+    assert r.render("p", "thanks!") == 'Rate politeness 0-10 as {"score": n}: <response>\nthanks!\n</response>'
     assert r.system == "You are strict." and r.score_range == (0.0, 10.0)
 
 

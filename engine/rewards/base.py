@@ -18,12 +18,18 @@ from typing import Protocol, runtime_checkable
 
 @dataclass
 class RewardResult:
-    """Scores of one batch: `scores[i]` is the reward of item i; `raw[name][i]` its raw signals."""
+    """Scores of one batch: `scores[i]` is the reward of item i; `raw[name][i]` its raw signals.
+
+    `valid[i]` is False when item i's score is a stand-in (a judge that gave no parsed score: see
+    `Judge.on_unparsed`); statistics such as the ensemble's running z-score skip those. None: all valid."""
 
     scores: list[float]
     raw: dict[str, list[float]] = field(default_factory=dict)
+    valid: list[bool] | None = None
 
     def __post_init__(self) -> None:
+        if self.valid is not None and len(self.valid) != len(self.scores):
+            raise ValueError(f"valid has {len(self.valid)} flags for {len(self.scores)} scores")
         for name, values in self.raw.items():
             if len(values) != len(self.scores):
                 raise ValueError(

@@ -11,6 +11,8 @@ normalize:
 - "none": scores as they are. One member with weight 1 gives exactly that member's scores.
 - "zscore": (x - mean) / std with running statistics per member (Welford/Chan), updated with each
   batch and then applied to it; while the std is still 0 (a constant history) only the mean is removed.
+  Only valid scores update the statistics (`RewardResult.valid`: a judge's stand-in for a refusal or a
+  failed call is normalised, never learnt from).
 - "minmax": (x - low) / (high - low) with the member's declared `score_range` (judges: the rubric's).
 
 Not responsible for: building members from config (`engine.rewards.build_reward`) or what each
@@ -131,10 +133,10 @@ class Ensemble:
         futures = [self._pool.submit(m.score, prompts, responses) for m in self.members]
         return [f.result() for f in futures]  # a member's exception propagates: a broken reward must stop the run
 
-    def _normalise(self, name: str, values: list[float]) -> list[float]:
+    def _normalise(self, name: str, values: list[float], valid: list[bool] | None) -> list[float]:
         if self.normalize == "zscore":
             stats = self.stats[name]
-            stats.update(values)
+            stats.update(values if valid is None else [v for v, ok in zip(values, valid, strict=True) if ok])
             return stats.apply(values)
         if self.normalize == "minmax":
             low, high = self.ranges[name]
@@ -154,7 +156,7 @@ class Ensemble:
             values = [float(s) for s in result.scores]
             if len(values) != n:
                 raise ValueError(f"member {name!r} returned {len(values)} scores for {n} items")
-            normed = self._normalise(name, values)
+            normed = self._normalise(name, values, result.valid)
             weighted = [weight * v for v in normed]
             # The first member's weighted scores are taken as they are (not added to 0.0), keeping
             # a one-member, weight-1, "none" ensemble bit-identical to its member.

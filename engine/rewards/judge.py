@@ -1,13 +1,28 @@
 """The base class of the LLM judges: the batch loop around one request.
 
 `Judge.score(prompts, responses)` renders the rubric, serves repeats from an in-memory cache, runs
-the calls concurrently on a bounded thread pool with a per-call deadline, parses each reply, and
-puts the fallback score where a call failed, timed out or gave no parsable score. Failures are
-counted (engine.rewards.judge_accounting) and logged, never raised. Subclasses (BedrockJudge,
-OpenAIJudge) implement `_call_one(text) -> JudgeReply` (one request, retries included).
+the calls concurrently on a bounded thread pool with a deadline per call counted from submission
+(queue time included), parses each reply, and decides what an item without a parsed score is worth
+(`on_unparsed`). Subclasses (BedrockJudge, OpenAIJudge) implement `_call_one(text) -> JudgeReply`
+(one request, retries included).
+
+Failing loudly: an authentication / authorisation error (HTTP 401/403, AccessDenied, UnrecognizedClient,
+ExpiredToken) raises `JudgeFailed` at once, and so does the `max_failed_steps`-th consecutive batch in
+which no call gave a parsed score. The run that owns the judge then stops as `failed`, with the
+(redacted) reason as its error. Other failures are counted (engine.rewards.judge_accounting) and logged.
+
+on_unparsed (a call that failed, timed out, was cut at max_tokens, refused, or gave no parsable score):
+- "worst" (default): the rubric's worst score (its low end), so a reply that makes the judge refuse
+  never earns more than the worst text it could have scored;
+- "mask": the item carries no reward signal: its score is the mean of the parsed scores of the items
+  with the same prompt (the responses PPO compares it with under k > 1), else of the whole batch. Under
+  PPO's per-prompt leave-one-out baseline its centred reward is then exactly 0, and under batch
+  whitening it sits at the mean. (A weight of 0 in the loss would need the trainer to take a mask;
+  this keeps the reward a plain list of floats every method understands.)
+Either way the item is marked invalid (`RewardResult.valid`), so running z-score statistics skip it.
 
 Not responsible for: wire formats, clients and credentials (the subclasses), the rubrics
-(`rubrics`), reading numbers out of text (`judge_parsing`).
+(`rubrics`), reading numbers out of text (`judge_parsing`), option checking (`judge_options`).
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -25,22 +40,27 @@ from typing import Any
 from engine.rewards.base import RewardResult
 from engine.rewards.judge_accounting import JudgeAccounting
 from engine.rewards.judge_parsing import parse_score
+from engine.rewards.redact import redact
 from engine.rewards.rubrics import Rubric, get_rubric
 
 log = logging.getLogger(__name__)
 
 CACHE_MAX_ENTRIES = 65_536  # least recently used entries are dropped beyond this
-_POLL_S = 0.05  # how often the batch loop looks at calls still queued for a worker
+_MESSAGE_CHARS = 300  # an endpoint's error text is cut to this in warnings and errors
 
 
 @dataclass
 class JudgeReply:
-    """One judge answer: its text, token usage and how many retries it took."""
+    """One judge answer: its text, token usage, retries, and why generation stopped.
+
+    stop: "end" (a complete answer), "max_tokens" (cut short: never scored) or "refused" (a content
+    filter or the model's refusal stop reason: never scored)."""
 
     text: str
     input_tokens: int = 0
     output_tokens: int = 0
     retries: int = 0
+    stop: str = "end"
 
 
 class JudgeCallError(Exception):
@@ -51,9 +71,18 @@ class JudgeCallError(Exception):
         self.retries = retries
 
 
+class JudgeAuthError(JudgeCallError):
+    """The endpoint refused the credentials (HTTP 401/403, AccessDenied, ...): no later call can succeed."""
+
+
+class JudgeFailed(RuntimeError):
+    """The judge cannot give a training signal: raised out of `score` to stop the run (message redacted)."""
+
+
 @dataclass(eq=False)
 class _Call:
     text: str
+    deadline: float  # time.monotonic() by which the batch stops waiting for it
     cancel: threading.Event = field(default_factory=threading.Event)
     start: float | None = None
     end: float | None = None
@@ -73,31 +102,16 @@ def _check_number(name: str, value: Any, low: float | None = None, high: float |
 class Judge:
     """Base of the LLM judges: the `RewardBackend` batch loop around one-request `_call_one`.
 
-    raw signals: "<name>/score" (parsed score or fallback) and "<name>/parse_ok" (1.0 / 0.0).
-    `score_range` is the rubric's range (used by the ensemble's minmax normalisation).
+    raw signals: "<name>/score" (the score used: parsed, or what on_unparsed gave) and "<name>/parse_ok"
+    (1.0 / 0.0). `score_range` is the rubric's range (used by the ensemble's minmax normalisation).
+    Options are checked by the subclasses (engine.rewards.judge_options) before this runs.
     """
 
     def __init__(self, *, rubric: str | Rubric | Mapping[str, Any], model_id: str, name: str,
                  temperature: float, top_p: float, max_tokens: int, max_workers: int, timeout_s: float,
-                 max_attempts: int, fallback: float | None, cache: bool,
+                 max_attempts: int, on_unparsed: str, max_failed_steps: int, cache: bool,
                  prices: Mapping[str, Any] | None) -> None:
         self.rubric = get_rubric(rubric)
-        if not isinstance(model_id, str) or not model_id.strip():
-            raise ValueError(f"model id must be a non-empty string, got {model_id!r}")
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
-        _check_number("temperature", temperature, 0.0, 2.0)
-        _check_number("top_p", top_p, 0.0, 1.0, low_open=True)
-        _check_number("max_tokens", max_tokens, 1, None, integer=True)
-        _check_number("max_workers", max_workers, 1, 256, integer=True)
-        _check_number("timeout_s", timeout_s, 0.0, None, low_open=True)
-        _check_number("max_attempts", max_attempts, 1, 20, integer=True)
-        low, high = self.rubric.score_range
-        if fallback is None:
-            fallback = self.rubric.midpoint
-        _check_number("fallback", fallback)
-        if not low <= fallback <= high:
-            raise ValueError(f"fallback must lie in the rubric's range [{low}, {high}], got {fallback!r}")
         self.model_id = model_id
         self.name = name
         self.temperature = float(temperature)
@@ -106,25 +120,42 @@ class Judge:
         self.max_workers = int(max_workers)
         self.timeout_s = float(timeout_s)
         self.max_attempts = int(max_attempts)
-        self.fallback = float(fallback)
+        self.on_unparsed = on_unparsed
+        self.max_failed_steps = int(max_failed_steps)
         self.cache = bool(cache)
-        self.score_range = (low, high)
+        self.score_range = self.rubric.score_range
         self.accounting = JudgeAccounting(name, model_id, prices)
+        self._failed_steps = 0  # consecutive batches without one parsed score
+        self._failed_reasons: Counter[str] = Counter()  # outcomes of those batches' calls
         self._cache: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._tls = threading.local()  # the cancel event of the call running on this worker thread
         self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix=f"judge-{name}")
 
+    @property
+    def worst(self) -> float:
+        """The rubric's worst score (its low end: a judge's score is a reward, higher is better)."""
+        return self.score_range[0]
+
     # -- what subclasses implement -------------------------------------------------------------
 
     def _call_one(self, text: str) -> JudgeReply:
-        """Send one rubric-rendered message and return the reply; raise JudgeCallError on failure."""
+        """Send one rubric-rendered message and return the reply; raise JudgeCallError on failure
+        (JudgeAuthError when the credentials are refused)."""
         raise NotImplementedError
+
+    def _secrets(self) -> list[str]:
+        """Secret values this judge's requests carry (masked in every message it writes)."""
+        return []
 
     def _cancelled(self) -> threading.Event:
         """The current call's cancel event: set once the batch gave up on it (deadline passed).
         Subclasses check it before each retry so an abandoned call stops early."""
         return getattr(self._tls, "cancel", None) or threading.Event()
+
+    def _deadline(self) -> float:
+        """The current call's deadline (time.monotonic()): transports bound their reads by it."""
+        return getattr(self._tls, "deadline", None) or time.monotonic() + self.timeout_s
 
     def _repr_fields(self) -> dict[str, Any]:
         return {}
@@ -132,7 +163,8 @@ class Judge:
     # -- the RewardBackend interface -----------------------------------------------------------
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardResult:
-        """Judge each (prompt, response) with the rubric; failed items get the fallback score."""
+        """Judge each (prompt, response) with the rubric. Items without a parsed score get what
+        on_unparsed says and valid=False; raises JudgeFailed when the judge cannot give a signal."""
         prompts, responses = list(prompts), list(responses)
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
@@ -157,15 +189,19 @@ class Judge:
                 index[text] = len(groups)
                 groups.append((text, [i]))
 
-        for (text, items), value in zip(groups, self._run_calls([g[0] for g in groups]), strict=True):
+        results, outcomes, first_failure = self._run_calls([g[0] for g in groups])
+        for (text, items), value in zip(groups, results, strict=True):
             if value is not None and self.cache:
                 self._cache_put(text, value)
             for i in items:
                 values[i] = value
 
-        scores = [self.fallback if v is None else v for v in values]
-        ok = [0.0 if v is None else 1.0 for v in values]
-        return RewardResult(scores=scores, raw={f"{self.name}/score": list(scores), f"{self.name}/parse_ok": ok})
+        self._count_failed_step(values, outcomes, first_failure)
+        ok = [v is not None for v in values]
+        scores = self._fill_unparsed(prompts, values)
+        return RewardResult(scores=scores, raw={f"{self.name}/score": list(scores),
+                                                f"{self.name}/parse_ok": [1.0 if o else 0.0 for o in ok]},
+                            valid=ok)
 
     def metrics(self) -> dict[str, float]:
         """The accounting snapshot (judge/<name>/... metrics)."""
@@ -188,6 +224,42 @@ class Judge:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets())
+
+    def _fill_unparsed(self, prompts: list[str], values: list[float | None]) -> list[float]:
+        """Scores for every item: parsed ones as they are, the others by on_unparsed."""
+        if self.on_unparsed == "worst":
+            return [self.worst if v is None else v for v in values]
+        parsed = [v for v in values if v is not None]
+        batch_mean = sum(parsed) / len(parsed) if parsed else self.rubric.midpoint  # no signal either way
+        by_prompt: dict[str, list[float]] = {}
+        for p, v in zip(prompts, values, strict=True):
+            if v is not None:
+                by_prompt.setdefault(p, []).append(v)
+        out = []
+        for p, v in zip(prompts, values, strict=True):
+            if v is None:
+                same = by_prompt.get(p)
+                v = sum(same) / len(same) if same else batch_mean
+            out.append(v)
+        return out
+
+    def _count_failed_step(self, values: list[float | None], outcomes: Counter[str], first: str | None) -> None:
+        """A batch with items and not one parsed score is a failing step; max_failed_steps in a row stop the run."""
+        if not values or any(v is not None for v in values):
+            self._failed_steps = 0
+            self._failed_reasons.clear()
+            return
+        self._failed_steps += 1
+        self._failed_reasons.update(outcomes)
+        if self._failed_steps >= self.max_failed_steps:
+            calls = sum(self._failed_reasons.values())
+            why = ", ".join(f"{n} {k}" for k, n in self._failed_reasons.most_common())
+            raise JudgeFailed(f"judge {self.name!r} ({self.model_id}): {self._failed_steps} consecutive batches "
+                              f"without one parsed score ({calls} calls failed: {why}); last: {first} "
+                              f"(max_failed_steps: {self.max_failed_steps})")
+
     def _cache_key(self, text: str) -> tuple[str, str, str]:
         return (self.model_id, self.rubric.name, text)
 
@@ -208,8 +280,10 @@ class Judge:
 
     def _work(self, call: _Call) -> JudgeReply:
         """Runs on a worker thread: one request, its usage accounted even if the batch gave up on it."""
+        if call.cancel.is_set() or time.monotonic() >= call.deadline:  # expired in the queue: never sent
+            raise JudgeCallError("deadline passed before a worker was free")
         call.start = time.monotonic()
-        self._tls.cancel = call.cancel
+        self._tls.cancel, self._tls.deadline = call.cancel, call.deadline
         try:
             reply = self._call_one(call.text)
         except JudgeCallError as e:
@@ -217,48 +291,75 @@ class Judge:
             raise
         finally:
             call.end = time.monotonic()
-            self._tls.cancel = None
+            self._tls.cancel = self._tls.deadline = None
         self.accounting.add_usage(reply.input_tokens, reply.output_tokens, reply.retries)
         return reply
 
-    def _run_calls(self, texts: list[str]) -> list[float | None]:
-        """Parsed score per text (None = failed), each call given at most timeout_s from its start."""
-        calls = [_Call(t) for t in texts]
-        results: list[float | None] = [None] * len(calls)
-        pending: dict[Future, int] = {self._pool.submit(self._work, c): i for i, c in enumerate(calls)}
-        failures: list[str] = []
+    def _outcome(self, reply: JudgeReply) -> tuple[float | None, str, str | None]:
+        """(parsed score or None, accounting outcome, failure text) of one reply."""
+        if reply.stop == "max_tokens":
+            return None, "truncated", f"reply cut at max_tokens ({self.max_tokens}): {reply.text[:80]!r}"
+        if reply.stop == "refused":
+            return None, "parse_failure", f"the model refused (stop reason): {reply.text[:80]!r}"
         low, high = self.score_range
-        while pending:
-            now = time.monotonic()
-            starts = [calls[i].start for i in pending.values()]
-            wait_s = min((s + self.timeout_s - now for s in starts if s is not None), default=_POLL_S)
-            if any(s is None for s in starts):  # queued calls: look again soon to start their clocks
-                wait_s = min(wait_s, _POLL_S)
-            done, _ = wait(list(pending), timeout=max(wait_s, 0.0), return_when=FIRST_COMPLETED)
-            for fut in done:
-                i = pending.pop(fut)
-                call = calls[i]
-                latency = (call.end or time.monotonic()) - (call.start or time.monotonic())
-                try:
-                    reply = fut.result()
-                except Exception as e:  # JudgeCallError or anything a client raised: a failed item, not a crash
-                    self.accounting.record_call(latency, "error")
-                    failures.append(f"{type(e).__name__}: {str(e)[:200]}")
-                    continue
-                value = parse_score(reply.text, low, high)
-                self.accounting.record_call(latency, "ok" if value is not None else "parse_failure")
-                if value is None:
-                    failures.append(f"no score in [{low}, {high}] in reply {reply.text[:80]!r}")
-                results[i] = value
-            now = time.monotonic()
-            for fut, i in list(pending.items()):
-                start = calls[i].start
-                if start is not None and now - start >= self.timeout_s:
-                    calls[i].cancel.set()  # the worker stops before its next retry
-                    del pending[fut]
-                    self.accounting.record_call(now - start, "timeout")
-                    failures.append(f"timed out after {self.timeout_s:g}s")
+        value = parse_score(reply.text, low, high)
+        if value is None:
+            return None, "parse_failure", f"no unambiguous score in [{low:g}, {high:g}] in {reply.text[:80]!r}"
+        return value, "ok", None
+
+    def _run_calls(self, texts: list[str]) -> tuple[list[float | None], Counter[str], str | None]:
+        """Parsed score per text (None = none), the outcome counts and the first failure (redacted).
+
+        Every call gets timeout_s from its submission, queue time included: a call still queued at its
+        deadline is never sent, a running one stops before its next retry. An authentication error
+        cancels the rest and raises JudgeFailed."""
+        submitted = time.monotonic()
+        deadline = submitted + self.timeout_s
+        calls = [_Call(t, deadline) for t in texts]
+        results: list[float | None] = [None] * len(calls)
+        outcomes: Counter[str] = Counter()
+        failures: list[str] = []
+        pending: dict[Future, int] = {self._pool.submit(self._work, c): i for i, c in enumerate(calls)}
+        try:
+            while pending:
+                done, _ = wait(list(pending), timeout=max(deadline - time.monotonic(), 0.0),
+                               return_when=FIRST_COMPLETED)
+                if not done:
+                    break  # the deadline passed
+                for fut in done:
+                    i = pending.pop(fut)
+                    call = calls[i]
+                    latency = (call.end or time.monotonic()) - (call.start or submitted)
+                    try:
+                        reply = fut.result()
+                    except JudgeAuthError as e:
+                        self.accounting.record_call(latency, "error")
+                        raise JudgeFailed(self._redact(
+                            f"judge {self.name!r} ({self.model_id}): the endpoint refused the credentials: "
+                            f"{str(e)[:_MESSAGE_CHARS]}")) from None
+                    except Exception as e:  # JudgeCallError or anything a client raised: a failed item
+                        self.accounting.record_call(latency, "error")
+                        outcomes["errors"] += 1
+                        failures.append(self._redact(f"{type(e).__name__}: {str(e)[:_MESSAGE_CHARS]}"))
+                        continue
+                    value, outcome, why = self._outcome(reply)
+                    self.accounting.record_call(latency, outcome)
+                    if why:
+                        outcomes[{"truncated": "cut at max_tokens", "parse_failure": "unparsed"}[outcome]] += 1
+                        failures.append(self._redact(why))
+                    results[i] = value
+        finally:
+            # Calls still pending (deadline passed, or an auth error stopped the batch): abandon them.
+            for fut, i in pending.items():
+                calls[i].cancel.set()  # a running call stops before its next attempt
+                fut.cancel()  # a queued one is never sent
+        now = time.monotonic()
+        for i in pending.values():
+            self.accounting.record_call(now - submitted, "timeout")
+            outcomes["timeouts"] += 1
+            where = "queued" if calls[i].start is None else "running"
+            failures.append(f"timed out after {self.timeout_s:g}s from submission ({where})")
         if failures:
-            log.warning("judge %s: %d of %d calls fell back to %g (first: %s)", self.name, len(failures),
-                        len(calls), self.fallback, failures[0])
-        return results
+            log.warning("judge %s: %d of %d calls gave no score (%s; first: %s)", self.name, len(failures),
+                        len(calls), ", ".join(f"{n} {k}" for k, n in outcomes.items()), failures[0])
+        return results, outcomes, failures[0] if failures else None

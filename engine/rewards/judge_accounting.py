@@ -26,8 +26,6 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "anthropic.claude-3-haiku-20240307-v1:0": (0.00025, 0.00125),
 }
 LATENCY_WINDOW = 2048  # percentiles are over the most recent calls, so they follow the endpoint's current state
-CACHE_MAX_ENTRIES = 65_536  # least recently used entries are dropped beyond this
-_POLL_S = 0.05  # how often the batch loop looks at calls still queued for a worker
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -80,7 +78,7 @@ class JudgeAccounting:
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._counts = dict.fromkeys(
-            ("calls", "input_tokens", "output_tokens", "retries", "parse_failures", "errors", "timeouts",
+            ("calls", "input_tokens", "output_tokens", "retries", "parse_failures", "truncated", "errors", "timeouts",
              "cache_hits"), 0)
 
     def add_usage(self, input_tokens: int, output_tokens: int, retries: int) -> None:
@@ -91,12 +89,14 @@ class JudgeAccounting:
             self._counts["retries"] += int(retries)
 
     def record_call(self, latency_s: float, outcome: str) -> None:
-        """One judge call's latency and outcome: ok | parse_failure | error | timeout."""
-        key = {"ok": None, "parse_failure": "parse_failures", "error": "errors", "timeout": "timeouts"}[outcome]
+        """One judge call's latency and outcome: ok | parse_failure | truncated | error | timeout.
+        A truncated reply (cut at max_tokens, never scored) is also a parse failure."""
+        keys = {"ok": (), "parse_failure": ("parse_failures",), "truncated": ("parse_failures", "truncated"),
+                "error": ("errors",), "timeout": ("timeouts",)}[outcome]
         with self._lock:
             self._counts["calls"] += 1
             self._latencies.append(float(latency_s))
-            if key:
+            for key in keys:
                 self._counts[key] += 1
 
     def record_cache_hit(self, n: int = 1) -> None:
@@ -116,8 +116,9 @@ class JudgeAccounting:
             return (self._counts["input_tokens"] * self.price[0] + self._counts["output_tokens"] * self.price[1]) / 1000
 
     def snapshot(self) -> dict[str, float]:
-        """Flat metrics: judge/<name>/{calls, input_tokens, output_tokens, retries, parse_failures, errors,
-        timeouts, fallbacks, cache_hits, p50_latency_s, p95_latency_s[, cost_usd]}."""
+        """Flat metrics: judge/<name>/{calls, input_tokens, output_tokens, retries, parse_failures, truncated,
+        errors, timeouts, fallbacks, cache_hits, p50_latency_s, p95_latency_s[, cost_usd]}. `fallbacks` counts
+        the calls that gave no score (parse failures, errors, timeouts); what they scored is on_unparsed's."""
         cost = self.cost_usd()
         with self._lock:
             counts = dict(self._counts)
