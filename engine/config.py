@@ -23,6 +23,7 @@ BUILTIN_MODELS = {
 }
 MIXED_PRECISION = ("none", "bf16")  # not "no": YAML reads a bare no as false
 REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
+JUDGE_KINDS = ("bedrock_judge", "openai_judge")  # LLM judges: their rubric declares a score range
 METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
 # Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
 CAUSAL_ONLY_METHODS = ("dpo", "rloo", "grpo", "dpo_ai")
@@ -446,14 +447,17 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
                 errors.append(FieldError(prefix + f".options.{key}", "profanity takes only options.transform"))
         if "transform" in b.options:
             _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
-    if b.kind in ("bedrock_judge", "openai_judge"):
-        for forbidden in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "api_key"):
-            if forbidden in b.options:
-                errors.append(FieldError(prefix + f".options.{forbidden}",
-                                         "credentials are never stored in a config: use the AWS credential chain "
-                                         "or an environment variable (api_key_env)"))
-    if b.kind == "openai_judge" and not b.options.get("base_url"):
-        errors.append(FieldError(prefix + ".options.base_url", "openai_judge needs options.base_url, e.g. http://127.0.0.1:8000/v1"))
+    if b.kind in JUDGE_KINDS:
+        from engine.rewards.judge_options import check_options
+
+        # Every option is checked here (names first: unknown ones with a did-you-mean, credential-like ones
+        # refused without echoing the value), so check() refuses a bad judge before a run is registered.
+        for key, message in check_options(b.kind, b.options):
+            errors.append(FieldError(prefix + f".options.{key}", message))
+        if b.score_on != "response":
+            errors.append(FieldError(prefix + ".score_on", "a judge sees what its rubric's template shows "
+                                     "({prompt} and/or {response}); leave score_on at response and use a rubric "
+                                     "with {prompt} (e.g. summary_quality) to show the prompt"))
     return errors
 
 
@@ -518,6 +522,11 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     if not r.backends:
         e.append(FieldError("reward.backends", "needs at least one reward backend"))
     _choice(e, "reward.normalize", r.normalize, ("none", "zscore", "minmax"))
+    if r.normalize == "minmax":
+        for i, b in enumerate(r.backends):
+            if b.kind not in JUDGE_KINDS:
+                e.append(FieldError("reward.normalize", f"minmax needs a declared score range on every backend; "
+                                    f"reward.backends[{i}] ({b.display_name}, {b.kind}) has none: use zscore or none"))
     names = [b.display_name for b in r.backends]
     for bad in [n for n in names if "/" in n]:
         e.append(FieldError("reward.backends", f"backend name {bad!r} must not contain '/' (it separates metric keys)"))

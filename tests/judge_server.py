@@ -11,11 +11,14 @@ them; without directives the reply is `default_reply`:
 - [[throttle:N]]     the first N requests with this exact text are throttled (Bedrock: HTTP 429 with
                      x-amzn-ErrorType: ThrottlingException; OpenAI: HTTP 429), then the normal answer;
 - [[error:N]]        the first N requests get HTTP 500 (Bedrock: InternalServerException), then the answer;
-- [[fail:CODE]]      always HTTP CODE (Bedrock: ValidationException);
+- [[fail:CODE]]      always HTTP CODE; [[fail:CODE/Type]] names the Bedrock error type (e.g.
+                     [[fail:403/ExpiredTokenException]]), else it follows the table below;
 - [[hang:S]]         wait S seconds (or until the server stops) before answering;
 - [[malformed]]      HTTP 200 with a body that is not JSON;
 - [[reset:N]]        the first N requests with this exact text get the headers and half the body of the
                      answer, then a TCP reset (a connection dropped mid-body);
+- [[trickle:S]]      the answer's body one byte every S seconds (a server that keeps a client reading);
+                     `trickles_completed` counts the bodies sent to the end;
 - [[echo:CODE]]      HTTP CODE whose error message reflects the request's headers back (Authorization, the
                      AWS security token): a careless endpoint that leaks what it was sent;
 - [[stop:REASON]]    the answer with this stop reason (Converse stopReason / Anthropic stop_reason /
@@ -43,7 +46,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
-_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed|reset|echo|stop|blocks)(?::(.*?))?\]\]",
+_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed|reset|echo|stop|blocks|trickle)(?::(.*?))?\]\]",
                         re.DOTALL)
 _BEDROCK_ERRORS = {401: "UnrecognizedClientException", 403: "AccessDeniedException"}
 
@@ -75,6 +78,7 @@ class FakeJudgeServer:
         self.default_reply = default_reply
         self.latency_s = latency_s
         self.always = always
+        self.trickles_completed = 0
         self.requests: list[RecordedRequest] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -138,13 +142,14 @@ class FakeJudgeServer:
         if "echo" in directives:
             return "echo", int(directives["echo"] or 403)
         if "fail" in directives:
-            return "error", int(directives["fail"] or 400)
+            code, _, kind = (directives["fail"] or "400").partition("/")
+            return "error", (int(code), kind or None)
         if "reset" in directives and self._nth("reset", text) < int(directives["reset"] or 1):
             return "reset", directives.get("reply", self.default_reply)
         if "throttle" in directives and self._nth("throttle", text) < int(directives["throttle"] or 1):
             return "throttle", None
         if "error" in directives and self._nth("error", text) < int(directives["error"] or 1):
-            return "error", 500
+            return "error", (500, None)
         return "reply", directives.get("reply", self.default_reply)
 
 
@@ -198,11 +203,13 @@ class _Handler(BaseHTTPRequestHandler):
                            {"x-amzn-ErrorType": "ThrottlingException"})
             return
         if action == "error":
+            code, kind = arg
             if route == "openai":
-                self._send(arg, {"error": {"message": f"server error {arg}", "type": "server_error"}})
+                self._send(code, {"error": {"message": f"server error {code}", "type": "server_error"}})
             else:
-                kind = _BEDROCK_ERRORS.get(arg, "InternalServerException" if arg >= 500 else "ValidationException")
-                self._send(arg, {"message": f"{kind} from the fake"}, {"x-amzn-ErrorType": kind})
+                kind = kind or _BEDROCK_ERRORS.get(code, "InternalServerException" if code >= 500
+                                                   else "ValidationException")
+                self._send(code, {"message": f"{kind} from the fake"}, {"x-amzn-ErrorType": kind})
             return
         if action == "echo":
             leak = f"denied; you sent {dict(self.headers.items())!r}"
@@ -218,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         reply_body = self._reply_body(route, body, text, arg, directives.get("stop"), directives.get("blocks"))
         if action == "reset":
             self._reset_mid_body(json.dumps(reply_body).encode())
+            return
+        if "trickle" in directives:
+            self._trickle(json.dumps(reply_body).encode(), float(directives["trickle"] or 0.2))
             return
         self._send(200, reply_body)
 
@@ -252,6 +262,24 @@ class _Handler(BaseHTTPRequestHandler):
                              "finish_reason": finish}],
                 "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}}
 
+    def _trickle(self, data: bytes, every_s: float) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(data)):
+                if self.fake._stop.wait(every_s):
+                    return
+                self.wfile.write(data[i: i + 1])
+                self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+            return  # the client hung up mid-body
+        with self.fake._lock:
+            self.fake.trickles_completed += 1
+
     def _reset_mid_body(self, data: bytes) -> None:
         """The status line, the headers and half the body, then a TCP reset (SO_LINGER 0 on close)."""
         try:
@@ -284,3 +312,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
+
+
+def set_dummy_aws_env(monkeypatch: Any, tmp_path: Any, key_id: str, secret: str, token: str) -> None:
+    """Dummy credentials in the environment, and nothing else of the AWS chain (no ~/.aws, no metadata)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var in ("AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(var, raising=False)

@@ -16,7 +16,7 @@ raise `JudgeAuthError`, which stops the run.
 Credentials come only from boto3's standard chain (environment, ~/.aws files, SSO, instance or
 container role). They are never parameters, never stored on the judge, never logged by it.
 
-Not responsible for: concurrency, cache, parsing, fallback and accounting (`judge_accounting.Judge`).
+Not responsible for: concurrency, cache, parsing, on_unparsed and accounting (`judge.Judge`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from engine.rewards.judge import Judge, JudgeAuthError, JudgeCallError, JudgeReply
 from engine.rewards.judge_options import raise_for_problems
+from engine.rewards.redact import redact
 from engine.rewards.rubrics import Rubric
 
 DEFAULT_MODEL = "anthropic.claude-3-sonnet-20240229-v1:0"
@@ -46,21 +47,16 @@ _STOP = {"max_tokens": "max_tokens", "content_filtered": "refused", "guardrail_i
          "refusal": "refused"}
 
 
-# botocore's DEBUG logs print the signed request: the access key id (in "Credential=") and the session
-# token (a secret) in full. This filter, put on the two loggers that print them, masks both.
-_SECRET_PATTERNS = (
-    (re.compile(r"(Credential=)[^/\s,'\"]+"), r"\1<redacted>"),
-    (re.compile(r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,]+", re.IGNORECASE), r"\1<redacted>"),
-)
-_LEAKY_LOGGERS = ("botocore.endpoint", "botocore.auth")
+# botocore's DEBUG logs print the signed request (the access key id in "Credential=", the session token in
+# full) and the response bodies (an endpoint that echoes the request puts them there too). This filter, put on
+# the loggers that print them, masks anything credential-shaped (engine.rewards.redact).
+_LEAKY_LOGGERS = ("botocore.endpoint", "botocore.auth", "botocore.parsers", "botocore.hooks", "botocore.retryhandler")
 
 
 class _RedactCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = message
-        for pattern, repl in _SECRET_PATTERNS:
-            redacted = pattern.sub(repl, redacted)
+        redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -140,7 +136,9 @@ class BedrockJudge(Judge):
 
     def _before_send(self, **kwargs: Any) -> None:
         """Runs before every HTTP attempt: stop a call the batch gave up on, else count the attempt."""
-        if self._cancelled().is_set():
+        # The worker checks its own deadline too: a retry after it is never sent, whether or not the batch
+        # thread has marked the call abandoned yet.
+        if self._cancelled().is_set() or time.monotonic() >= self._deadline():
             raise _Abandoned("deadline passed; not retrying")  # not sent: not an attempt, not a retry
         self._attempts.n = getattr(self._attempts, "n", 0) + 1
 

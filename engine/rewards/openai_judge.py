@@ -76,7 +76,7 @@ class _HttpxTransport:
         timeout = self._httpx.Timeout(left, connect=min(left, self._connect_s))
         try:
             with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as r:
-                data = _read_capped(r.iter_raw(_CHUNK), deadline)
+                data = _read_capped(r.iter_raw(), deadline)  # chunks as they arrive (a size would buffer)
                 return r.status_code, r.headers, data.decode(r.encoding or "utf-8", errors="replace")
         except self._httpx.TimeoutException as e:
             raise _Timeout(str(e)) from None
@@ -113,7 +113,7 @@ class _RequestsTransport:
         try:
             with self._session().post(url, data=body, headers=headers, stream=True,
                                       timeout=(min(left, self._connect_s), left)) as r:
-                data = _read_capped(r.raw.stream(_CHUNK, decode_content=True), deadline)
+                data = _read_capped(self._chunks(r.raw), deadline)
                 return r.status_code, r.headers, data.decode(r.encoding or "utf-8", errors="replace")
         except self._requests.Timeout as e:
             raise _Timeout(str(e)) from None
@@ -123,6 +123,12 @@ class _RequestsTransport:
             if "timed out" in str(e).lower():
                 raise _Timeout(str(e)) from None
             raise _ConnectionFailed(f"{type(e).__name__}: {e}") from None
+
+    @staticmethod
+    def _chunks(raw: Any) -> Any:
+        """The body as it arrives: read1 returns what one receive gave (stream(n) would wait for n bytes)."""
+        while chunk := raw.read1(_CHUNK, decode_content=True):
+            yield chunk
 
     def close(self) -> None:
         with self._lock:

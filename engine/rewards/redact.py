@@ -18,10 +18,11 @@ _MIN_SECRET = 6  # shorter "secrets" (empty, "x") would mask ordinary words
 
 _PATTERNS = (
     # "Authorization: Bearer sk-...", "authorization': 'AWS4-HMAC-SHA256 Credential=..." up to the line / quote end
-    (re.compile(r"(authorization['\"]?\s*[:=]\s*b?['\"]?)[^'\"\r\n]+", re.IGNORECASE), r"\1" + MASK),
+    (re.compile(r"(authorization[\\'\"]*\s*[:=]\s*b?[\\'\"]*)[^'\"\\\r\n]+", re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"(bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"((?:Credential|Signature|SignedHeaders)=)[^\s,'\"&]+"), r"\1" + MASK),
-    (re.compile(r"((?:x-amz-security-token|X-Amz-Signature|X-Amz-Credential)['\"]?\s*[:=]\s*b?['\"]?)[^'\"\s,&]+",
+    (re.compile(r"((?:x-amz-security-token|X-Amz-Signature|X-Amz-Credential)[\\'\"]*\s*[:=]\s*b?[\\'\"]*)"
+                r"[^'\"\\\s,&]+",
                 re.IGNORECASE), r"\1" + MASK),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), MASK),  # OpenAI-style keys
     (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"), MASK),  # AWS access key ids

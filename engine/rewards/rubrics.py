@@ -73,7 +73,7 @@ class Rubric:
 
     @property
     def midpoint(self) -> float:
-        """The middle of the range: the default fallback score when a judge call fails."""
+        """The middle of the range (a judge with on_unparsed: mask uses it when no item of a batch parsed)."""
         return (self.low + self.high) / 2.0
 
     def render(self, prompt: str, response: str) -> str:
