@@ -88,15 +88,16 @@ def test_consecutive_batches_without_a_parsed_score_stop_the_run(server, route):
 # -- deadlines, workers, retries ------------------------------------------------------------------------
 
 
-def test_queued_calls_past_their_deadline_are_never_sent(server):
+@pytest.mark.parametrize("route", ["converse", "httpx"])
+def test_queued_calls_past_their_deadline_are_never_sent(server, route):
     """The deadline counts from submission: with one worker held by a hanging call, the calls queued
     behind it expire in the queue instead of each getting a full timeout of its own."""
-    judge = judge_for("converse", server, name="q", max_workers=1, timeout_s=0.5)
-    result = judge.score(["p"] * 3, ["[[hang:30]] queue-0", "queue-1", "queue-2"])
+    judge = judge_for(route, server, name="q", max_workers=1, timeout_s=0.5)
+    result = judge.score(["p"] * 3, [f"[[hang:30]] queue-{route}-0", f"queue-{route}-1", f"queue-{route}-2"])
     assert result.valid == [False, False, False] and result.scores == [-5.0] * 3
     assert judge.metrics()["judge/q/timeouts"] == 3
     judge._pool.submit(lambda: None).result(timeout=60)  # the worker is free again (the hang was abandoned)
-    assert server.requests_for("queue-1") == [] and server.requests_for("queue-2") == []
+    assert server.requests_for(f"queue-{route}-1") == [] and server.requests_for(f"queue-{route}-2") == []
 
 
 def test_an_abandoned_call_counts_no_phantom_retry(server):
