@@ -17,6 +17,8 @@ them; without directives the reply is `default_reply`:
 - [[malformed]]      HTTP 200 with a body that is not JSON;
 - [[reset:N]]        the first N requests with this exact text get the headers and half the body of the
                      answer, then a TCP reset (a connection dropped mid-body);
+- [[gather:N]]       wait until N requests carrying [[gather:N]] are in flight at once (30 s at most, then
+                     HTTP 500): proves calls run concurrently without timing them;
 - [[trickle:S]]      the answer's body one byte every S seconds (a server that keeps a client reading);
                      `trickles_completed` counts the bodies sent to the end;
 - [[echo:CODE]]      HTTP CODE whose error message reflects the request's headers back (Authorization, the
@@ -46,7 +48,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
-_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed|reset|echo|stop|blocks|trickle)(?::(.*?))?\]\]",
+_DIRECTIVE = re.compile(r"\[\[(reply|throttle|error|fail|hang|malformed|reset|echo|stop|blocks|trickle|gather)(?::(.*?))?\]\]",
                         re.DOTALL)
 _BEDROCK_ERRORS = {401: "UnrecognizedClientException", 403: "AccessDeniedException"}
 
@@ -79,6 +81,7 @@ class FakeJudgeServer:
         self.latency_s = latency_s
         self.always = always
         self.trickles_completed = 0
+        self._barriers: dict[int, threading.Barrier] = {}
         self.requests: list[RecordedRequest] = []
         self._counts: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
@@ -189,6 +192,16 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fake.latency_s)
         action, arg = fake.plan(text)
         directives = {m.group(1): m.group(2) for m in _DIRECTIVE.finditer(text + fake.always)}
+        if "gather" in directives:
+            n = int(directives["gather"] or 2)
+            with fake._lock:
+                barrier = fake._barriers.setdefault(n, threading.Barrier(n))
+            try:
+                barrier.wait(timeout=30)
+            except threading.BrokenBarrierError:
+                with fake._lock:
+                    fake._barriers.pop(n, None)
+                action, arg = "error", (500, None)
         if action == "hang":
             fake._stop.wait(arg)
             if fake._stop.is_set():

@@ -7,7 +7,6 @@ dummies set in the environment, the standard AWS chain the judge must use.
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 from judge_server import FakeJudgeServer
@@ -42,7 +41,7 @@ def aws_env(monkeypatch, tmp_path):
 
 
 def make(server, **kw) -> BedrockJudge:
-    kw.setdefault("timeout_s", 2.0)
+    kw.setdefault("timeout_s", 60)  # generous: only the deadline tests set a short one, on batches of hangs alone
     return BedrockJudge(endpoint_url=server.url, **kw)
 
 
@@ -149,28 +148,20 @@ def test_validation_error_is_not_retried(server):
     assert judge.metrics()["judge/v/errors"] == 1
 
 
-def test_a_hang_returns_the_fallback_within_about_the_timeout(server):
+def test_a_hang_gets_the_worst_score_at_the_deadline_and_is_not_retried(server):
     judge = make(server, name="h", timeout_s=0.5, max_attempts=5)
-    t0 = time.monotonic()
-    result = judge.score(["p"] * 3, ["[[hang:30]] hang-a", "fine-a", "[[reply:-5]] fine-b"])
-    elapsed = time.monotonic() - t0
-    assert result.scores == [-5.0, 5.0, -5.0]
-    assert result.raw["h/parse_ok"] == [0.0, 1.0, 1.0]
-    assert elapsed < 0.5 + 1.0, elapsed  # not 5 attempts x 0.5 s, not 30 s
+    result = judge.score(["p"], ["[[hang:30]] hang-a"])  # alone: a loaded machine cannot make others miss 0.5 s
+    assert result.scores == [-5.0] and result.raw["h/parse_ok"] == [0.0]  # not the +5 it sends after 30 s
     assert judge.metrics()["judge/h/timeouts"] == 1
-    time.sleep(0.8)  # the abandoned call's read times out; it must not be retried
-    assert len(server.requests_for("hang-a")) == 1
+    judge._pool.shutdown(wait=True)  # the abandoned call has ended (its read timed out)
+    assert len(server.requests_for("hang-a")) == 1  # and was not retried
 
 
 def test_calls_run_concurrently(server):
-    with FakeJudgeServer(latency_s=0.2) as slow:
-        judge = BedrockJudge(endpoint_url=slow.url, max_workers=8, timeout_s=5)
-        judge.score(["p"], ["warm-up"])  # first call pays for connection setup
-        t0 = time.monotonic()
-        result = judge.score(["p"] * 8, [f"item {i}" for i in range(8)])
-        elapsed = time.monotonic() - t0
-    assert result.scores == [5.0] * 8
-    assert elapsed < 0.2 * 8 / 2, elapsed  # sequential would take 1.6 s
+    """Each request waits until 8 are in flight at once (else HTTP 500 after 30 s): no clock involved."""
+    judge = make(server, name="cc", max_workers=8, timeout_s=120, max_attempts=1)
+    result = judge.score(["p"] * 8, [f"[[gather:8]] [[reply:{i - 4}]] together {i}" for i in range(8)])
+    assert result.scores == [float(i - 4) for i in range(8)]
 
 
 def test_cache_dedupes_and_serves_repeats(server):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 
 import pytest
 from judge_server import FakeJudgeServer
@@ -28,7 +27,7 @@ def client(request) -> str:
 
 
 def make(server, client, **kw) -> OpenAIJudge:
-    kw.setdefault("timeout_s", 2.0)
+    kw.setdefault("timeout_s", 60)  # generous: only the deadline tests set a short one, on batches of hangs alone
     kw.setdefault("backoff_s", 0.01)
     return OpenAIJudge(base_url=server.url + "/v1", model="judge-model", http_client=client, **kw)
 
@@ -95,28 +94,23 @@ def test_backoff_grows_exponentially(server, client):
 
 
 def test_malformed_no_score_and_hang(server, client):
-    judge = make(server, client, name="m", timeout_s=0.5)
-    t0 = time.monotonic()
-    result = judge.score(["p"] * 4, [f"[[malformed]] mal-{client}", f"[[reply:no idea]] nos-{client}",
-                                     f"[[hang:30]] hang-{client}", f"[[reply:1]] ok-{client}"])
-    elapsed = time.monotonic() - t0
-    assert result.scores == [-5.0, -5.0, -5.0, 1.0]
-    assert elapsed < 0.5 + 1.0, elapsed
+    judge = make(server, client, name="m", timeout_s=120)
+    result = judge.score(["p"] * 3, [f"[[malformed]] mal-{client}", f"[[reply:no idea]] nos-{client}",
+                                     f"[[reply:1]] ok-{client}"])
+    assert result.scores == [-5.0, -5.0, 1.0]
+    judge.timeout_s = 0.5  # the hang alone: a loaded machine cannot make other calls miss a short deadline
+    assert judge.score(["p"], [f"[[hang:30]] hang-{client}"]).scores == [-5.0]  # not the +5 sent after 30 s
     m = judge.metrics()
     assert (m["judge/m/errors"], m["judge/m/parse_failures"], m["judge/m/timeouts"]) == (1, 1, 1)
-    time.sleep(0.6)
+    judge._pool.shutdown(wait=True)  # the abandoned call has ended
     assert len(server.requests_for(f"hang-{client}")) == 1  # a timed-out call is not retried
 
 
-def test_concurrent_batch(client):
-    with FakeJudgeServer(latency_s=0.2) as slow:
-        judge = OpenAIJudge(base_url=slow.url + "/v1", model="m", http_client=client, max_workers=8)
-        judge.score(["p"], ["warm-up"])
-        t0 = time.monotonic()
-        result = judge.score(["p"] * 8, [f"item {i}" for i in range(8)])
-        elapsed = time.monotonic() - t0
-    assert result.scores == [5.0] * 8
-    assert elapsed < 0.8, elapsed  # sequential: 1.6 s
+def test_concurrent_batch(server, client):
+    """Each request waits until 8 are in flight at once (else HTTP 500 after 30 s): no clock involved."""
+    judge = make(server, client, name="cc", max_workers=8, timeout_s=120, max_attempts=1)
+    result = judge.score(["p"] * 8, [f"[[gather:8]] [[reply:{i - 4}]] together-{client} {i}" for i in range(8)])
+    assert result.scores == [float(i - 4) for i in range(8)]
 
 
 def test_key_never_leaks(server, client, monkeypatch, caplog):
