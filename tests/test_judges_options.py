@@ -96,6 +96,7 @@ def test_unknown_options_are_refused_with_a_did_you_mean(kind, typo, suggestion)
     ("openai_judge", {"base_url": "http://u:pw@127.0.0.1/v1"}, "options.base_url", "must not contain credentials"),
     ("bedrock_judge", {"fallback": -5}, "options.fallback", "replaced by on_unparsed"),
     ("bedrock_judge", {"temperature": float("nan")}, "options.temperature", "must be a finite number"),
+    ("openai_judge", {"name": "other"}, "options.name", "name: next to kind:"),
 ])
 def test_bad_judge_options_are_refused_by_check(kind, options, field, needle):
     errors = errors_of(config_with(kind, options))

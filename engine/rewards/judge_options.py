@@ -150,16 +150,19 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def check_options(kind: str, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+def check_options(kind: str, options: Mapping[str, Any], in_config: bool = True) -> list[tuple[str, str]]:
     """Every problem of a judge's options as (option name, message); [] when they are fine.
 
     Checks names (secret-like, unknown with a did-you-mean, required) before values; never echoes a
-    value that could be a credential."""
+    value that could be a credential. In a config (`in_config`) the judge's name is the backend's `name:`,
+    so `options.name` is refused rather than silently overriding it."""
     accepted = ACCEPTED[kind]
     problems: list[tuple[str, str]] = []
     for key, value in options.items():
         key = str(key)
-        if is_secret_name(key):
+        if in_config and key == "name":
+            problems.append((key, "set the backend's name one level up (name: next to kind:), not in options"))
+        elif is_secret_name(key):
             problems.append((key, "looks like a credential: credentials are never stored in a config; use the "
                                   "AWS credential chain (bedrock_judge) or the environment variable named by "
                                   "api_key_env (openai_judge)"))
@@ -188,6 +191,6 @@ def check_options(kind: str, options: Mapping[str, Any]) -> list[tuple[str, str]
 
 def raise_for_problems(kind: str, options: Mapping[str, Any]) -> None:
     """ValueError naming every problem of `options` (for the judges' constructors)."""
-    problems = check_options(kind, options)
+    problems = check_options(kind, options, in_config=False)
     if problems:
         raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
