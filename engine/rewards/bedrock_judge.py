@@ -77,9 +77,10 @@ class BedrockJudge(Judge):
     """Scores responses with a Bedrock model and a rubric (see `Judge` for the batch behaviour).
 
     api: "converse" (works for every chat model) or "invoke" (InvokeModel with the Anthropic messages
-    body; Anthropic models only). timeout_s bounds each call, retries included: botocore's read
-    timeout is set to it and the batch gives up on a call after it. endpoint_url points the real
-    client at another server (tests, VPC endpoints).
+    body; Anthropic models only). timeout_s bounds each call from its submission, queue and retries
+    included: the batch gives up on a call at its deadline, no attempt is sent after it, and
+    botocore's read timeout (= timeout_s) bounds the read in flight. retry_mode: botocore's
+    ("standard" by default). endpoint_url points the real client at another server (tests, VPC endpoints).
     """
 
     def __init__(self, rubric: str | Rubric | Mapping[str, Any] = "toxicity", model_id: str = DEFAULT_MODEL,

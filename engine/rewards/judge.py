@@ -28,7 +28,6 @@ Not responsible for: wire formats, clients and credentials (the subclasses), the
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -86,17 +85,6 @@ class _Call:
     cancel: threading.Event = field(default_factory=threading.Event)
     start: float | None = None
     end: float | None = None
-
-
-def _check_number(name: str, value: Any, low: float | None = None, high: float | None = None,
-                  low_open: bool = False, integer: bool = False) -> None:
-    ok_type = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite {'integer' if integer else 'number'}, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
 
 
 class Judge:
