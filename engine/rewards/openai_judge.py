@@ -76,7 +76,7 @@ class _HttpxTransport:
         timeout = self._httpx.Timeout(left, connect=min(left, self._connect_s))
         try:
             with self._client.stream("POST", url, content=body, headers=headers, timeout=timeout) as r:
-                data = _read_capped(r.iter_raw(), deadline)  # chunks as they arrive (a size would buffer)
+                data = _read_capped(r.iter_bytes(), deadline)  # decoded, as they arrive (a size would buffer)
                 return r.status_code, r.headers, data.decode(r.encoding or "utf-8", errors="replace")
         except self._httpx.TimeoutException as e:
             raise _Timeout(str(e)) from None
