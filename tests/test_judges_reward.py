@@ -75,3 +75,19 @@ def test_zscore_statistics_learn_only_from_parsed_scores(server):
     result = ens.score(["p"], [f"{REFUSAL} z5"])
     assert ens.stats["z"].count == 2  # a batch with nothing parsed leaves them as they were
     assert result.raw["z/normalized"] == [pytest.approx((-5.0 - 2.0) / 1.0)]
+
+
+def test_rloo_grpo_reward_functions_keep_stand_ins_out_of_the_zscore_statistics(server):
+    """The online methods (TRL's RLOO / GRPO) normalise each member on its own; the same rule holds there."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.methods.online import reward_functions
+
+    ens = Ensemble([(judge(server, name="o"), 1.0)], normalize="zscore")
+    (func,), _, _ = reward_functions(ens)
+    completions = ["[[reply:1]] o1", "[[reply:3]] o2", f"{REFUSAL} o3"]
+    with ThreadPoolExecutor(1) as pool:  # a fresh loop in its own thread (a browser test may hold this one's)
+        normed = pool.submit(asyncio.run, func(prompts=["p"] * 3, completions=completions)).result()
+    assert ens.stats["o"].count == 2 and ens.stats["o"].mean == pytest.approx(2.0)
+    assert normed == pytest.approx([-1.0, 1.0, -7.0])

@@ -40,16 +40,10 @@ def _text(item: Any) -> str:
     raise ValueError(f"expected a string or a list of chat messages, got {type(item).__name__}")
 
 
-def normalise(ensemble, name: str, values: list[float]) -> list[float]:
-    """The Ensemble's normalisation of one member's scores (running z-score, declared min-max, or none)."""
-    if ensemble.normalize == "zscore":
-        stats = ensemble.stats[name]
-        stats.update(values)
-        return stats.apply(values)
-    if ensemble.normalize == "minmax":
-        low, high = ensemble.ranges[name]
-        return [(v - low) / (high - low) for v in values]
-    return values
+def normalise(ensemble, name: str, values: list[float], valid: list[bool] | None = None) -> list[float]:
+    """The Ensemble's normalisation of one member's scores (running z-score from valid scores only, declared
+    min-max, or none)."""
+    return ensemble.normalise(name, values, valid)
 
 
 class BatchRecorder:
@@ -118,7 +112,7 @@ class MemberReward:
         values = [float(v) for v in result.scores]
         if len(values) != len(texts):
             raise ValueError(f"reward backend {self.__name__!r} returned {len(values)} scores for {len(texts)} texts")
-        normed = normalise(self.ensemble, self.__name__, values)
+        normed = normalise(self.ensemble, self.__name__, values, result.valid)
         self.recorder.record(self.__name__, prompt_texts, texts, result, normed)
         return normed
 

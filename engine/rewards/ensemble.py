@@ -133,7 +133,8 @@ class Ensemble:
         futures = [self._pool.submit(m.score, prompts, responses) for m in self.members]
         return [f.result() for f in futures]  # a member's exception propagates: a broken reward must stop the run
 
-    def _normalise(self, name: str, values: list[float], valid: list[bool] | None) -> list[float]:
+    def normalise(self, name: str, values: list[float], valid: list[bool] | None = None) -> list[float]:
+        """Member `name`'s scores on the ensemble's scale; z-score statistics learn from the valid ones only."""
         if self.normalize == "zscore":
             stats = self.stats[name]
             stats.update(values if valid is None else [v for v, ok in zip(values, valid, strict=True) if ok])
@@ -156,7 +157,7 @@ class Ensemble:
             values = [float(s) for s in result.scores]
             if len(values) != n:
                 raise ValueError(f"member {name!r} returned {len(values)} scores for {n} items")
-            normed = self._normalise(name, values, result.valid)
+            normed = self.normalise(name, values, result.valid)
             weighted = [weight * v for v in normed]
             # The first member's weighted scores are taken as they are (not added to 0.0), keeping
             # a one-member, weight-1, "none" ensemble bit-identical to its member.
