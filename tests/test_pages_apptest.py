@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from engine.config import RewardBackendSettings, RunConfig
@@ -31,6 +32,8 @@ def db(tmp_path, monkeypatch):
     path = tmp_path / "lab.db"
     monkeypatch.setenv("RLAIF_LAB_DB", str(path))
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
+    # AppTest has no server and reads no .streamlit/config.toml from tmp_path: say it serves loopback, as the lab does
+    st_config.set_option("server.address", "127.0.0.1")
     store = Store(path)
     # The app's worker starts first, as in real use: runs this test then writes as "running" belong to
     # "another process" (a worker starting later would mark them interrupted and adopt queued ones).

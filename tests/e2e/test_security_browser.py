@@ -1,0 +1,149 @@
+"""The lab as a shared server would meet it (issue 15), with real `streamlit run` processes and a real browser:
+
+- where it listens: 127.0.0.1 by default (read from the kernel's socket table), and an error page instead of the
+  lab on 0.0.0.0 unless the operator opts out;
+- the judge exfiltration: a config whose judge points at a listener on 127.0.0.1 with `api_key_env` naming a
+  secret of the server (or Bedrock's `endpoint_url` with the server's AWS keys) is uploaded, the Reward
+  playground opened and Start pressed: the listener must receive no request at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+
+pytestmark = pytest.mark.browser
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+    db: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_lab(tmp: Path, *, address: str | None = "127.0.0.1", env: dict[str, str] | None = None) -> Server:
+    """`streamlit run app/main.py` from the repository root (its .streamlit/config.toml applies); address None
+    leaves server.address to that config file. Waits for the health endpoint."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM}")
+    port, db, log = free_port(), tmp / "lab.db", tmp / "server.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RLAIF_LAB_")}
+    full_env.update({"RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", **(env or {})})
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+           "--server.port", str(port)]
+    if address is not None:
+        cmd += ["--server.address", address]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return Server(url, port, proc, log, db)
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses of the sockets listening on `port`, from `ss -ltn` (or /proc/net/tcp{,6} without ss)."""
+    try:
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        return [line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()]
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        found = []
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(name).read_text().splitlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                addr, hexport = local.split(":")
+                if state == "0A" and int(hexport, 16) == port:  # 0A = LISTEN
+                    found.append(addr)
+        return found
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def page_text(browser, url: str, wait_for: str) -> str:
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(url)
+    pg.get_by_text(wait_for).first.wait_for()
+    text = pg.locator("[data-testid='stApp']").inner_text()
+    context.close()
+    return text
+
+
+# ---- where the lab listens ---------------------------------------------------------------------------------
+
+
+def test_default_bind_is_loopback_only(tmp_path, chromium):
+    server = start_lab(tmp_path, address=None)  # no --server.address: .streamlit/config.toml decides
+    try:
+        addresses = listening_addresses(server.port)
+        print(f"\nss -ltn for port {server.port}: {addresses}")
+        assert addresses and all(a in ("127.0.0.1", "0100007F") for a in addresses), addresses
+        assert "Network URL" not in server.log_text()
+        assert "Launch a run" in page_text(chromium, server.url, "Launch a run")
+    finally:
+        stop(server)
+
+
+def test_all_interfaces_without_opt_out_refuses(tmp_path, chromium):
+    server = start_lab(tmp_path, address="0.0.0.0")
+    try:
+        assert "0.0.0.0" in listening_addresses(server.port) or "*" in listening_addresses(server.port)
+        text = page_text(chromium, server.url, "The lab refuses to serve")
+        assert "RLAIF_LAB_ALLOW_UNAUTHENTICATED_NETWORK" in text
+        assert "Launch a run" not in text
+        # no page of the lab is reachable by its URL either
+        assert "Reward playground" not in page_text(chromium, f"{server.url}/playground", "The lab refuses to serve")
+        deadline = time.monotonic() + 30
+        while "refuses to serve" not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "RLAIF Lab refuses to serve" in server.log_text()
+    finally:
+        stop(server)
+
+
+def test_all_interfaces_with_explicit_opt_out_serves(tmp_path, chromium):
+    server = start_lab(tmp_path, address="0.0.0.0", env={"RLAIF_LAB_ALLOW_UNAUTHENTICATED_NETWORK": "1"})
+    try:
+        assert "Launch a run" in page_text(chromium, server.url, "Launch a run")
+    finally:
+        stop(server)
