@@ -276,22 +276,52 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "RunConfig":
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([FieldError("<yaml>", f"not valid YAML: {exc}")]) from exc
-        if data is not None and not isinstance(data, dict):
+        """A RunConfig from YAML text: one mapping of sections, no aliases, no duplicate keys, at most
+        MAX_CONFIG_BYTES and MAX_YAML_DEPTH levels deep. ConfigError naming the problem otherwise."""
+        if not isinstance(text, str):
+            raise ConfigError([FieldError("<yaml>", f"expected YAML text, got {type(text).__name__}")])
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError([FieldError("<file>", f"is {len(text):,} characters; a run config is at most "
+                                                    f"{MAX_CONFIG_BYTES:,}")])
+        if not text.strip():
+            raise ConfigError([FieldError("<file>", "is empty; a run config needs at least one section "
+                                                    "(`python -m engine init` writes the defaults)")])
+        data = load_yaml(text)
+        if data is None:
+            raise ConfigError([FieldError("<file>", "holds no settings (only comments); `python -m engine init` "
+                                                    "writes the defaults")])
+        if not isinstance(data, dict):
             raise ConfigError([FieldError("<yaml>", "the top level must be a mapping of sections")])
-        return cls.from_dict(data or {})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RunConfig":
+        """A RunConfig from a file's bytes (an upload, a file on disk): UTF-8 text, no binary, size capped."""
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError([FieldError("<file>", f"is {len(data):,} bytes; a run config is at most "
+                                                    f"{MAX_CONFIG_BYTES:,}")])
+        if b"\x00" in data:
+            raise ConfigError([FieldError("<file>", "is a binary file, not YAML text")])
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError([FieldError("<file>", "is not UTF-8 text (a binary file?)")]) from None
+        return cls.from_yaml(text)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([FieldError("<file>", f"config file {path} does not exist")])
-        return cls.from_yaml(path.read_text())
+        try:
+            if not path.is_file():
+                raise ConfigError([FieldError("<file>", f"config file {_show(str(path))} does not exist "
+                                                        "or is not a file")])
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError([FieldError("<file>", f"is {path.stat().st_size:,} bytes; a run config is at "
+                                                        f"most {MAX_CONFIG_BYTES:,}")])
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([FieldError("<file>", f"cannot read {_show(str(path))}: {exc.strerror}")]) from None
+        return cls.from_bytes(data)
 
     def check(self) -> "RunConfig":
         """Raise ConfigError listing every problem; return self when valid."""
@@ -299,6 +329,82 @@ class RunConfig:
         if errors:
             raise ConfigError(errors)
         return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading YAML safely
+# --------------------------------------------------------------------------------------------------
+MAX_CONFIG_BYTES = 1_000_000  # the default config is ~4 KB; a bigger file is a mistake or an attack
+MAX_YAML_DEPTH = 32  # the deepest real field (a rubric inside a backend's options) is 6 levels down
+MAX_SHOWN = 80  # characters of a value echoed in a message
+
+
+def _show(value: Any, limit: int = MAX_SHOWN) -> str:
+    """repr(value) cut to `limit` characters: a 10 MB value must not come back in an error message."""
+    if isinstance(value, (dict, list)) and len(value) > 20:
+        text = f"<a {type(value).__name__} of {len(value)} items>"
+    else:
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _yaml_loader():
+    """yaml.SafeLoader refusing aliases (a 2.6 KB alias bomb expands to gigabytes), duplicate keys (the last one
+    silently winning hides a mistake) and nesting deeper than MAX_YAML_DEPTH (a RecursionError otherwise)."""
+    import yaml
+    from yaml.constructor import ConstructorError
+    from yaml.nodes import MappingNode, ScalarNode
+
+    class StrictLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConstructorError(None, None, "aliases (*name) are not accepted in a run config: write the "
+                                                   "value out", mark)
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise ConstructorError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                           self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, ScalarNode):
+                        continue
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise ConstructorError(None, None, f"duplicate key {_show(key_node.value)}: each key may "
+                                                           "appear once", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the strict safe loader; ConfigError("<yaml>", where and what) when it is not valid."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        what = str(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+        what = what if len(what) <= 200 else what[:199] + "…"
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError([FieldError("<yaml>", f"not a valid run config: {what}{line}")]) from None
+    except RecursionError:
+        raise ConfigError([FieldError("<yaml>", f"nested deeper than {MAX_YAML_DEPTH} levels")]) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,10 +510,15 @@ def model_path_problem(name_or_path: str) -> str | None:
         if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
             return f"{name_or_path} holds no config.json: not a Hugging Face model directory"
         return None
-    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
-    if looks_local or not _HUB_ID.match(name_or_path):
+    if not looks_like_hub_id(name_or_path):
         return f"no such model directory: {name_or_path}"
     return None
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hugging Face hub id ("org/model" or "model"), not of a local path."""
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or ".." in name
+    return not looks_local and bool(_HUB_ID.match(name))
 
 
 def _range(errors: list, name: str, value: float, low: float | None = None, high: float | None = None,

@@ -5,17 +5,30 @@ from __future__ import annotations
 import streamlit as st
 
 from app import forms, state
+from app.safe_text import md as safe_name
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
+from engine.policy import browser_policy
 
 lab = state.lab()
 forms.init_state()
+policy = browser_policy()  # the operator's allow-list: every config on this page comes from a browser
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def data_problems(config_yaml: str) -> dict[str, list[str]]:
-    """Field and data problems of a config (reading the prompts takes a moment, so it is cached)."""
-    return validate_config(config_yaml, check_data=True)
+def data_problems(config_yaml: str, policy_key: str) -> dict[str, list[str]]:
+    """Field, policy and data problems of a config (reading the prompts takes a moment, so it is cached; the
+    policy's key makes a change of the operator's settings a new entry)."""
+    return validate_config(config_yaml, check_data=True, policy=browser_policy())
+
+
+def refused_note(cfg: RunConfig) -> str:
+    """A line for the load note when the operator's policy refuses some of a loaded config's settings."""
+    refused = policy.config_problems(cfg)
+    if not refused:
+        return ""
+    return ("\n\nThis lab does not allow some of its settings (marked below; Start stays off until they change):\n"
+            + "\n".join(f"- `{e.field}`: {e.message}" for e in refused))
 
 
 def load_upload() -> None:
@@ -23,10 +36,12 @@ def load_upload() -> None:
     if upload is None:
         return
     try:
-        forms.load_into_state(RunConfig.from_yaml(upload.getvalue().decode("utf-8", errors="replace")))
-        st.session_state["launch-note"] = ("success", f"Loaded {upload.name}.")
+        cfg = RunConfig.from_bytes(upload.getvalue())
+        forms.load_into_state(cfg)
+        note = refused_note(cfg)
+        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded {safe_name(upload.name)}.{note}")
     except ConfigError as exc:
-        st.session_state["launch-note"] = ("error", f"{upload.name} is not a valid run config:\n\n"
+        st.session_state["launch-note"] = ("error", f"{safe_name(upload.name)} is not a valid run config:\n\n"
                                            + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
 
 
@@ -35,8 +50,10 @@ def clone_run() -> None:
     if not run_id:
         return
     try:
-        forms.load_into_state(lab.run_config(run_id))
-        st.session_state["launch-note"] = ("success", f"Loaded the config of run {run_id}.")
+        cfg = lab.run_config(run_id)
+        forms.load_into_state(cfg)
+        note = refused_note(cfg)
+        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded the config of run {run_id}.{note}")
     except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
         st.session_state["launch-note"] = ("error", f"Run {run_id}'s config no longer loads:\n\n"
                                            + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
@@ -49,12 +66,12 @@ def reset_form() -> None:
 
 def start() -> None:
     cfg, problems = forms.state_to_config(st.session_state)
-    errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+    errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
     if errors:
         st.session_state["launch-note"] = ("error", "Not started: fix the problems marked below.")
         return
     try:
-        run_id = lab.start_run(cfg)
+        run_id = lab.start_run(cfg, policy=policy)
     except ConfigError as exc:
         st.session_state["launch-note"] = ("error", f"Not started: {exc}")
         return
@@ -92,7 +109,7 @@ with st.expander("Load, clone or save a config"):
         st.button("Reset to the defaults", key="reset-config", on_click=reset_form)
 
 cfg, problems = forms.state_to_config(st.session_state)
-errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:

@@ -9,8 +9,10 @@ import streamlit as st
 
 from app import forms, state
 from engine.config import RewardBackendSettings
+from engine.policy import browser_policy
 
 lab = state.lab()
+policy = browser_policy()  # backends the operator does not allow are never built, so they call nothing
 st.title("Reward playground")
 st.caption("One text per line. Each backend's reward (what PPO maximises) and, for classifiers, its toxicity "
            "probability (what the evaluation reports). Backends come from the Launch page's form, plus the two "
@@ -39,7 +41,7 @@ rows, errors = [], {}
 with st.spinner("Scoring (the first call of a backend loads its model)…"):
     for t in texts:
         row: dict[str, object] = {"text": t}
-        for r in lab.score_text([configured[n] for n in names], t, prompt=prompt):
+        for r in lab.score_text([configured[n] for n in names], t, prompt=prompt, policy=policy):
             if r["error"]:
                 errors[r["backend"]] = r["error"]
             row[f"{r['backend']} reward"] = r["reward"]

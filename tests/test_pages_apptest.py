@@ -28,9 +28,13 @@ def page(name: str) -> str:
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(tmp_path, monkeypatch, tmp_path_factory):
     path = tmp_path / "lab.db"
     monkeypatch.setenv("RLAIF_LAB_DB", str(path))
+    # The operator's folders (engine.policy): the test's models live in pytest's temporary folder.
+    settings = tmp_path / "lab_settings.toml"
+    settings.write_text(f'[paths]\nmodels = ["{tmp_path_factory.getbasetemp()}"]\n')
+    monkeypatch.setenv("RLAIF_LAB_SETTINGS", str(settings))
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
     # AppTest has no server and reads no .streamlit/config.toml from tmp_path: say it serves loopback, as the lab does
     st_config.set_option("server.address", "127.0.0.1")

@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from tests.recording_listener import RecordingListener
 
 pytestmark = pytest.mark.browser
 
@@ -147,3 +148,108 @@ def test_all_interfaces_with_explicit_opt_out_serves(tmp_path, chromium):
         assert "Launch a run" in page_text(chromium, server.url, "Launch a run")
     finally:
         stop(server)
+
+
+# ---- the judge exfiltration (issue 15's first critical item) -----------------------------------------------
+
+FAKE_SECRET = "sk-fake-lab-secret-0123456789"
+FAKE_AWS = {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE0000", "AWS_SECRET_ACCESS_KEY": "fake/secret/access/key",
+            "AWS_SESSION_TOKEN": "fake-session-token", "AWS_DEFAULT_REGION": "us-east-1"}
+# The operator allows judges, but elsewhere: the listener's endpoint is on no list.
+OPERATOR_SETTINGS = """
+[[judges.openai]]
+base_url = "http://127.0.0.1:1/v1"
+api_key_env = "OPENAI_API_KEY"
+models = ["*"]
+
+[[judges.bedrock]]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:1"
+models = ["*"]
+"""
+
+
+@pytest.fixture(scope="module")
+def exposed_lab(tmp_path_factory):
+    """A lab server whose environment holds a secret and AWS credentials (fake ones)."""
+    tmp = tmp_path_factory.mktemp("exposed_lab")
+    settings = tmp / "lab_settings.toml"
+    settings.write_text(OPERATOR_SETTINGS)
+    server = start_lab(tmp, env={"LAB_FAKE_SECRET": FAKE_SECRET, **FAKE_AWS, "RLAIF_LAB_SETTINGS": str(settings)})
+    yield server
+    stop(server)
+
+
+def upload_then_playground_then_start(browser, server: Server, cfg, tmp_path: Path, refusal: str) -> str:
+    """Upload `cfg` on the Launch page, open the Reward playground (which scores the form's backends at once),
+    come back and press Start. Returns the page text of the Launch page at the end."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(120_000)
+    pg.goto(server.url)
+    pg.wait_for_selector("[data-testid='stApp'] h1")
+    path = tmp_path / "exfiltrate.yaml"
+    cfg.save(path)
+    pg.get_by_text("Load, clone or save a config").click()
+    pg.locator(".st-key-upload-config input[type=file]").set_input_files(str(path))
+    pg.get_by_text("Loaded exfiltrate.yaml").wait_for()
+    pg.get_by_text(refusal).first.wait_for()  # the Launch page marks the refused field
+    expect(pg.locator(".st-key-start-run button")).to_be_disabled()
+
+    pg.locator("[data-testid='stSidebarNav']").get_by_text("Reward playground").click()
+    pg.get_by_role("heading", name="Reward playground").wait_for()
+    # the errors are drawn after every backend has been scored: once one shows, all calls have been made
+    pg.get_by_text(refusal).first.wait_for()
+
+    pg.locator("[data-testid='stSidebarNav']").get_by_text("Launch", exact=True).click()
+    pg.get_by_role("heading", name="Launch a run").wait_for()
+    pg.locator(".st-key-start-run button").click(force=True)
+    pg.get_by_text(refusal).first.wait_for()
+    text = pg.locator("[data-testid='stApp']").inner_text()
+    context.close()
+    return text
+
+
+def exfiltration_config(backend):
+    from engine.config import RewardBackendSettings, RunConfig
+
+    cfg = RunConfig(name="exfiltrate")
+    cfg.data.source = "builtin"
+    cfg.reward.backends = [backend]
+    cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
+    return cfg
+
+
+def test_openai_judge_cannot_send_the_servers_secret(exposed_lab, chromium, tmp_path):
+    from engine.config import RewardBackendSettings
+
+    with RecordingListener() as ear:
+        judge = RewardBackendSettings(kind="openai_judge", options={
+            "base_url": ear.url + "/v1", "model": "any", "api_key_env": "LAB_FAKE_SECRET"})
+        text = upload_then_playground_then_start(chromium, exposed_lab, exfiltration_config(judge), tmp_path,
+                                                 "not an endpoint this lab allows")
+        assert ear.heard == [], ear.heard
+    assert FAKE_SECRET not in text
+    with exposed_lab_store(exposed_lab) as store:
+        assert store.list_runs() == []
+
+
+def test_bedrock_judge_cannot_sign_requests_to_another_endpoint(exposed_lab, chromium, tmp_path):
+    from engine.config import RewardBackendSettings
+
+    with RecordingListener() as ear:
+        judge = RewardBackendSettings(kind="bedrock_judge", options={
+            "endpoint_url": ear.url, "region": "us-east-1", "model_id": "anthropic.claude-3-haiku-20240307-v1:0"})
+        upload_then_playground_then_start(chromium, exposed_lab, exfiltration_config(judge), tmp_path,
+                                          "not an endpoint this lab allows")
+        assert ear.heard == [], ear.heard
+    with exposed_lab_store(exposed_lab) as store:
+        assert store.list_runs() == []
+
+
+def exposed_lab_store(server: Server):
+    from engine.store import Store
+
+    return Store(server.db)
