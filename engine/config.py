@@ -829,6 +829,12 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         e.append(FieldError("output_dir", "must be a folder path (no NUL, at most 4096 characters)"))
     if cfg.parent_run is not None and (problem := text_problem(cfg.parent_run, 64)):
         e.append(FieldError("parent_run", problem))
+    positions = _local_positions(m.name_or_path) if isinstance(m.name_or_path, str) else None
+    if positions and _ints(d.max_prompt_tokens, g.max_new_tokens) and \
+            d.max_prompt_tokens + g.max_new_tokens > positions:
+        e.append(FieldError("generation.max_new_tokens",
+                            f"data.max_prompt_tokens ({d.max_prompt_tokens}) + max_new_tokens ({g.max_new_tokens}) "
+                            f"must be <= the {positions} positions the model reads"))
     e.extend(_validate_methods(cfg))
     unique: dict[tuple[str, str], FieldError] = {}
     for err in e:  # _non_finite and a field's own range check may both report inf
@@ -872,6 +878,23 @@ def data_source_problem(source: Any) -> str | None:
     if not is_file:
         return f"no such file: {_show(source)} (or use auto, hub, builtin)"
     return None
+
+
+def _local_positions(name_or_path: str) -> int | None:
+    """How many positions a local decoder-only model reads (config.json's n_positions / max_position_embeddings);
+    None for built-in and hub models, encoder-decoders (relative positions) and unreadable files."""
+    import json
+
+    if name_or_path.startswith("builtin:") or looks_like_hub_id(name_or_path) and not os.path.exists(name_or_path):
+        return None
+    try:
+        conf = json.loads((Path(os.path.expanduser(name_or_path)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(conf, dict) or conf.get("is_encoder_decoder"):
+        return None
+    n = conf.get("n_positions", conf.get("max_position_embeddings"))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def _local_is_encoder_decoder(name_or_path: str) -> bool | None:
