@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import forms, state
-from app.safe_text import md as safe_name
+from app.safe_text import md, plain
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
 from engine.policy import browser_policy
@@ -28,7 +28,7 @@ def refused_note(cfg: RunConfig) -> str:
     if not refused:
         return ""
     return ("\n\nThis lab does not allow some of its settings (marked below; Start stays off until they change):\n"
-            + "\n".join(f"- `{e.field}`: {e.message}" for e in refused))
+            + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in refused))
 
 
 def load_upload() -> None:
@@ -39,10 +39,10 @@ def load_upload() -> None:
         cfg = RunConfig.from_bytes(upload.getvalue())
         forms.load_into_state(cfg)
         note = refused_note(cfg)
-        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded {safe_name(upload.name)}.{note}")
+        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded {md(upload.name)}.{note}")
     except ConfigError as exc:
-        st.session_state["launch-note"] = ("error", f"{safe_name(upload.name)} is not a valid run config:\n\n"
-                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+        st.session_state["launch-note"] = ("error", f"{md(upload.name)} is not a valid run config:\n\n"
+                                           + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
 
 
 def clone_run() -> None:
@@ -56,7 +56,7 @@ def clone_run() -> None:
         st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded the config of run {run_id}.{note}")
     except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
         st.session_state["launch-note"] = ("error", f"Run {run_id}'s config no longer loads:\n\n"
-                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+                                           + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
 
 
 def reset_form() -> None:
@@ -73,7 +73,8 @@ def start() -> None:
     try:
         run_id = lab.start_run(cfg, policy=policy)
     except ConfigError as exc:
-        st.session_state["launch-note"] = ("error", f"Not started: {exc}")
+        st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
+            f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
         return
     st.session_state["run_id"] = run_id
     st.session_state["launched"] = run_id
@@ -97,7 +98,7 @@ with st.expander("Load, clone or save a config"):
     with c2:
         runs = lab.list_runs()
         st.selectbox("Clone a past run's config", [r.id for r in runs], key="clone-run", index=None,
-                     format_func=lambda i: next((f"{r.name} · {r.id}" for r in runs if r.id == i), i),
+                     format_func=lambda i: next((plain(f"{r.name} · {r.id}") for r in runs if r.id == i), i),
                      placeholder="choose a run")
         st.button("Use its config", key="clone-button", on_click=clone_run,
                   disabled=not st.session_state.get("clone-run"))
@@ -173,7 +174,7 @@ st.divider()
 other = forms.unplaced_errors(errors, forms.placed_fields(st.session_state))
 for field, messages in other.items():
     for message in messages:
-        st.error(f"`{field}`: {message}")
+        st.error(f"**{md(field)}**: {md(message, limit=1000)}")
 n_problems = sum(len(v) for v in errors.values())
 if n_problems:
     st.warning(f"{n_problems} problem(s) to fix before the run can start.", icon=":material/error:")

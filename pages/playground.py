@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app import forms, state
+from app.safe_text import md
 from engine.config import RewardBackendSettings
 from engine.policy import browser_policy
 
@@ -53,4 +54,4 @@ scores = pd.DataFrame(rows)
 st.dataframe(scores, key="pg-scores", hide_index=True,
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in scores.columns if c != "text"})
 for backend, message in errors.items():
-    st.error(f"{backend}: {message}")
+    st.error(f"{md(backend)}: {md(message, limit=1000)}")
