@@ -262,7 +262,11 @@ class RunConfig:
     def to_yaml(self) -> str:
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        class NoAliases(yaml.SafeDumper):  # from_yaml refuses aliases, so never write one (shared objects)
+            def ignore_aliases(self, data: Any) -> bool:
+                return True
+
+        return yaml.dump(self.to_dict(), Dumper=NoAliases, sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -722,7 +726,9 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
 def validate(cfg: RunConfig) -> list[FieldError]:
     """Every problem of `cfg`, each naming its field and the allowed range. Loads nothing."""
     e: list[FieldError] = _non_finite(cfg)
-    if (problem := text_problem(cfg.name)):
+    # an RLHF chain names its runs "<name>-reward-model" / "<name>-ppo": leave room for the suffix
+    chained = getattr(cfg.reward_model, "then_ppo", False) is True
+    if (problem := text_problem(cfg.name, MAX_NAME_CHARS - len("-reward-model") if chained else MAX_NAME_CHARS)):
         e.append(FieldError("name", problem))
     _choice(e, "method", cfg.method, METHODS)
 

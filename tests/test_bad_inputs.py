@@ -351,3 +351,33 @@ def test_policy_refusal_message_is_the_same_whether_or_not_the_file_exists(polic
         cfg["data"]["source"] = source
         seen.add(tuple(api.validate_config(cfg, check_data=True, policy=policy)["data.source"]))
     assert len(seen) == 1
+
+
+def test_prompt_plus_response_longer_than_the_models_positions(lab, base, tiny_gpt2_dir):
+    cfg = copy.deepcopy(base)
+    cfg["model"]["name_or_path"] = str(tiny_gpt2_dir)  # n_positions 512
+    cfg["data"]["max_prompt_tokens"], cfg["generation"]["max_new_tokens"] = 500, 32
+    with pytest.raises(ConfigError) as exc:
+        lab.start_run(cfg)
+    assert "generation.max_new_tokens" in [e.field for e in exc.value.errors]
+    assert lab.list_runs() == []
+    cfg["data"]["max_prompt_tokens"] = 480  # 480 + 32 = 512 fits
+    assert api.validate_config(cfg) == {}
+
+
+def test_cuda_is_accepted_where_it_exists():
+    if not _cuda():
+        pytest.skip("no CUDA here: the table refuses device cuda instead")
+    cfg = RunConfig()
+    cfg.model.device = "cuda"
+    assert "model.device" not in api.validate_config(cfg)
+
+
+def test_stored_yaml_has_no_aliases_and_reloads():
+    from engine.config import RewardBackendSettings
+
+    shared = {"transform": "p_not"}
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(options=shared), RewardBackendSettings(name="second", options=shared)]
+    text = cfg.to_yaml()
+    assert "*id" not in text and RunConfig.from_yaml(text).reward.backends[1].options == shared
