@@ -204,7 +204,7 @@ def cmd_show(args) -> int:
     r = store.get_run(args.run)
     print(f"run {r.id}  {_printable(r.name)}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
     if r.error:
-        print(f"error: {r.error}")
+        print("error: " + "\n".join(_printable(line) for line in r.error.splitlines()))
         if args.traceback and r.traceback:
             print(r.traceback)
     wide = store.metrics_wide(r.id, keys=["objective/kl", "ppo/returns/mean", "env/reward_mean"])

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, free_port
+from tests.e2e.conftest import CHROMIUM, ROOT, free_port
 from tests.recording_listener import RecordingListener
 
 pytestmark = pytest.mark.browser
@@ -92,11 +91,9 @@ def listening_addresses(port: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def chromium(browser):
+    """conftest's session browser (one sync Playwright per process: a second one cannot start beside it)."""
+    return browser
 
 
 def page_text(browser, url: str, wait_for: str) -> str:
@@ -253,3 +250,23 @@ def exposed_lab_store(server: Server):
     from engine.store import Store
 
     return Store(server.db)
+
+
+def test_uploaded_alias_bomb_and_binary_file_get_field_errors(exposed_lab, chromium, tmp_path):
+    from tests.test_bad_inputs import ALIAS_BOMB
+
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(exposed_lab.url)
+    pg.wait_for_selector("[data-testid='stApp'] h1")
+    pg.get_by_text("Load, clone or save a config").click()
+    for name, content, expected in (("bomb.yaml", ALIAS_BOMB.encode(), "aliases (*name) are not accepted"),
+                                    ("binary.yaml", b"\x7fELF\x02\x01\x01\x00" * 64, "is a binary file")):
+        path = tmp_path / name
+        path.write_bytes(content)
+        pg.locator(".st-key-upload-config input[type=file]").set_input_files(str(path))
+        pg.get_by_text(f"{name} is not a valid run config").wait_for()
+        pg.get_by_text(expected).wait_for()
+    assert "Traceback" not in pg.locator("[data-testid='stApp']").inner_text()
+    context.close()
