@@ -109,3 +109,11 @@ def test_normalise_url():
     assert normalise_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
     with pytest.raises(ValueError):
         normalise_url("http://h/v1?x=1")
+
+
+def test_streamlit_config_binds_loopback_and_hides_error_details():
+    import tomllib
+
+    conf = tomllib.loads((Path(__file__).resolve().parents[1] / ".streamlit" / "config.toml").read_text())
+    assert conf["server"]["address"] == "127.0.0.1"
+    assert conf["client"]["showErrorDetails"] == "none"  # tracebacks go to the server log, not the browser
