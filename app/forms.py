@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import streamlit as st
 import yaml
 
+from app.safe_text import md
 from engine.config import (
     BUILTIN_MODELS,
     DPO_LOSS_TYPES,
@@ -274,7 +275,7 @@ def show_errors(errors: Mapping[str, list[str]], *paths: str) -> None:
     """Each error of these fields, right where the caller is drawing."""
     for path in paths:
         for message in errors.get(path, []):
-            st.error(f"{message}", icon="⚠️")
+            st.error(md(message, limit=1000), icon="⚠️")  # messages echo what the user typed
 
 
 def field_widget(path: str, tp: Any, errors: Mapping[str, list[str]], help: str | None = None) -> None:

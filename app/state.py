@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from app.safe_text import plain
 from engine.api import Lab
 from engine.store import DB_ENV_VAR, resolve_url
 
@@ -71,7 +72,7 @@ def select_run(label: str = "Run", key: str = "run-select", prefer_active: bool 
     st.session_state["run_id"] = wanted
     if st.query_params.get("run") != wanted:
         st.query_params["run"] = wanted
-    names = {r.id: f"{r.name} · {r.id} · {r.status}" for r in runs}
+    names = {r.id: plain(f"{r.name} · {r.id} · {r.status}") for r in runs}  # a name may hold anything
     return st.selectbox(label, ids, key=key, format_func=lambda i: names.get(i, i), on_change=_picked, args=(key,))
 
 

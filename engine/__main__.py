@@ -27,6 +27,27 @@ def _store(args):
     return Store(args.db) if args.db else Store()
 
 
+def _is_store_error(exc: BaseException) -> bool:
+    """An error of the database layer (a corrupt or foreign file given as --db, a locked or unreadable store)."""
+    import sqlite3
+
+    return isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("sqlalchemy")
+
+
+def _printable(text: object) -> str:
+    """A stored name as one printable line: control and direction characters escaped (a forged extra line
+    or reordered text in the terminal otherwise)."""
+    import unicodedata
+
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def cmd_init(args) -> int:
     from engine.config import RunConfig
 
@@ -143,8 +164,6 @@ def _raise_interrupt(signum, frame):
 
 def _apply_override(cfg, override: str) -> None:
     """`--set ppo.max_ppo_steps=3`: set one field, the value parsed as YAML."""
-    import yaml
-
     from engine.config import ConfigError, FieldError, RunConfig
 
     if "=" not in override:
@@ -157,7 +176,9 @@ def _apply_override(cfg, override: str) -> None:
         if not isinstance(node.get(part), dict):
             raise ConfigError([FieldError(key, f"{part!r} is not a config section")])
         node = node[part]
-    node[parts[-1]] = yaml.safe_load(raw)
+    from engine.config import load_yaml
+
+    node[parts[-1]] = load_yaml(raw)
     new = RunConfig.from_dict(data)
     cfg.__dict__.update(new.__dict__)
 
@@ -172,7 +193,7 @@ def cmd_runs(args) -> int:
     for r in runs:
         step = f"{r.step or 0}/{r.total_steps or '?'}"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
-        print(f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {r.name or ''}")
+        print(f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {_printable(r.name or '')}")
     return 0
 
 
@@ -181,9 +202,9 @@ def cmd_show(args) -> int:
 
     store = _store(args)
     r = store.get_run(args.run)
-    print(f"run {r.id}  {r.name}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
+    print(f"run {r.id}  {_printable(r.name)}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
     if r.error:
-        print(f"error: {r.error}")
+        print("error: " + "\n".join(_printable(line) for line in r.error.splitlines()))
         if args.traceback and r.traceback:
             print(r.traceback)
     wide = store.metrics_wide(r.id, keys=["objective/kl", "ppo/returns/mean", "env/reward_mean"])
@@ -248,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyError as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _is_store_error(exc):
+            raise
+        # e.g. --db pointing at a file that is not a lab store: say so, not a page of SQLAlchemy traceback
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        print(f"error: the store {args.db or '(default)'} cannot be used: {detail}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,7 @@ from engine.worker import RunManager, eta_seconds, get_manager
 if TYPE_CHECKING:
     import pandas as pd
 
+    from engine.policy import BrowserPolicy
     from engine.store import RunRecord, Store
 
 
@@ -52,11 +53,14 @@ def errors_by_field(errors: Sequence[FieldError]) -> dict[str, list[str]]:
     return out
 
 
-def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False) -> dict[str, list[str]]:
+def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False,
+                    policy: BrowserPolicy | None = None) -> dict[str, list[str]]:
     """Every problem of a config as {field: [messages]}; empty when it is valid.
 
     `check_data=True` also loads and splits the prompts (only when the fields are valid), so a missing
     or too small data source is reported under "data.source" / "data.train_size".
+    `policy`: the operator's allow-list for configs written in a browser (the pages pass it; None: no limits,
+    as for the CLI). What it refuses is reported first, and validation then never looks at a refused path.
     """
     from engine.runner import prepare_prompts
 
@@ -64,13 +68,21 @@ def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = Fa
         cfg = as_config(cfg)
     except ConfigError as exc:
         return errors_by_field(exc.errors)
-    problems = validate(cfg)
+    refused = policy.config_problems(cfg) if policy is not None else []
+    checked = policy.sanitized(cfg, refused) if refused else cfg
+    refused_fields = {p.field for p in refused}
+    problems = refused + [p for p in validate(checked) if p.field not in refused_fields]
     if not problems and check_data:
         try:
-            prepare_prompts(cfg)
+            prepare_prompts(checked)
         except ConfigError as exc:
             problems = exc.errors
     return errors_by_field(problems)
+
+
+def policy_problems(cfg: RunConfig, policy: BrowserPolicy | None) -> list[FieldError]:
+    """What `policy` refuses in `cfg` (nothing without a policy)."""
+    return policy.config_problems(cfg) if policy is not None else []
 
 
 # ---- the playground ---------------------------------------------------------------------------------
@@ -90,11 +102,13 @@ def _backend(settings: RewardBackendSettings) -> Any:
         return _BACKENDS[key]
 
 
-def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "") -> list[dict[str, Any]]:
+def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "",
+               policy: BrowserPolicy | None = None) -> list[dict[str, Any]]:
     """Score one text with each backend: a row per backend with its reward, toxicity (when it has one) and raw signals.
 
     A backend that fails (missing package, unreachable judge) gives a row with `error` set instead of
-    stopping the others.
+    stopping the others. With a `policy` (the pages pass the browser's), a backend it refuses is never built,
+    so it can call nothing: its row carries the refusal as its error.
     """
     if not isinstance(text, str):
         raise ValueError(f"text must be a str, got {type(text).__name__}")
@@ -102,7 +116,8 @@ def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str
     for i, settings in enumerate(backends):
         row: dict[str, Any] = {"backend": settings.display_name, "kind": settings.kind, "reward": math.nan,
                                "toxicity": math.nan, "raw": {}, "error": None}
-        problems = validate_backend_settings(settings, i)
+        problems = policy.backend_problems(settings, f"reward.backends[{i}]") if policy is not None else []
+        problems = problems or validate_backend_settings(settings, i)
         if problems:
             row["error"] = "; ".join(str(p) for p in problems)
             rows.append(row)
@@ -321,9 +336,14 @@ class Lab:
         return cls(get_manager(db_url))
 
     # runs
-    def start_run(self, cfg: RunConfig | dict[str, Any] | str) -> str:
-        """Validate and queue a run; ConfigError (field by field) before anything is stored."""
-        return self.manager.submit(as_config(cfg))
+    def start_run(self, cfg: RunConfig | dict[str, Any] | str, policy: BrowserPolicy | None = None) -> str:
+        """Validate and queue a run; ConfigError (field by field) before anything is stored.
+
+        `policy`: the operator's allow-list when the config comes from a browser (None: no limits)."""
+        cfg = as_config(cfg)
+        if problems := policy_problems(cfg, policy):
+            raise ConfigError(problems)
+        return self.manager.submit(cfg)
 
     def cancel_run(self, run_id: str) -> str:
         """Cancel a queued run now or ask a running one to stop; returns the status after the call."""
@@ -416,9 +436,11 @@ class Lab:
 
     # forms and playground (no store needed; methods for the pages' convenience)
     @staticmethod
-    def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False) -> dict[str, list[str]]:
-        return validate_config(cfg, check_data)
+    def validate_config(cfg: RunConfig | dict[str, Any] | str, check_data: bool = False,
+                        policy: BrowserPolicy | None = None) -> dict[str, list[str]]:
+        return validate_config(cfg, check_data, policy)
 
     @staticmethod
-    def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "") -> list[dict[str, Any]]:
-        return score_text(backends, text, prompt)
+    def score_text(backends: Sequence[RewardBackendSettings], text: str, prompt: str = "",
+                   policy: BrowserPolicy | None = None) -> list[dict[str, Any]]:
+        return score_text(backends, text, prompt, policy)

@@ -263,7 +263,11 @@ class RunConfig:
     def to_yaml(self) -> str:
         import yaml
 
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        class NoAliases(yaml.SafeDumper):  # from_yaml refuses aliases, so never write one (shared objects)
+            def ignore_aliases(self, data: Any) -> bool:
+                return True
+
+        return yaml.dump(self.to_dict(), Dumper=NoAliases, sort_keys=False, allow_unicode=True)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -277,22 +281,52 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> "RunConfig":
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([FieldError("<yaml>", f"not valid YAML: {exc}")]) from exc
-        if data is not None and not isinstance(data, dict):
+        """A RunConfig from YAML text: one mapping of sections, no aliases, no duplicate keys, at most
+        MAX_CONFIG_BYTES and MAX_YAML_DEPTH levels deep. ConfigError naming the problem otherwise."""
+        if not isinstance(text, str):
+            raise ConfigError([FieldError("<yaml>", f"expected YAML text, got {type(text).__name__}")])
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError([FieldError("<file>", f"is {len(text):,} characters; a run config is at most "
+                                                    f"{MAX_CONFIG_BYTES:,}")])
+        if not text.strip():
+            raise ConfigError([FieldError("<file>", "is empty; a run config needs at least one section "
+                                                    "(`python -m engine init` writes the defaults)")])
+        data = load_yaml(text)
+        if data is None:
+            raise ConfigError([FieldError("<file>", "holds no settings (only comments); `python -m engine init` "
+                                                    "writes the defaults")])
+        if not isinstance(data, dict):
             raise ConfigError([FieldError("<yaml>", "the top level must be a mapping of sections")])
-        return cls.from_dict(data or {})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RunConfig":
+        """A RunConfig from a file's bytes (an upload, a file on disk): UTF-8 text, no binary, size capped."""
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError([FieldError("<file>", f"is {len(data):,} bytes; a run config is at most "
+                                                    f"{MAX_CONFIG_BYTES:,}")])
+        if b"\x00" in data:
+            raise ConfigError([FieldError("<file>", "is a binary file, not YAML text")])
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError([FieldError("<file>", "is not UTF-8 text (a binary file?)")]) from None
+        return cls.from_yaml(text)
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError([FieldError("<file>", f"config file {path} does not exist")])
-        return cls.from_yaml(path.read_text())
+        try:
+            if not path.is_file():
+                raise ConfigError([FieldError("<file>", f"config file {_show(str(path))} does not exist "
+                                                        "or is not a file")])
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError([FieldError("<file>", f"is {path.stat().st_size:,} bytes; a run config is at "
+                                                        f"most {MAX_CONFIG_BYTES:,}")])
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([FieldError("<file>", f"cannot read {_show(str(path))}: {exc.strerror}")]) from None
+        return cls.from_bytes(data)
 
     def check(self) -> "RunConfig":
         """Raise ConfigError listing every problem; return self when valid."""
@@ -300,6 +334,84 @@ class RunConfig:
         if errors:
             raise ConfigError(errors)
         return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading YAML safely
+# --------------------------------------------------------------------------------------------------
+MAX_CONFIG_BYTES = 1_000_000  # the default config is ~4 KB; a bigger file is a mistake or an attack
+MAX_YAML_DEPTH = 32  # the deepest real field (a rubric inside a backend's options) is 6 levels down
+MAX_SHOWN = 80  # characters of a value echoed in a message
+MAX_ERRORS = 50  # unknown keys reported per section (a file of 100,000 junk keys gets 50 lines, not 100,000)
+MAX_NAME_CHARS = 200  # run names (the store's column) and backend names
+
+
+def _show(value: Any, limit: int = MAX_SHOWN) -> str:
+    """repr(value) cut to `limit` characters: a 10 MB value must not come back in an error message."""
+    if isinstance(value, (dict, list)) and len(value) > 20:
+        text = f"<a {type(value).__name__} of {len(value)} items>"
+    else:
+        try:
+            text = repr(value)
+        except RecursionError:
+            text = f"<a deeply nested {type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _yaml_loader():
+    """yaml.SafeLoader refusing aliases (a 2.6 KB alias bomb expands to gigabytes), duplicate keys (the last one
+    silently winning hides a mistake) and nesting deeper than MAX_YAML_DEPTH (a RecursionError otherwise)."""
+    import yaml
+    from yaml.constructor import ConstructorError
+    from yaml.nodes import MappingNode, ScalarNode
+
+    class StrictLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ConstructorError(None, None, "aliases (*name) are not accepted in a run config: write the "
+                                                   "value out", mark)
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    raise ConstructorError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels",
+                                           self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, ScalarNode):
+                        continue
+                    key = (key_node.tag, key_node.value)
+                    if key in seen:
+                        raise ConstructorError(None, None, f"duplicate key {_show(key_node.value)}: each key may "
+                                                           "appear once", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the strict safe loader; ConfigError("<yaml>", where and what) when it is not valid."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        what = str(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+        what = what if len(what) <= 200 else what[:199] + "…"
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError([FieldError("<yaml>", f"not a valid run config: {what}{line}")]) from None
+    except RecursionError:
+        raise ConfigError([FieldError("<yaml>", f"nested deeper than {MAX_YAML_DEPTH} levels")]) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,15 +444,19 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------------
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError([FieldError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {data!r}")])
+        raise ConfigError([FieldError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {_show(data)}")])
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     errors, kwargs = [], {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            text = str(key)
+            close = difflib.get_close_matches(text, names, n=1) if len(text) <= 100 else []
             hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(names)}"
-            errors.append(FieldError(prefix + str(key), "unknown field" + hint))
+            errors.append(FieldError(prefix + (text if len(text) <= 60 and text.isprintable() else _show(key, 40)),
+                                     "unknown field" + hint))
+            if len(errors) >= MAX_ERRORS:
+                break
             continue
         try:
             kwargs[key] = _coerce(hints[key], value, prefix + key)
@@ -359,22 +475,31 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if value is None:
             return []
         if not isinstance(value, list):
-            raise ConfigError([FieldError(name, f"expected a list, got {value!r}")])
+            raise ConfigError([FieldError(name, f"expected a list, got {_show(value)}")])
         return [_coerce(args[0], v, f"{name}[{i}]") for i, v in enumerate(value)]
     if args and type(None) in args:  # Optional[X]
         if value is None:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, name)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError([FieldError(name, f"must be a mapping of names to values, got {_show(value)}")])
+        return value
+    number = None
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+        number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+    elif tp is float and isinstance(value, str) and len(value) < 100:  # YAML 1.1 reads "1e-5" as a string
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+    if number is not None:
+        if not math.isfinite(number):  # .inf / .nan pass every range check and fail after the run started
+            raise ConfigError([FieldError(name, f"must be a finite number, got {_show(value)}")])
+        return number
     if tp in (int, float, str, bool) and not _is_type(value, tp):
-        raise ConfigError([FieldError(name, f"expected {tp.__name__}, got {value!r}")])
+        raise ConfigError([FieldError(name, f"expected {tp.__name__}, got {_show(value)}")])
     return value
 
 
@@ -396,47 +521,188 @@ def model_path_problem(name_or_path: str) -> str | None:
         return "must not be empty: give a Hugging Face id, a local directory or one of " + ", ".join(BUILTIN_MODELS)
     if name_or_path.startswith("builtin:"):
         if name_or_path not in BUILTIN_MODELS:
-            return f"unknown built-in model {name_or_path!r}; choose one of {', '.join(BUILTIN_MODELS)}"
+            return f"unknown built-in model {_show(name_or_path)}; choose one of {', '.join(BUILTIN_MODELS)}"
         return None
-    path = Path(os.path.expanduser(name_or_path))
-    if path.exists():
+    shown = _show(name_or_path)
+    try:
+        path = Path(os.path.expanduser(name_or_path))
+        exists = path.exists()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        return f"not a usable model name or path: {shown}"
+    if exists:
         if not path.is_dir():
-            return f"{name_or_path} is a file; give the model directory (holding config.json)"
+            return f"{shown} is a file; give the model directory (holding config.json)"
         if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
-            return f"{name_or_path} holds no config.json: not a Hugging Face model directory"
+            return f"{shown} holds no config.json: not a Hugging Face model directory"
         return None
-    looks_local = name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path
-    if looks_local or not _HUB_ID.match(name_or_path):
-        return f"no such model directory: {name_or_path}"
+    if not looks_like_hub_id(name_or_path):
+        return f"no such model directory: {shown}"
+    if _hub_offline():
+        return (f"no such model directory, and the Hugging Face hub is offline here (HF_HUB_OFFLINE): {shown}; "
+                "give a local directory or a built-in model")
     return None
+
+
+def _hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE / HF_DATASETS_OFFLINE forbid the hub (then hub ids and hub data cannot load)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+# Characters a name must not hold: controls (newline, NUL, ESC), format characters (bidi overrides, zero-width),
+# line / paragraph separators, surrogates, private use and unassigned code points.
+_UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+def text_problem(value: Any, limit: int = MAX_NAME_CHARS) -> str | None:
+    """Why `value` is not a printable one-line name of at most `limit` characters, or None."""
+    import unicodedata
+
+    if not isinstance(value, str):
+        return f"must be text, got {_show(value)}"
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > limit:
+        return f"must be at most {limit} characters, got {len(value):,}"
+    bad = next((ch for ch in value if unicodedata.category(ch) in _UNPRINTABLE), None)
+    if bad is not None:
+        return (f"must be printable text on one line: no newlines, NUL, escape or text-direction characters "
+                f"(found U+{ord(bad):04X})")
+    return None
+
+
+def template_problem(template: Any) -> str | None:
+    """Why a prompt template cannot be used, or None: {dialogue} exactly once or more, no other placeholder, braces
+    balanced (literal ones written {{ }}), at most 20,000 characters."""
+    import string
+
+    if not isinstance(template, str):
+        return f"must be text, got {_show(template)}"
+    if len(template) > 20_000:
+        return f"must be at most 20,000 characters, got {len(template):,}"
+    try:
+        placeholders = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}"
+    others = sorted(placeholders - {"dialogue"})
+    if others:
+        shown = ", ".join("{" + _show(o, 30).strip("'\"") + "}" for o in others[:5])
+        return f"may only use the placeholder {{dialogue}}, found {shown}; write literal braces as {{{{ and }}}}"
+    if "dialogue" not in placeholders:
+        return "must contain the {dialogue} placeholder"
+    return None
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run here (cuda without CUDA, a GPU index that is not there, mps without MPS), or None.
+    Imports torch only when the device asks for cuda or mps."""
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        return f"must be auto, cpu, mps, cuda or cuda:N; got {_show(device)}"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return "CUDA is not available on this machine; choose auto or cpu"
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s); cuda:{index} does not exist"
+    if device == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return "MPS (Apple GPU) is not available on this machine; choose auto or cpu"
+    return None
+
+
+def url_credentials_problem(value: Any) -> bool:
+    """Whether a string (or any string inside a list / mapping) is a URL carrying user:password@."""
+    from urllib.parse import urlsplit
+
+    stack, seen = [value], 0
+    while stack and seen < 10_000:
+        v = stack.pop()
+        seen += 1
+        if isinstance(v, str):
+            if "://" in v and "@" in v:
+                try:
+                    parts = urlsplit(v.strip())
+                    if parts.username is not None or parts.password is not None:
+                        return True
+                except ValueError:
+                    continue
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _non_finite(obj: Any, prefix: str = "") -> list[FieldError]:
+    """A FieldError per float field of the dataclass tree `obj` holding inf or nan."""
+    out: list[FieldError] = []
+    for f in dataclasses.fields(obj):
+        value, name = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            out += _non_finite(value, name + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    out += _non_finite(item, f"{name}[{i}].")
+        elif isinstance(value, float) and not math.isfinite(value):
+            out.append(FieldError(name, f"must be a finite number, got {_show(value)}"))
+    return out
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` has the shape of a Hugging Face hub id ("org/model" or "model"), not of a local path."""
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name or ".." in name
+    return not looks_local and bool(_HUB_ID.match(name))
 
 
 def _range(errors: list, name: str, value: float, low: float | None = None, high: float | None = None,
            low_open: bool = False, what: str = "") -> None:
-    bad = (isinstance(value, float) and math.isnan(value)) or (
-        low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+    """Append a FieldError unless `value` is a finite number within [low, high] (low exclusive with low_open)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        errors.append(FieldError(name, f"must be a number, got {_show(value)}"))
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.append(FieldError(name, f"must be a finite number, got {_show(value)}"))
+        return
+    bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
     if bad:
         lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-        hi = "" if high is None else f"<= {high}"
+        hi = "" if high is None else f"<= {high:,}" if isinstance(high, int) and high >= 10_000 else (
+            "" if high is None else f"<= {high}")
         allowed = " and ".join(x for x in (lo, hi) if x)
-        errors.append(FieldError(name, f"must be {allowed}{what}, got {value}"))
+        errors.append(FieldError(name, f"must be {allowed}{what}, got {_show(value)}"))
 
 
 def _choice(errors: list, name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        errors.append(FieldError(name, f"must be one of {', '.join(allowed)}; got {value!r}"))
+    if not isinstance(value, str) or value not in allowed:
+        errors.append(FieldError(name, f"must be one of {', '.join(allowed)}; got {_show(value)}"))
 
 
 def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
     """Problems of one reward backend's settings (kind-specific options included)."""
     errors: list[FieldError] = []
+    if not isinstance(b.options, dict):  # a list from YAML, or a string: nothing below can read it
+        return [FieldError(prefix + ".options", f"must be a mapping of option names to values, got {_show(b.options)}")]
+    for key, value in b.options.items():
+        if url_credentials_problem(value):  # the value is not echoed: it holds a password
+            errors.append(FieldError(f"{prefix}.options.{_show(key, 40).strip(chr(39))}",
+                                     "must not contain credentials (user:password@ in a URL); a judge reads its "
+                                     "key from the environment variable named by api_key_env"))
     _choice(errors, prefix + ".kind", b.kind, REWARD_KINDS)
-    _range(errors, prefix + ".weight", b.weight, 0.0, None)
+    _range(errors, prefix + ".weight", b.weight, 0.0, 1e6)
+    if b.name is not None and (problem := text_problem(b.name, 100)):
+        errors.append(FieldError(prefix + ".name", problem))
     _choice(errors, prefix + ".score_on", b.score_on, ("response", "prompt_response"))
     if b.kind == "hf_classifier":
         model = b.options.get("model", "")
         if not model:
             errors.append(FieldError(prefix + ".options.model", "hf_classifier needs options.model (a hub id or local directory)"))
+        elif not isinstance(model, str):
+            errors.append(FieldError(prefix + ".options.model", f"must be a hub id or a local directory, got {_show(model)}"))
         elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
             errors.append(FieldError(prefix + ".options.model", problem))
     if b.kind == "profanity":
@@ -463,35 +729,40 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
 
 def validate(cfg: RunConfig) -> list[FieldError]:
     """Every problem of `cfg`, each naming its field and the allowed range. Loads nothing."""
-    e: list[FieldError] = []
-    if not cfg.name.strip():
-        e.append(FieldError("name", "must not be empty"))
+    e: list[FieldError] = _non_finite(cfg)
+    # an RLHF chain names its runs "<name>-reward-model" / "<name>-ppo": leave room for the suffix
+    chained = getattr(cfg.reward_model, "then_ppo", False) is True
+    if (problem := text_problem(cfg.name, MAX_NAME_CHARS - len("-reward-model") if chained else MAX_NAME_CHARS)):
+        e.append(FieldError("name", problem))
     _choice(e, "method", cfg.method, METHODS)
 
     m = cfg.model
-    if (problem := model_path_problem(m.name_or_path)):
+    if not isinstance(m.name_or_path, str):
+        e.append(FieldError("model.name_or_path", f"must be text, got {_show(m.name_or_path)}"))
+    elif (problem := model_path_problem(m.name_or_path)):
         e.append(FieldError("model.name_or_path", problem))
     _choice(e, "model.architecture", m.architecture, ("auto", "causal", "seq2seq"))
     _choice(e, "model.chat_template", m.chat_template, ("auto", "on", "off"))
     _choice(e, "model.dtype", m.dtype, ("float32", "bfloat16", "float16", "auto"))
     _choice(e, "model.mixed_precision", m.mixed_precision, MIXED_PRECISION)
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device):
-        e.append(FieldError("model.device", f"must be auto, cpu, mps, cuda or cuda:N; got {m.device!r}"))
+    if (problem := device_problem(m.device)):
+        e.append(FieldError("model.device", problem))
     if m.lora.enabled:
         _range(e, "model.lora.r", m.lora.r, 1, 1024)
-        _range(e, "model.lora.alpha", m.lora.alpha, 0, None, low_open=True)
+        _range(e, "model.lora.alpha", m.lora.alpha, 0, 1e6, low_open=True)
         _range(e, "model.lora.dropout", m.lora.dropout, 0.0, 0.99)
 
     p = cfg.ppo
     _range(e, "ppo.learning_rate", p.learning_rate, 0.0, 1.0, low_open=True)
     _range(e, "ppo.ppo_epochs", p.ppo_epochs, 1, 100)
     _range(e, "ppo.batch_size", p.batch_size, 1, 4096)
-    _range(e, "ppo.mini_batch_size", p.mini_batch_size, 1, None)
-    _range(e, "ppo.num_generations", p.num_generations, 1, None)
-    if p.num_generations >= 1 and p.batch_size >= 1 and p.batch_size % p.num_generations:
+    _range(e, "ppo.mini_batch_size", p.mini_batch_size, 1, 4096)
+    _range(e, "ppo.num_generations", p.num_generations, 1, 1024)
+    if _ints(p.num_generations, p.batch_size) and p.num_generations >= 1 and p.batch_size >= 1 and \
+            p.batch_size % p.num_generations:
         e.append(FieldError("ppo.num_generations",
                             f"must divide batch_size ({p.batch_size}) exactly, got {p.num_generations}"))
-    if p.mini_batch_size >= 1 and p.batch_size >= 1:
+    if _ints(p.mini_batch_size, p.batch_size) and p.mini_batch_size >= 1 and p.batch_size >= 1:
         if p.mini_batch_size > p.batch_size:
             e.append(FieldError("ppo.mini_batch_size", f"must be <= batch_size ({p.batch_size}), got {p.mini_batch_size}"))
         elif p.batch_size % p.mini_batch_size:
@@ -499,24 +770,25 @@ def validate(cfg: RunConfig) -> list[FieldError]:
                                 f"must divide batch_size ({p.batch_size}) exactly, got {p.mini_batch_size}"))
     _range(e, "ppo.max_ppo_steps", p.max_ppo_steps, 1, 1_000_000)
     _range(e, "ppo.init_kl_coef", p.init_kl_coef, 0.0, 100.0)
-    _range(e, "ppo.kl_target", p.kl_target, 0.0, None, low_open=True)
-    _range(e, "ppo.kl_horizon", p.kl_horizon, 1, None)
+    _range(e, "ppo.kl_target", p.kl_target, 0.0, 1e6, low_open=True)
+    _range(e, "ppo.kl_horizon", p.kl_horizon, 1, 10**12)
     _range(e, "ppo.gamma", p.gamma, 0.0, 1.0)
     _range(e, "ppo.lam", p.lam, 0.0, 1.0)
     _range(e, "ppo.cliprange", p.cliprange, 0.0, 1.0, low_open=True)
-    _range(e, "ppo.cliprange_value", p.cliprange_value, 0.0, None, low_open=True)
-    _range(e, "ppo.vf_coef", p.vf_coef, 0.0, None)
-    _range(e, "ppo.max_grad_norm", p.max_grad_norm, 0.0, None)
-    _range(e, "ppo.samples_per_step", p.samples_per_step, 0, None)
+    _range(e, "ppo.cliprange_value", p.cliprange_value, 0.0, 1e6, low_open=True)
+    _range(e, "ppo.vf_coef", p.vf_coef, 0.0, 1e6)
+    _range(e, "ppo.max_grad_norm", p.max_grad_norm, 0.0, 1e6)
+    _range(e, "ppo.samples_per_step", p.samples_per_step, 0, 4096)
+    _seed(e, "ppo.seed", p.seed)
 
     g = cfg.generation
     _range(e, "generation.max_new_tokens", g.max_new_tokens, 1, 4096)
-    _range(e, "generation.min_length", g.min_length, 0, None)
-    if g.min_length > g.max_new_tokens:
+    _range(e, "generation.min_length", g.min_length, 0, 4096)
+    if _numbers(g.min_length, g.max_new_tokens) and g.min_length > g.max_new_tokens:
         e.append(FieldError("generation.min_length", f"must be <= max_new_tokens ({g.max_new_tokens}), got {g.min_length}"))
-    _range(e, "generation.top_k", g.top_k, 0, None)
+    _range(e, "generation.top_k", g.top_k, 0, 1_000_000)
     _range(e, "generation.top_p", g.top_p, 0.0, 1.0, low_open=True)
-    _range(e, "generation.temperature", g.temperature, 0.0, None, low_open=True)
+    _range(e, "generation.temperature", g.temperature, 0.0, 100.0, low_open=True)
 
     r = cfg.reward
     if not r.backends:
@@ -527,28 +799,30 @@ def validate(cfg: RunConfig) -> list[FieldError]:
             if b.kind not in JUDGE_KINDS:
                 e.append(FieldError("reward.normalize", f"minmax needs a declared score range on every backend; "
                                     f"reward.backends[{i}] ({b.display_name}, {b.kind}) has none: use zscore or none"))
-    names = [b.display_name for b in r.backends]
+    names = [b.display_name if isinstance(b.display_name, str) else "?" for b in r.backends]
     for bad in [n for n in names if "/" in n]:
         e.append(FieldError("reward.backends", f"backend name {bad!r} must not contain '/' (it separates metric keys)"))
     for dup in sorted({n for n in names if names.count(n) > 1}):
         e.append(FieldError("reward.backends", f"backend name {dup!r} is used twice; give each a unique name"))
-    if r.backends and sum(b.weight for b in r.backends) <= 0:
+    if r.backends and _numbers(*[b.weight for b in r.backends]) and sum(b.weight for b in r.backends) <= 0:
         e.append(FieldError("reward.backends", "the weights sum to 0: at least one weight must be > 0"))
     for i, b in enumerate(r.backends):
         e.extend(validate_backend(b, f"reward.backends[{i}]"))
 
     d = cfg.data
-    if "{dialogue}" not in d.template:
-        e.append(FieldError("data.template", "must contain the {dialogue} placeholder"))
-    _range(e, "data.min_chars", d.min_chars, 0, None)
-    if d.max_chars <= d.min_chars:
+    if (problem := template_problem(d.template)):
+        e.append(FieldError("data.template", problem))
+    _range(e, "data.min_chars", d.min_chars, 0, 10_000_000)
+    _range(e, "data.max_chars", d.max_chars, 1, 10_000_000)
+    if _numbers(d.min_chars, d.max_chars) and d.max_chars <= d.min_chars:
         e.append(FieldError("data.max_chars", f"must be > min_chars ({d.min_chars}), got {d.max_chars}"))
     if d.train_size is not None:
-        _range(e, "data.train_size", d.train_size, 1, None)
-    _range(e, "data.holdout_size", d.holdout_size, 0, None)
+        _range(e, "data.train_size", d.train_size, 1, 100_000_000)
+    _range(e, "data.holdout_size", d.holdout_size, 0, 1_000_000)
     _range(e, "data.max_prompt_tokens", d.max_prompt_tokens, 8, 32768)
-    if d.source not in ("auto", "hub", "builtin") and not Path(os.path.expanduser(d.source)).is_file():
-        e.append(FieldError("data.source", f"no such file: {d.source} (or use auto, hub, builtin)"))
+    _seed(e, "data.split_seed", d.split_seed)
+    if (problem := data_source_problem(d.source)):
+        e.append(FieldError("data.source", problem))
 
     ev = cfg.evaluation
     if ev.enabled:
@@ -556,16 +830,86 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         if ev.evaluator.kind in ("bedrock_judge", "openai_judge"):
             e.append(FieldError("evaluation.evaluator.kind", "the evaluator must give a toxicity probability: "
                                 "use profanity, jigsaw or hf_classifier"))
-        _range(e, "evaluation.batch_size", ev.batch_size, 1, None)
+        _range(e, "evaluation.batch_size", ev.batch_size, 1, 4096)
         _range(e, "evaluation.samples_per_prompt", ev.samples_per_prompt, 1, 100)
         _range(e, "evaluation.toxic_threshold", ev.toxic_threshold, 0.0, 1.0)
-        _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, None)
-        if d.holdout_size < 1:
+        # The interval resamples hold-out prompts this many times: 10**12 ran out of memory after training.
+        _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, MAX_BOOTSTRAP_SAMPLES)
+        _seed(e, "evaluation.seed", ev.seed)
+        if _numbers(d.holdout_size) and d.holdout_size < 1:
             e.append(FieldError("data.holdout_size", "must be >= 1 when evaluation is enabled"))
-    if not cfg.output_dir:
+    if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
         e.append(FieldError("output_dir", "must not be empty"))
+    elif "\x00" in cfg.output_dir or len(cfg.output_dir) > 4096:
+        e.append(FieldError("output_dir", "must be a folder path (no NUL, at most 4096 characters)"))
+    if cfg.parent_run is not None and (problem := text_problem(cfg.parent_run, 64)):
+        e.append(FieldError("parent_run", problem))
+    positions = _local_positions(m.name_or_path) if isinstance(m.name_or_path, str) else None
+    if positions and _ints(d.max_prompt_tokens, g.max_new_tokens) and \
+            d.max_prompt_tokens + g.max_new_tokens > positions:
+        e.append(FieldError("generation.max_new_tokens",
+                            f"data.max_prompt_tokens ({d.max_prompt_tokens}) + max_new_tokens ({g.max_new_tokens}) "
+                            f"must be <= the {positions} positions the model reads"))
     e.extend(_validate_methods(cfg))
-    return e
+    unique: dict[tuple[str, str], FieldError] = {}
+    for err in e:  # _non_finite and a field's own range check may both report inf
+        unique.setdefault((err.field, err.message), err)
+    return list(unique.values())
+
+
+MAX_BOOTSTRAP_SAMPLES = 100_000
+
+
+def _numbers(*values: Any) -> bool:
+    """Whether every value is a finite int or float (cross-field checks skip values _range already refused)."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _ints(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _seed(errors: list, name: str, value: Any) -> None:
+    _range(errors, name, value, 0, 2**32 - 1)  # numpy's seeds are 32-bit; torch's and Python's accept these
+
+
+def data_source_problem(source: Any) -> str | None:
+    """Why `source` names no data (not a keyword, no such file, the hub offline), or None. Reads nothing."""
+    if not isinstance(source, str) or not source.strip():
+        return "must be auto, builtin, hub, hub:<split> or the path to a .jsonl / .jsonl.gz / .csv file"
+    if source in ("auto", "builtin"):
+        return None
+    if source == "hub" or source.startswith("hub:"):
+        if source.startswith("hub:") and source[4:] not in ("train", "test"):
+            return f"unknown hub split {_show(source[4:])}; use hub:train or hub:test"
+        if _hub_offline():
+            return ("the Hugging Face hub is offline here (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE): use auto, builtin "
+                    "or a local file")
+        return None
+    try:
+        is_file = Path(os.path.expanduser(source)).is_file()
+    except (OSError, ValueError):
+        is_file = False
+    if not is_file:
+        return f"no such file: {_show(source)} (or use auto, hub, builtin)"
+    return None
+
+
+def _local_positions(name_or_path: str) -> int | None:
+    """How many positions a local decoder-only model reads (config.json's n_positions / max_position_embeddings);
+    None for built-in and hub models, encoder-decoders (relative positions) and unreadable files."""
+    import json
+
+    if name_or_path.startswith("builtin:") or looks_like_hub_id(name_or_path) and not os.path.exists(name_or_path):
+        return None
+    try:
+        conf = json.loads((Path(os.path.expanduser(name_or_path)) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(conf, dict) or conf.get("is_encoder_decoder"):
+        return None
+    n = conf.get("n_positions", conf.get("max_position_embeddings"))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def _local_is_encoder_decoder(name_or_path: str) -> bool | None:
@@ -598,31 +942,35 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
             e.append(FieldError("model.architecture", causal_only_message(cfg.method)))
 
     d = cfg.dpo
-    _range(e, "dpo.beta", d.beta, 0.0, None, low_open=True)
+    _range(e, "dpo.beta", d.beta, 0.0, 1e6, low_open=True)
     _choice(e, "dpo.loss_type", d.loss_type, DPO_LOSS_TYPES)
     _range(e, "dpo.label_smoothing", d.label_smoothing, 0.0, 0.5)
     _range(e, "dpo.learning_rate", d.learning_rate, 0.0, 1.0, low_open=True)
     _range(e, "dpo.max_steps", d.max_steps, 1, 10_000_000)
     _range(e, "dpo.batch_size", d.batch_size, 1, 4096)
     _range(e, "dpo.gradient_accumulation_steps", d.gradient_accumulation_steps, 1, 4096)
-    _range(e, "dpo.max_grad_norm", d.max_grad_norm, 0.0, None)
+    _range(e, "dpo.max_grad_norm", d.max_grad_norm, 0.0, 1e6)
     _range(e, "dpo.max_response_tokens", d.max_response_tokens, 1, 32768)
     if d.max_pairs is not None:
-        _range(e, "dpo.max_pairs", d.max_pairs, 1, None)
-    _range(e, "dpo.eval_pairs", d.eval_pairs, 0, None)
+        _range(e, "dpo.max_pairs", d.max_pairs, 1, 100_000_000)
+    _range(e, "dpo.eval_pairs", d.eval_pairs, 0, 1_000_000)
+    _seed(e, "dpo.seed", d.seed)
 
     r = cfg.reward_model
-    if r.base_model is not None and (problem := model_path_problem(r.base_model)):
+    if r.base_model is not None and not isinstance(r.base_model, str):
+        e.append(FieldError("reward_model.base_model", f"must be text, got {_show(r.base_model)}"))
+    elif r.base_model is not None and (problem := model_path_problem(r.base_model)):
         e.append(FieldError("reward_model.base_model", problem))
     _range(e, "reward_model.learning_rate", r.learning_rate, 0.0, 1.0, low_open=True)
     _range(e, "reward_model.max_steps", r.max_steps, 1, 10_000_000)
     _range(e, "reward_model.batch_size", r.batch_size, 1, 4096)
     _range(e, "reward_model.gradient_accumulation_steps", r.gradient_accumulation_steps, 1, 4096)
-    _range(e, "reward_model.max_grad_norm", r.max_grad_norm, 0.0, None)
+    _range(e, "reward_model.max_grad_norm", r.max_grad_norm, 0.0, 1e6)
     _range(e, "reward_model.max_length", r.max_length, 8, 32768)
     if r.max_pairs is not None:
-        _range(e, "reward_model.max_pairs", r.max_pairs, 1, None)
-    _range(e, "reward_model.eval_pairs", r.eval_pairs, 0, None)
+        _range(e, "reward_model.max_pairs", r.max_pairs, 1, 100_000_000)
+    _range(e, "reward_model.eval_pairs", r.eval_pairs, 0, 1_000_000)
+    _seed(e, "reward_model.seed", r.seed)
     if cfg.method == "reward_model" and r.eval_pairs < 1:
         e.append(FieldError("reward_model.eval_pairs", "must be >= 1: the run reports the held-out pairwise accuracy"))
     if cfg.method == "reward_model" and r.keep_rewards and not r.then_ppo:
@@ -634,23 +982,26 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "online.max_steps", o.max_steps, 1, 10_000_000)
     _range(e, "online.batch_size", o.batch_size, 1, 4096)
     _range(e, "online.num_generations", o.num_generations, 2, 1024)
-    if o.num_generations >= 2 and o.batch_size >= 1 and o.batch_size % o.num_generations:
+    if _ints(o.num_generations, o.batch_size) and o.num_generations >= 2 and o.batch_size >= 1 and \
+            o.batch_size % o.num_generations:
         e.append(FieldError("online.num_generations",
                             f"must divide batch_size ({o.batch_size}) exactly, got {o.num_generations}"))
     _range(e, "online.beta", o.beta, 0.0, 100.0)
     _range(e, "online.num_iterations", o.num_iterations, 1, 100)
     _range(e, "online.epsilon", o.epsilon, 0.0, 1.0, low_open=True)
     _range(e, "online.gradient_accumulation_steps", o.gradient_accumulation_steps, 1, 4096)
-    _range(e, "online.max_grad_norm", o.max_grad_norm, 0.0, None)
+    _range(e, "online.max_grad_norm", o.max_grad_norm, 0.0, 1e6)
     _choice(e, "online.grpo_loss_type", o.grpo_loss_type, GRPO_LOSS_TYPES)
     _choice(e, "online.scale_rewards", o.scale_rewards, ("group", "batch", "none"))
-    _range(e, "online.samples_per_step", o.samples_per_step, 0, None)
+    _range(e, "online.samples_per_step", o.samples_per_step, 0, 4096)
+    _seed(e, "online.seed", o.seed)
     if cfg.method in ONLINE_METHODS and not cfg.generation.do_sample:
         e.append(FieldError("generation.do_sample", f"{cfg.method} compares several samples per prompt: "
                                                     "sampling must be on"))
 
     a = cfg.ai_preferences
-    _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, None)
-    _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, None)
+    _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, 10_000_000)
+    _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, 1e6)
+    _seed(e, "ai_preferences.seed", a.seed)
     _range(e, "ai_preferences.batch_size", a.batch_size, 1, 4096)
     return e

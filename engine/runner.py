@@ -8,6 +8,7 @@ cancelled one `cancelled` (cancellation is checked between PPO steps).
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 import random
@@ -49,8 +50,9 @@ def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
                                     min_chars=d.min_chars, max_chars=d.max_chars)
         holdout = d.holdout_size if cfg.evaluation.enabled else 0
         train, test = data.split(prompts, holdout_size=holdout, train_size=d.train_size, seed=d.split_seed)
-    except (ValueError, FileNotFoundError) as exc:
-        raise ConfigError([FieldError("data.source", str(exc))]) from exc
+    except (ValueError, OSError, RuntimeError, csv.Error) as exc:  # RuntimeError: the hub unreachable (offline)
+        message = str(exc) if len(str(exc)) <= 300 else str(exc)[:299] + "…"
+        raise ConfigError([FieldError("data.source", message)]) from exc
     if not train:
         raise ConfigError([FieldError("data.train_size", "no training prompts left after the hold-out split")])
     return train, test

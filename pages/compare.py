@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import charts, state
+from app.safe_text import md, plain
 from app.tables import fmt
 
 TABLE_COLUMNS = {
@@ -49,7 +50,7 @@ if not runs:
     st.page_link(state.page_path("launch"), label="Start one on the Launch page", icon=":material/rocket_launch:")
     st.stop()
 
-names = {r.id: f"{r.name} · {r.method} · {r.id}" + ("" if r.status == "completed" else f" · {r.status}")
+names = {r.id: plain(f"{r.name} · {r.method} · {r.id}") + ("" if r.status == "completed" else f" · {r.status}")
          for r in runs}
 # ?runs=ID,ID&scorer=ID preselect (a link to a comparison; docs/take_compare_screenshot.py uses it)
 linked = [i for i in st.query_params.get("runs", "").split(",") if i in names]
@@ -68,7 +69,7 @@ if scorers:
     linked = st.query_params.get("scorer")
     scorer = st.selectbox(
         "Helpfulness scorer", list(scorers), key="cmp-scorer", index=list(scorers).index(linked) if linked in scorers else 0,
-        format_func=lambda i: f"{scorers[i].name} · {i} · pairwise accuracy "
+        format_func=lambda i: f"{plain(scorers[i].name)} · {i} · pairwise accuracy "
                               f"{fmt((scorers[i].summary or {}).get('pairwise_accuracy'), '.1%')}",
         help="A completed reward_model run: its reward model, trained on human HH preference pairs, scores every "
              "hold-out prompt + response. Scores are computed once and kept in the store.")
@@ -91,25 +92,26 @@ if scorer is not None:
         else:
             table = lab.compare(selected, scorer)
     except Exception as exc:  # e.g. its model folder was deleted: still show the rest
-        st.error(f"The reward model of {scorer} could not score: {type(exc).__name__}: {exc}")
+        st.error(md(f"The reward model of {scorer} could not score: {type(exc).__name__}: {exc}", limit=1000,
+                    keep_newlines=True))
         scorer = None
 if table is None:
     table = lab.compare(selected)
 
 no_eval = table[table["n_prompts"] == 0]
 if len(no_eval):
-    st.warning("No hold-out evaluation for " + ", ".join(f"{n} ({s})" for n, s in zip(no_eval["name"],
+    st.warning("No hold-out evaluation for " + ", ".join(f"{md(n)} ({s})" for n, s in zip(no_eval["name"],
                no_eval["status"], strict=True)) + ": the run failed or was cancelled before evaluating, or ran with "
                "evaluation.enabled off. Its row stays empty.", icon=":material/warning:")
 partial = table[(table["n_prompts"] > 0) & table["tox_after"].isna()]
 if len(partial):
-    st.warning("Only the 'before' side was evaluated for " + ", ".join(partial["name"])
+    st.warning("Only the 'before' side was evaluated for " + ", ".join(map(md, partial["name"]))
                + " (it stopped before training ended).", icon=":material/warning:")
 mismatched = table[table["same_holdout"].eq(False)]
 reference = table[table["same_holdout"].eq(True)]
 if len(mismatched):
-    st.warning(f"Evaluated on other hold-out prompts than {reference['name'].iloc[0]} ({reference['id'].iloc[0]}): "
-               + ", ".join(mismatched["name"]) + ". Numbers on different prompts are not comparable: these rows are "
+    st.warning(f"Evaluated on other hold-out prompts than {md(reference['name'].iloc[0])} ({reference['id'].iloc[0]}): "
+               + ", ".join(map(md, mismatched["name"])) + ". Numbers on different prompts are not comparable: these rows are "
                "flagged in the table and left out of the charts. Put one of them first to compare against its "
                "prompts instead.", icon=":material/rule:")
 
@@ -143,10 +145,10 @@ if scorer is not None:
     with right:
         st.plotly_chart(kl_figure, key="cmp-kl")
     front = points[points["on_front"]]
-    st.caption(f"Helpfulness: mean score of the reward model of {scorers[scorer].name} ({scorer}) on prompt + "
+    st.caption(f"Helpfulness: mean score of the reward model of {md(scorers[scorer].name)} ({scorer}) on prompt + "
                "response, in its own units (compare runs, not scorers); grey: the base model's responses. Pareto "
-               "front (no run is both more harmless and more helpful): " + ", ".join(front["name"]) + ".")
+               "front (no run is both more harmless and more helpful): " + ", ".join(map(md, front["name"])) + ".")
 else:
     st.plotly_chart(kl_figure, key="cmp-kl")
     st.caption("Grey: the base model's responses (KL 0). Pareto front (no run is both more harmless and closer to "
-               "the base): " + ", ".join(kl_points[kl_points["on_front"]]["name"]) + ".")
+               "the base): " + ", ".join(map(md, kl_points[kl_points["on_front"]]["name"])) + ".")

@@ -5,17 +5,30 @@ from __future__ import annotations
 import streamlit as st
 
 from app import forms, state
+from app.safe_text import md, plain
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
+from engine.policy import browser_policy
 
 lab = state.lab()
 forms.init_state()
+policy = browser_policy()  # the operator's allow-list: every config on this page comes from a browser
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def data_problems(config_yaml: str) -> dict[str, list[str]]:
-    """Field and data problems of a config (reading the prompts takes a moment, so it is cached)."""
-    return validate_config(config_yaml, check_data=True)
+def data_problems(config_yaml: str, policy_key: str) -> dict[str, list[str]]:
+    """Field, policy and data problems of a config (reading the prompts takes a moment, so it is cached; the
+    policy's key makes a change of the operator's settings a new entry)."""
+    return validate_config(config_yaml, check_data=True, policy=browser_policy())
+
+
+def refused_note(cfg: RunConfig) -> str:
+    """A line for the load note when the operator's policy refuses some of a loaded config's settings."""
+    refused = policy.config_problems(cfg)
+    if not refused:
+        return ""
+    return ("\n\nThis lab does not allow some of its settings (marked below; Start stays off until they change):\n"
+            + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in refused))
 
 
 def load_upload() -> None:
@@ -23,11 +36,13 @@ def load_upload() -> None:
     if upload is None:
         return
     try:
-        forms.load_into_state(RunConfig.from_yaml(upload.getvalue().decode("utf-8", errors="replace")))
-        st.session_state["launch-note"] = ("success", f"Loaded {upload.name}.")
+        cfg = RunConfig.from_bytes(upload.getvalue())
+        forms.load_into_state(cfg)
+        note = refused_note(cfg)
+        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded {md(upload.name)}.{note}")
     except ConfigError as exc:
-        st.session_state["launch-note"] = ("error", f"{upload.name} is not a valid run config:\n\n"
-                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+        st.session_state["launch-note"] = ("error", f"{md(upload.name)} is not a valid run config:\n\n"
+                                           + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
 
 
 def clone_run() -> None:
@@ -35,11 +50,13 @@ def clone_run() -> None:
     if not run_id:
         return
     try:
-        forms.load_into_state(lab.run_config(run_id))
-        st.session_state["launch-note"] = ("success", f"Loaded the config of run {run_id}.")
+        cfg = lab.run_config(run_id)
+        forms.load_into_state(cfg)
+        note = refused_note(cfg)
+        st.session_state["launch-note"] = ("warning" if note else "success", f"Loaded the config of run {run_id}.{note}")
     except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
         st.session_state["launch-note"] = ("error", f"Run {run_id}'s config no longer loads:\n\n"
-                                           + "\n".join(f"- `{e.field}`: {e.message}" for e in exc.errors))
+                                           + "\n".join(f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
 
 
 def reset_form() -> None:
@@ -49,14 +66,15 @@ def reset_form() -> None:
 
 def start() -> None:
     cfg, problems = forms.state_to_config(st.session_state)
-    errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+    errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
     if errors:
         st.session_state["launch-note"] = ("error", "Not started: fix the problems marked below.")
         return
     try:
-        run_id = lab.start_run(cfg)
+        run_id = lab.start_run(cfg, policy=policy)
     except ConfigError as exc:
-        st.session_state["launch-note"] = ("error", f"Not started: {exc}")
+        st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
+            f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
         return
     st.session_state["run_id"] = run_id
     st.session_state["launched"] = run_id
@@ -80,7 +98,7 @@ with st.expander("Load, clone or save a config"):
     with c2:
         runs = lab.list_runs()
         st.selectbox("Clone a past run's config", [r.id for r in runs], key="clone-run", index=None,
-                     format_func=lambda i: next((f"{r.name} · {r.id}" for r in runs if r.id == i), i),
+                     format_func=lambda i: next((plain(f"{r.name} · {r.id}") for r in runs if r.id == i), i),
                      placeholder="choose a run")
         st.button("Use its config", key="clone-button", on_click=clone_run,
                   disabled=not st.session_state.get("clone-run"))
@@ -92,7 +110,7 @@ with st.expander("Load, clone or save a config"):
         st.button("Reset to the defaults", key="reset-config", on_click=reset_form)
 
 cfg, problems = forms.state_to_config(st.session_state)
-errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())
+errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
 
 c1, c2, c3 = st.columns([2, 2, 1])
 with c1:
@@ -156,7 +174,7 @@ st.divider()
 other = forms.unplaced_errors(errors, forms.placed_fields(st.session_state))
 for field, messages in other.items():
     for message in messages:
-        st.error(f"`{field}`: {message}")
+        st.error(f"**{md(field)}**: {md(message, limit=1000)}")
 n_problems = sum(len(v) for v in errors.values())
 if n_problems:
     st.warning(f"{n_problems} problem(s) to fix before the run can start.", icon=":material/error:")

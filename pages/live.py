@@ -13,6 +13,7 @@ import time
 import streamlit as st
 
 from app import charts, judges, state
+from app.safe_text import md
 from engine.api import chain_links
 
 lab = state.lab()
@@ -46,7 +47,7 @@ def chain_notes(run_id: str) -> None:
     """RLHF chains: the reward-model run a PPO run is rewarded by, or the PPO run a reward-model run queues."""
     links = chain_links(lab.get_run(run_id))
     if links["parent_run"]:
-        st.info(f"RLHF, second stage: rewarded by the reward model of run {links['parent_run']}.",
+        st.info(f"RLHF, second stage: rewarded by the reward model of run {md(links['parent_run'])}.",
                 icon=":material/link:")
         st.page_link(state.page_path("live"), label=f"Reward-model run {links['parent_run']}",
                      query_params={"run": links["parent_run"]}, icon=":material/monitoring:")
@@ -56,7 +57,7 @@ def chain_notes(run_id: str) -> None:
         st.page_link(state.page_path("live"), label=f"PPO run {links['ppo_run']}",
                      query_params={"run": links["ppo_run"]}, icon=":material/monitoring:")
     elif links["then_ppo"] and links["ppo_not_queued"]:
-        st.warning(f"RLHF: no PPO run was queued ({links['ppo_not_queued']}).", icon=":material/link_off:")
+        st.warning(f"RLHF: no PPO run was queued ({md(links['ppo_not_queued'], limit=1000)}).", icon=":material/link_off:")
     elif links["then_ppo"]:
         st.info("RLHF: when this reward model completes, a PPO run rewarded by it is queued first in line "
                 "(then_ppo); it will be linked here.", icon=":material/link:")
@@ -91,9 +92,9 @@ def live_panel() -> None:
                 except ValueError as exc:  # it finished meanwhile
                     st.toast(str(exc))
     if status.error and status.status != "cancelled":
-        st.error(status.error)
+        st.error(md(status.error, limit=2000, keep_newlines=True))
     elif status.error:
-        st.warning(status.error)
+        st.warning(md(status.error, limit=2000, keep_newlines=True))
     if status.traceback:
         with st.expander("Traceback"):
             st.code(status.traceback, language="text")

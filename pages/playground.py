@@ -8,9 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from app import forms, state
+from app.safe_text import md
 from engine.config import RewardBackendSettings
+from engine.policy import browser_policy
 
 lab = state.lab()
+policy = browser_policy()  # backends the operator does not allow are never built, so they call nothing
 st.title("Reward playground")
 st.caption("One text per line. Each backend's reward (what PPO maximises) and, for classifiers, its toxicity "
            "probability (what the evaluation reports). Backends come from the Launch page's form, plus the two "
@@ -39,7 +42,7 @@ rows, errors = [], {}
 with st.spinner("Scoring (the first call of a backend loads its model)…"):
     for t in texts:
         row: dict[str, object] = {"text": t}
-        for r in lab.score_text([configured[n] for n in names], t, prompt=prompt):
+        for r in lab.score_text([configured[n] for n in names], t, prompt=prompt, policy=policy):
             if r["error"]:
                 errors[r["backend"]] = r["error"]
             row[f"{r['backend']} reward"] = r["reward"]
@@ -51,4 +54,4 @@ scores = pd.DataFrame(rows)
 st.dataframe(scores, key="pg-scores", hide_index=True,
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in scores.columns if c != "text"})
 for backend, message in errors.items():
-    st.error(f"{backend}: {message}")
+    st.error(f"{md(backend)}: {md(message, limit=1000)}")

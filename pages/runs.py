@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, forms, state
+from app.safe_text import md, plain
 from engine.config import ConfigError
 
 lab = state.lab()
@@ -40,7 +41,7 @@ def wide_metrics(run_id: str, marker: tuple) -> pd.DataFrame:
 
 
 records = {rid: lab.get_run(rid) for rid in selected}
-labels = {rid: f"{r.name} ({rid})" for rid, r in records.items()}
+labels = {rid: plain(f"{r.name} ({rid})") for rid, r in records.items()}  # legends and selectors: plain text
 wides = {labels[rid]: wide_metrics(rid, (r.status, r.step, r.finished_at)) for rid, r in records.items()}
 
 st.subheader("Curves")
@@ -66,7 +67,7 @@ if summaries:
 st.subheader("Actions")
 target = selected[0]
 record = records[target]
-st.markdown(f"On **{labels[target]}** · `{record.status}`")
+st.markdown(f"On **{md(record.name)} ({target})** · `{record.status}`")
 
 
 def clone() -> None:
@@ -84,7 +85,7 @@ def ask_delete() -> None:
 if st.session_state.pop("go-launch", False):
     st.switch_page(state.page_path("launch"))
 if (note := st.session_state.pop("runs-note", None)) is not None:
-    st.error(note)
+    st.error(md(note, limit=2000, keep_newlines=True))
 
 a = st.columns(5)
 a[0].download_button("Export (zip)", lambda: lab.export_run(target), file_name=f"{target}.zip",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from engine.config import RewardBackendSettings, RunConfig
@@ -27,10 +28,16 @@ def page(name: str) -> str:
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
+def db(tmp_path, monkeypatch, tmp_path_factory):
     path = tmp_path / "lab.db"
     monkeypatch.setenv("RLAIF_LAB_DB", str(path))
+    # The operator's folders (engine.policy): the test's models live in pytest's temporary folder.
+    settings = tmp_path / "lab_settings.toml"
+    settings.write_text(f'[paths]\nmodels = ["{tmp_path_factory.getbasetemp()}"]\n')
+    monkeypatch.setenv("RLAIF_LAB_SETTINGS", str(settings))
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
+    # AppTest has no server and reads no .streamlit/config.toml from tmp_path: say it serves loopback, as the lab does
+    st_config.set_option("server.address", "127.0.0.1")
     store = Store(path)
     # The app's worker starts first, as in real use: runs this test then writes as "running" belong to
     # "another process" (a worker starting later would mark them interrupted and adopt queued ones).

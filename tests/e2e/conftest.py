@@ -54,7 +54,11 @@ def lab_server(tmp_path_factory) -> LabServer:
     tmp = tmp_path_factory.mktemp("lab_server")
     db, log = tmp / "lab.db", tmp / "server.log"
     port = free_port()
-    env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1"}
+    # The operator's folders (engine.policy): the tests' models and outputs live in pytest's temporary folder.
+    settings = tmp / "lab_settings.toml"
+    base = tmp_path_factory.getbasetemp()
+    settings.write_text(f'[paths]\nmodels = ["{base}"]\noutputs = ["{base}", "runs"]\n')
+    env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", "RLAIF_LAB_SETTINGS": str(settings)}
     cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
