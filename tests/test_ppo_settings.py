@@ -139,8 +139,9 @@ def test_generate_samples_from_the_distribution_the_log_probs_use(fields, tiny_g
     lp_sampled = torch.log_softmax(scores, -1).gather(-1, r.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(lp_sampled, logprobs_from_logits(logits, r, 0.7, 3, eos), atol=1e-5)
     # the checkpoint's own settings are saved back with the trained model
-    from engine.models import save_policy
     from transformers import GenerationConfig
+
+    from engine.models import save_policy
 
     save_policy(bundle, tmp_path / "saved")
     saved = GenerationConfig.from_pretrained(tmp_path / "saved")
@@ -208,3 +209,22 @@ def test_dropout_from_config_numbers_and_modules_is_off_in_train_mode(which, dro
         a, va = bundle.policy(*args)
         b, vb = bundle.policy(*args)
     assert torch.equal(a, b) and torch.equal(va, vb)  # two train-mode passes: no randomness left
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_first_mini_batch_ratio_is_exactly_one_on_models_that_ask_for_dropout(which, dropout_models):
+    """The old log-probs come from an eval-mode pass, the first mini-batch's from a train-mode pass with gradients,
+    before any update: with every dropout off the PPO ratio is exactly 1 (attention_dropout 0.5 left on: ~0.04
+    nats of log-ratio)."""
+    from engine.config import GenerationSettings, ModelSettings, PPOSettings
+    from engine.models import load_policy
+    from engine.ppo import PPOTrainer
+
+    torch.manual_seed(0)
+    bundle = load_policy(ModelSettings(name_or_path=str(dropout_models[which]), device="cpu"))
+    trainer = PPOTrainer(bundle, lambda p, r: ([float(len(x)) for x in r], {}), PPOSettings(batch_size=4,
+                         mini_batch_size=2), GenerationSettings(max_new_tokens=6, min_length=6))
+    m = trainer.step(["Human: hi there", "Human: what is the weather like"] * 2)
+    first = trainer.last.minibatches[0]
+    assert first["ppo/policy/approxkl"] < 1e-12 and first["ppo/policy/ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert abs(m["objective/kl"]) < 1e-5
