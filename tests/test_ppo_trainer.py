@@ -358,7 +358,7 @@ def test_holdout_kl_by_hand(early_eos_gpt2_dir):
             p.add_(0.05 * torch.randn_like(p))
     r, rm, kl = _generate_batch(bundle, prompts, gen, which="after", max_prompt_tokens=64, seed=3)
     lengths = rm.sum(1).long()
-    assert (lengths < 10).any() and (lengths == 10).any()
+    assert (lengths < r.shape[1]).any()  # some responses ended before others: their padding must not count
     q, qm = encode_queries(bundle, prompts, 64, "cpu")
     eos = bundle.tokenizer.eos_token_id
     with torch.no_grad():
