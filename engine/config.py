@@ -83,7 +83,7 @@ class PPOSettings:
     cliprange: float = 0.2  # policy ratio clip
     cliprange_value: float = 0.2  # value prediction clip
     vf_coef: float = 0.1  # weight of the value loss in the total loss
-    whiten_rewards: bool = False  # seed: no reward whitening
+    whiten_rewards: bool = False  # seed: off; on: per-token rewards / their std, mean kept (TRL's shift_mean=False)
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
     seed: int = 0  # seeds torch / sampling
     samples_per_step: int = 4  # prompt/response rows stored per step for the live table
