@@ -1,6 +1,6 @@
 """Measure RL training throughput on one tiny model: the engine's PPO vs TRL's RLOO vs a per-prompt rollout.
 
-Usage: python bench/bench_ppo.py [--steps 5] [--threads N]
+Usage: python bench/bench_ppo.py [--steps 5] [--threads N] [--smoke]
 
 All three methods start from the same randomly initialised 4-layer GPT-2 (built in a temporary folder, with a
 byte-level BPE trained on 300 HH dialogues), see the same 16 prompts (HH summarisation prompts cut to 128 tokens),
@@ -40,7 +40,10 @@ PROMPT_TOKENS = 128
 NEW_TOKENS = 32  # min = max, so every response has exactly this many tokens
 N_DIALOGUES = 300  # tokenizer training corpus
 VOCAB = 4096  # as the built-in tiny policy
+EMBD, LAYERS = 256, 4
 SEED = 0
+# --smoke: every code path once on a 2-layer, 32-wide model (seconds; the numbers mean nothing)
+SMOKE = dict(BATCH=4, MINI_BATCH=2, PROMPT_TOKENS=64, NEW_TOKENS=4, N_DIALOGUES=42, VOCAB=300, EMBD=32, LAYERS=2)
 
 
 @dataclass
@@ -66,39 +69,26 @@ class Result:
 # The shared model, prompts and reward
 # --------------------------------------------------------------------------------------------------
 def build_model(out_dir: Path) -> dict:
-    """A random-init GPT-2 (4 layers, 256 wide, 4 heads) with a BPE trained on HH dialogues, saved in out_dir."""
-    import torch
-    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+    """A random-init GPT-2 (LAYERS layers, EMBD wide, 4 heads) with a BPE trained on HH dialogues, saved in out_dir."""
+    from _tiny import build_gpt2
 
-    from engine.assets import EOS_TOKEN, read_hh_dialogues, train_bpe_tokenizer, wrap_tokenizer
-
-    dialogues = read_hh_dialogues()[:N_DIALOGUES]
-    tokenizer = wrap_tokenizer(train_bpe_tokenizer([d + EOS_TOKEN for d in dialogues], VOCAB),
-                               model_max_length=512, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
-    eos = tokenizer.eos_token_id
-    torch.manual_seed(SEED)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=256, n_layer=4, n_head=4,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
-    model = GPT2LMHeadModel(config)
-    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {"vocab": len(tokenizer), "params": sum(p.numel() for p in model.parameters())}
+    return build_gpt2(out_dir, vocab=VOCAB, n_embd=EMBD, n_layer=LAYERS, n_head=4, n_dialogues=N_DIALOGUES, seed=SEED)
 
 
 def bench_prompts(model_dir: Path) -> list[str]:
     """16 HH summarisation prompts, each long enough to be cut (from the left) to PROMPT_TOKENS tokens."""
+    from _tiny import prompt_source
     from transformers import AutoTokenizer
 
-    from engine.data import SHARED_HH_PATH, load_prompts, truncate_left
+    from engine.data import load_prompts, truncate_left
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     # long dialogues only, so every prompt ends up at the budget and no method gains or loses from padding
-    candidates = load_prompts(str(SHARED_HH_PATH), min_chars=800, max_chars=100_000)
+    source = prompt_source()
+    candidates = load_prompts(source, min_chars=800 if source != "builtin" else 100, max_chars=100_000)
     long = [p for p in candidates if len(tok(p)["input_ids"]) > PROMPT_TOKENS][:BATCH]
     if len(long) < BATCH:
-        raise RuntimeError(f"only {len(long)} prompts longer than {PROMPT_TOKENS} tokens in {SHARED_HH_PATH}")
+        raise RuntimeError(f"only {len(long)} prompts longer than {PROMPT_TOKENS} tokens in {source}")
     return truncate_left(long, tok, PROMPT_TOKENS)
 
 
@@ -238,7 +228,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per method, after 1 warm-up step")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--smoke", action="store_true", help="1 timed step of each method on a tiny model (seconds)")
     args = ap.parse_args()
+    if args.smoke:
+        globals().update(SMOKE)
+        args.steps = 1
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     if args.threads is not None and args.threads < 1:
@@ -260,7 +254,7 @@ def main() -> None:
         prompts = bench_prompts(model_dir)
         tok = transformers.AutoTokenizer.from_pretrained(model_dir)
         n_tok = [len(tok(p)["input_ids"]) for p in prompts]
-        print(f"model: GPT-2 4x256, 4 heads, random init, {info['params'] / 1e6:.2f}M params, vocab {info['vocab']}")
+        print(f"model: GPT-2 {LAYERS}x{EMBD}, 4 heads, random init, {info['params'] / 1e6:.2f}M params, vocab {info['vocab']}")
         print(f"batch: {BATCH} prompts of {min(n_tok)}-{max(n_tok)} tokens, {NEW_TOKENS} new tokens each; "
               f"{args.steps} timed steps after 1 warm-up; torch threads {torch.get_num_threads()}")
 

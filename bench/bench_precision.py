@@ -1,6 +1,6 @@
 """PPO step time at float32 vs bf16 autocast (`model.mixed_precision`), and what bf16 does to the log-probs.
 
-Usage: python bench/bench_precision.py [--model builtin:smollm2] [--steps 3] [--batch 16] [--threads N]
+Usage: python bench/bench_precision.py [--model builtin:smollm2] [--steps 3] [--batch 16] [--threads N] [--smoke]
 
 Both precisions start from the same weights, see the same HH prompts (the default config's: "Summarize the following
 conversation." cut to 96 tokens, chat template on) and the default config's reward (alt-profanity-check) and
@@ -32,7 +32,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 timed step at batch 4 on a tiny random model built in a temporary folder (seconds)")
     args = ap.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from _tiny import build_gpt2
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench_precision_")
+        build_gpt2(Path(tmp.name), vocab=300, n_embd=32, n_layer=2, n_head=2, n_dialogues=42)
+        args.model, args.steps, args.batch = tmp.name, 1, 4
 
     import torch
 
@@ -48,6 +58,11 @@ def main() -> None:
     cfg = RunConfig.load(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     cfg.model.name_or_path = args.model
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size = args.batch, max(1, args.batch // 4)
+    if args.smoke:
+        from _tiny import prompt_source
+
+        cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = prompt_source(), 4, 64
+        cfg.generation.max_new_tokens, cfg.generation.min_length = 4, 2
     train, _ = prepare_prompts(cfg)
     reward = build_reward(cfg.reward)
 

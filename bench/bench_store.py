@@ -1,6 +1,6 @@
 """Measure the run store: log 20,000 steps x 20 metrics, then read them back (prints numbers).
 
-Usage: python bench/bench_store.py [--steps 20000] [--keys 20] [--db PATH]
+Usage: python bench/bench_store.py [--steps 20000] [--keys 20] [--db PATH] [--smoke]
 Uses a fresh SQLite file in a temporary folder unless --db is given. Not a test.
 """
 
@@ -22,7 +22,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--db", type=Path, default=None)
+    ap.add_argument("--smoke", action="store_true", help="200 steps x 5 metrics in a temporary folder (seconds)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.keys, args.db = 200, 5, None
 
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or Path(tmp) / "bench.db"

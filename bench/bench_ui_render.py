@@ -1,6 +1,6 @@
 """Measure what the live page costs for a big run: 20,000 steps × 20 metric series (400,000 rows).
 
-Usage: python bench/bench_ui_render.py [--steps 20000] [--series 20] [--repeat 3]
+Usage: python bench/bench_ui_render.py [--steps 20000] [--series 20] [--repeat 3] [--smoke]
 
 Stages, each timed on the server side of the page (what happens before the browser gets the figures):
   read      Store.metrics(run) — all rows from SQLite (the page's first visit; later visits read only new rows)
@@ -76,7 +76,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--series", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--smoke", action="store_true", help="500 steps, one repeat (seconds)")
     args = ap.parse_args()
+    if args.smoke:
+        args.steps, args.repeat = 500, 1
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")

@@ -1,6 +1,7 @@
 """One run of every method with the same budget, on the same prompts and hold-out: the seed's comparison.
 
     python bench/compare_methods.py --db runs/compare.db [--budget 160] [--lr 1e-4] [--model builtin:tiny-gpt2]
+    python bench/compare_methods.py --smoke      # every method once on a tiny random model, in seconds
 
 Budget = B training examples seen by the policy (default 160), 16 per optimizer step for the online methods:
 
@@ -74,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--holdout", type=int, default=200)
     p.add_argument("--out", default="runs", help="checkpoint folder")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--smoke", action="store_true", help="every method once on a tiny random model, budget 16, "
+                   "4 hold-out prompts, profanity evaluator; store and checkpoints in a temporary folder (seconds)")
     args = p.parse_args(argv)
+    if args.smoke:
+        return smoke(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -82,9 +87,35 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Store(args.db)
     base = base_config(args.model, args.lr, args.budget, args.holdout, args.out)
+    return compare(store, base, methods, args.budget)
+
+
+def smoke(args) -> int:
+    """The whole comparison on a tiny random GPT-2 with the smallest budget; nothing written outside a temp folder."""
+    import tempfile
+
+    from _tiny import build_gpt2, prompt_source
+
+    with tempfile.TemporaryDirectory(prefix="compare_methods_") as tmp:
+        model = Path(tmp) / "model"
+        build_gpt2(model, vocab=300, n_embd=32, n_layer=2, n_head=2, n_dialogues=42)
+        base = base_config(str(model), args.lr, 16, 4, str(Path(tmp) / "runs"))
+        base.data.source, base.data.max_prompt_tokens = prompt_source(), 64
+        base.generation.max_new_tokens, base.generation.min_length = 4, 2
+        base.evaluation.evaluator.kind = "profanity"
+        base.reward_model.eval_pairs = base.dpo.eval_pairs = 4
+        store = Store(Path(tmp) / "compare.db")
+        try:
+            return compare(store, base, list(METHODS), 16)
+        finally:
+            store.close()
+
+
+def compare(store: Store, base: RunConfig, methods: list[str], budget: int) -> int:
+    """Run each method on `base` with `budget` examples and print the comparison table."""
     run_ids, labels, walls, rm_accuracy = [], {}, {}, None
     for method in methods:
-        cfg = method_config(base, method, args.budget)
+        cfg = method_config(base, method, budget)
         t0 = time.perf_counter()
         print(f"== {method}", flush=True)
         if method == "rlhf":

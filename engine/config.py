@@ -43,7 +43,7 @@ class LoraSettings:
     enabled: bool = False
     r: int = 16  # adapter rank
     alpha: int = 32  # scaling = alpha / r
-    dropout: float = 0.05
+    dropout: float = 0.0  # must be 0: the policy runs with all dropout off (validate refuses anything else)
     target_modules: list[str] | None = None  # None: PEFT's default for the architecture ("all-linear" if unknown)
 
 
@@ -84,7 +84,7 @@ class PPOSettings:
     cliprange: float = 0.2  # policy ratio clip
     cliprange_value: float = 0.2  # value prediction clip
     vf_coef: float = 0.1  # weight of the value loss in the total loss
-    whiten_rewards: bool = False  # seed: no reward whitening
+    whiten_rewards: bool = False  # seed: off; on: per-token rewards / their std, mean kept (TRL's shift_mean=False)
     max_grad_norm: float = 1.0  # gradient clipping; 0 disables it
     seed: int = 0  # seeds torch / sampling
     samples_per_step: int = 4  # prompt/response rows stored per step for the live table
@@ -750,7 +750,15 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     if m.lora.enabled:
         _range(e, "model.lora.r", m.lora.r, 1, 1024)
         _range(e, "model.lora.alpha", m.lora.alpha, 0, 1e6, low_open=True)
-        _range(e, "model.lora.dropout", m.lora.dropout, 0.0, 0.99)
+        if m.lora.dropout != 0:
+            e.append(FieldError("model.lora.dropout", "must be 0: every method runs the policy with all dropout off "
+                                "(PPO's ratio must be exactly 1 before an update), so a LoRA dropout would be "
+                                f"silently ignored; got {m.lora.dropout}"))
+    if m.dtype in ("float16", "bfloat16") and _trains_with_ppo(cfg):
+        e.append(FieldError("model.dtype", f"PPO cannot train {m.dtype} weights: plain Adam on half-precision weights "
+                            "drops small updates (bfloat16) or turns them into NaN (float16). Use dtype float32 "
+                            "(or auto) with mixed_precision: bf16, which keeps float32 master weights and runs the "
+                            "passes in bfloat16"))
 
     p = cfg.ppo
     _range(e, "ppo.learning_rate", p.learning_rate, 0.0, 1.0, low_open=True)
@@ -789,6 +797,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     _range(e, "generation.top_k", g.top_k, 0, 1_000_000)
     _range(e, "generation.top_p", g.top_p, 0.0, 1.0, low_open=True)
     _range(e, "generation.temperature", g.temperature, 0.0, 100.0, low_open=True)
+    e.extend(_sampling_problems(cfg))
 
     r = cfg.reward
     if not r.backends:
@@ -912,6 +921,45 @@ def _local_positions(name_or_path: str) -> int | None:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
+def _trains_with_ppo(cfg: RunConfig) -> bool:
+    """Whether this config's model is trained by the engine's PPO (method ppo, or the PPO stage of RLHF)."""
+    return cfg.method == "ppo" or (cfg.method == "reward_model" and cfg.reward_model.then_ppo)
+
+
+def _sampling_problems(cfg: RunConfig) -> list[FieldError]:
+    """Generation settings whose samples do not come from the distribution the log-probs are computed from.
+
+    PPO, RLOO and GRPO train on the log-probs of their own samples, and the hold-out KL of the evaluation is a
+    sum of log-prob differences over policy samples: both take the log-probs from the full temperature-scaled
+    distribution (engine.models.sampling_logits; TRL's trainers too). top-k / nucleus sampling draws from a
+    truncated one (log-probs off by up to 3.7 nats measured with top_k 5), and greedy decoding is no sample at
+    all (the KL estimate is meaningless and all k responses to a prompt are identical).
+    """
+    g = cfg.generation
+    users = []
+    if _trains_with_ppo(cfg):
+        users.append("PPO (trained on its samples' log-probs)")
+    elif cfg.method in ONLINE_METHODS:
+        users.append(f"{cfg.method} (trained on its samples' log-probs)")
+    if cfg.evaluation.enabled:
+        users.append("the hold-out KL of the evaluation")
+    e: list[FieldError] = []
+    if users:
+        why = " and ".join(users)
+        if g.top_k > 0:
+            e.append(FieldError("generation.top_k", f"must be 0 for {why}: top-k sampling draws from a truncated "
+                                f"distribution while the log-probs and the KL come from the full one; got {g.top_k}"))
+        if g.top_p < 1.0:
+            e.append(FieldError("generation.top_p", f"must be 1.0 for {why}: nucleus sampling draws from a truncated "
+                                f"distribution while the log-probs and the KL come from the full one; got {g.top_p}"))
+    if not g.do_sample and (users or cfg.method == "dpo_ai"):
+        why = " and ".join(users) if users else "dpo_ai (two samples per prompt)"
+        e.append(FieldError("generation.do_sample", f"sampling must be on for {why}: greedy decoding is not a "
+                            "sample of the policy (the log-probs / KL describe a distribution it never drew from) "
+                            "and every response to a prompt would be the same"))
+    return e
+
+
 def _local_is_encoder_decoder(name_or_path: str) -> bool | None:
     """Whether a local model directory holds an encoder-decoder (reads config.json only); None when unknown."""
     import json
@@ -995,9 +1043,6 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _choice(e, "online.scale_rewards", o.scale_rewards, ("group", "batch", "none"))
     _range(e, "online.samples_per_step", o.samples_per_step, 0, 4096)
     _seed(e, "online.seed", o.seed)
-    if cfg.method in ONLINE_METHODS and not cfg.generation.do_sample:
-        e.append(FieldError("generation.do_sample", f"{cfg.method} compares several samples per prompt: "
-                                                    "sampling must be on"))
 
     a = cfg.ai_preferences
     _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, 10_000_000)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,7 @@ class PolicyBundle:
     path: str
     device: str
     chat_template: bool = False  # wrap prompts in the tokenizer's chat template
+    source_generation_config: Any = None  # the checkpoint's own generation_config, replaced at load, saved back
 
     # The policy holds the setting ("none" | "bf16"); the bundle's generation and reference passes follow it.
     @property
@@ -195,16 +197,67 @@ class PolicyBundle:
                 yield self.policy.lm
 
 
+# Config attributes that hold a dropout-like probability: attention_dropout (Llama, Qwen2, Mistral), hidden_dropout,
+# dropout_rate (T5), attn_pdrop / resid_pdrop (GPT-2, Phi), layerdrop (BART's random layer skipping), ...
+_DROPOUT_NAME = re.compile(r"dropout|pdrop|layerdrop", re.IGNORECASE)
+
+
+def _zero_dropout_numbers(obj) -> None:
+    """Set every float attribute of `obj` whose name says dropout / pdrop / layerdrop to 0.0."""
+    for name, value in list(vars(obj).items()):
+        if _DROPOUT_NAME.search(name) and isinstance(value, float) and not isinstance(value, bool) and value != 0.0:
+            setattr(obj, name, 0.0)
+
+
 def disable_dropout(model) -> None:
-    """Set every dropout to 0: PPO's ratio new/old must be 1 before the first update, which
-    train-mode dropout would break (TRL's PPO did the same)."""
+    """Turn off every source of train-mode randomness: PPO's ratio new/old must be exactly 1 before the first
+    update (TRL's PPO did the same).
+
+    nn.Dropout modules get p = 0, but that is not enough: Llama / Qwen2 / Mistral attention reads a plain float
+    (`self.attention_dropout`, copied from `config.attention_dropout` at construction) and passes it to the attention
+    kernel in train mode, and BART-style models skip layers with `config.*layerdrop`. So every dropout-like float on
+    every module and on the model's config (and its sub-configs) is set to 0 too.
+    """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        _zero_dropout_numbers(module)
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "to_dict"):
+            _zero_dropout_numbers(config)
+            for sub in vars(config).values():
+                if hasattr(sub, "to_dict") and hasattr(sub, "model_type"):  # a nested PretrainedConfig
+                    _zero_dropout_numbers(sub)
+
+
+# Generation-config fields kept at load: token ids only. Everything else (repetition_penalty, no_repeat_ngram_size,
+# min_p, typical_p, top_k, suppress_tokens, begin_suppress_tokens, forced_bos/eos_token_id, bad_words_ids,
+# sequence_bias, ...) would reshape the distribution `generate` samples from while the log-probs, the KL and the
+# ratio are computed from `sampling_logits` (temperature + the min-length EOS ban) alone.
+_GENERATION_TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def neutral_generation_config(lm):
+    """A GenerationConfig holding only `lm`'s token ids: `generate` then applies nothing but what the call asks."""
+    from transformers import GenerationConfig
+
+    old = getattr(lm, "generation_config", None)
+    kept = {k: getattr(old, k, None) for k in _GENERATION_TOKEN_FIELDS}
+    return GenerationConfig(**{k: v for k, v in kept.items() if v is not None})
 
 
 def load_policy(settings: "ModelSettings") -> PolicyBundle:
-    """Load the policy LM, wrap it as actor-critic, and set up the reference."""
+    """Load the policy LM, wrap it as actor-critic, and set up the reference.
+
+    Three things are neutralised at load so that the distribution `generate` samples from is exactly the one the
+    log-probs, the KL and the PPO ratio are computed from (`sampling_logits`):
+    - the model's own generation_config (repetition penalty, n-gram bans, min_p, suppressed / forced tokens, ...)
+      is replaced by one holding only the token ids (the original is written back by `save_policy`);
+    - every dropout, nn.Dropout modules and dropout probabilities read from config numbers alike (`disable_dropout`);
+    - `dtype: auto` on a float16 / bfloat16 checkpoint loads float32 weights: every method trains the policy with
+      Adam, which on half-precision weights drops small updates (bf16) or turns them into NaN (fp16); use
+      `mixed_precision: bf16` for speed, which keeps float32 master weights.
+    """
     path = resolve_model_path(settings.name_or_path)
     seq2seq = is_seq2seq(path, settings.architecture)
     device = pick_device(settings.device)
@@ -212,9 +265,13 @@ def load_policy(settings: "ModelSettings") -> PolicyBundle:
 
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     lm = cls.from_pretrained(path, dtype=_dtype(settings.dtype))
+    if settings.dtype == "auto" and any(p.dtype in (torch.float16, torch.bfloat16) for p in lm.parameters()):
+        lm = lm.float()
     tokenizer = load_tokenizer(path, seq2seq)
     if lm.config.pad_token_id is None:
         lm.config.pad_token_id = tokenizer.pad_token_id
+    source_generation_config = getattr(lm, "generation_config", None)
+    lm.generation_config = neutral_generation_config(lm)  # before the reference copy: both sample the same way
     lm.to(device)
 
     reference = None
@@ -236,7 +293,8 @@ def load_policy(settings: "ModelSettings") -> PolicyBundle:
     use_template = settings.chat_template == "on" or (
         settings.chat_template == "auto" and not seq2seq and bool(getattr(tokenizer, "chat_template", None)))
     return PolicyBundle(policy=policy, tokenizer=tokenizer, reference=reference, seq2seq=seq2seq,
-                        path=path, device=str(torch.device(device)), chat_template=use_template)
+                        path=path, device=str(torch.device(device)), chat_template=use_template,
+                        source_generation_config=source_generation_config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,6 +320,21 @@ def encode_queries(bundle: PolicyBundle, prompts: list[str], max_tokens: int, de
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
 
+def generation_kwargs(bundle: PolicyBundle, gen: "GenerationSettings", greedy: bool = False) -> dict[str, Any]:
+    """The keyword arguments `generate` passes to `lm.generate` (the model's generation_config was neutralised at
+    load, so these are all that shape the sampling distribution)."""
+    tok = bundle.tokenizer
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=gen.max_new_tokens, min_new_tokens=min_new_tokens(gen),
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )
+    if greedy or not gen.do_sample:
+        kwargs.update(do_sample=False)
+    else:
+        kwargs.update(do_sample=True, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature)
+    return kwargs
+
+
 def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSettings", greedy: bool = False,
              with_logits: bool = False):
     """Sample responses for a batch of queries: `(response_ids [B, R], response_mask [B, R])`.
@@ -272,14 +345,7 @@ def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSe
     need no second forward pass over prompt + response (the prompt is most of that pass's cost).
     """
     tok = bundle.tokenizer
-    kwargs = dict(
-        max_new_tokens=gen.max_new_tokens, min_new_tokens=min_new_tokens(gen),
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-    )
-    if greedy or not gen.do_sample:
-        kwargs.update(do_sample=False)
-    else:
-        kwargs.update(do_sample=True, top_k=gen.top_k, top_p=gen.top_p, temperature=gen.temperature)
+    kwargs = generation_kwargs(bundle, gen, greedy)
     if with_logits:
         kwargs.update(output_logits=True, return_dict_in_generate=True)
     with torch.no_grad(), bundle.autocast():
@@ -359,7 +425,16 @@ def save_policy(bundle: PolicyBundle, out_dir: str | Path) -> Path:
     """Save the trained policy (full model or LoRA adapter) + tokenizer + value head; `from_pretrained` loads it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bundle.policy.lm.save_pretrained(out)
+    lm = bundle.policy.lm
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    # The saved model samples as its checkpoint did (training ran on the neutral config; a reload neutralises again).
+    neutral = base.generation_config
+    if bundle.source_generation_config is not None:
+        base.generation_config = bundle.source_generation_config
+    try:
+        lm.save_pretrained(out)
+    finally:
+        base.generation_config = neutral
     bundle.tokenizer.save_pretrained(out)
     torch.save(bundle.policy.value_head.state_dict(), out / "value_head.pt")
     return out

@@ -6,10 +6,18 @@ One PPO step, as in Ziegler et al. 2019 / the old TRL PPOTrainer the seed used:
   2. score        the reward backends give one scalar per (prompt, response); with several responses per
                   prompt, each score is centred on the mean of its siblings' (leave-one-out baseline)
   3. old stats    log-probs and values of the policy, log-probs of the reference, without gradients
-  4. rewards      per-token reward = -kl_coef * (logp - logp_ref), plus the score on the last token
-  5. GAE          advantages and returns over the response tokens (gamma, lambda); advantages whitened
+  4. rewards      per-token reward = -kl_coef * (logp - logp_ref), plus the score on the last token;
+                  with whiten_rewards, divided by their std over the batch's tokens, mean kept (TRL's shift_mean=False)
+  5. GAE          advantages and returns over the response tokens (gamma, lambda); returns from the raw
+                  advantages, then the advantages whitened
   6. optimise     ppo_epochs x mini-batches of the clipped policy loss + vf_coef * clipped value loss
   7. KL control   the adaptive controller moves kl_coef toward the target KL
+
+Two baselines when num_generations k > 1: the leave-one-out mean of step 2 is subtracted from the score, and the
+value head is subtracted again inside GAE (delta_t = r_t + gamma V_{t+1} - V_t). Each alone keeps the policy
+gradient unbiased; together the value head learns to predict an already-centred score (near 0 for every prompt),
+so it mostly models the KL part of the return, and the two baselines' noise adds up. RLOO drops the critic
+(lambda = 1, no value head); this trainer keeps PPO's critic so that k = 1 is the seed's algorithm unchanged.
 
 Each step returns a flat dict of metrics (names as in the old TRL: objective/kl, ppo/returns/mean, ...),
 which the trainer hands to its callbacks; the trainer itself writes nowhere.
@@ -157,6 +165,20 @@ def compute_gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
     return advantages * mask, returns * mask
 
 
+def advantages_and_returns(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float,
+                           lam: float, whiten_rewards: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The old TRL PPOTrainer's compute_advantages: (whitened advantages, returns) over response tokens.
+
+    With whiten_rewards the per-token rewards are first divided by their std over the masked tokens with the mean
+    kept (shift_mean=False, as TRL did). The value targets (returns = A + V) come from the raw advantages; only the
+    policy's advantages are whitened afterwards.
+    """
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    advantages, returns = compute_gae(values, rewards, mask, gamma, lam)
+    return masked_whiten(advantages, mask), returns
+
+
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate: mean over tokens of max(-A * ratio, -A * clip(ratio, 1 ± eps))."""
@@ -210,6 +232,24 @@ class Rollout:
     raw_scores: dict[str, list[float]]
 
 
+@dataclass
+class StepTensors:
+    """What one step computed, kept on the trainer as `trainer.last` (for inspection and tests)."""
+
+    scores: torch.Tensor  # [B] after the leave-one-out baseline
+    rewards: torch.Tensor  # [B, R] per-token rewards (KL penalty + score on the last token), before whiten_rewards
+    kl: torch.Tensor  # [B, R] logp - logp_ref
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor  # whitened
+    returns: torch.Tensor
+    entropy: torch.Tensor
+    mask: torch.Tensor
+    kl_coef: float
+    minibatches: list[dict[str, float]]
+
+
 class PPOTrainer:
     """Runs PPO steps on a PolicyBundle with a reward function; returns metric dicts per step.
 
@@ -227,6 +267,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.Adam(params, lr=ppo.learning_rate)
         self.generator = torch.Generator().manual_seed(ppo.seed)
         self.step_count = 0
+        self.last: StepTensors | None = None
         # generate() bans EOS on the first tokens: log-probs, entropy and KL use that same distribution
         self.min_new, self.eos_id = min_new_tokens(gen), bundle.tokenizer.eos_token_id
 
@@ -264,20 +305,19 @@ class PPOTrainer:
 
             # 4. per-token rewards with the KL penalty (scores first centred per prompt when k > 1)
             scores = leave_one_out_baseline(ro.scores, k)
-            if cfg.whiten_rewards:
-                scores = (scores - scores.mean()) / (scores.std() + 1e-8) if len(scores) > 1 else scores
             kl_coef = self.kl_ctl.value
             rewards, kl = compute_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef)
 
-            # 5. advantages and returns
-            advantages, returns = compute_gae(old_values, rewards, mask, cfg.gamma, cfg.lam)
-            advantages = masked_whiten(advantages, mask)
+            # 5. advantages and returns (rewards whitened first with whiten_rewards)
+            advantages, returns = advantages_and_returns(old_values, rewards, mask, cfg.gamma, cfg.lam,
+                                                         cfg.whiten_rewards)
 
         # 6. optimise: ppo_epochs passes of shuffled mini-batches
         self.bundle.policy.train()
         batch = len(ro.prompts)
         mb = min(cfg.mini_batch_size, batch)
         stats: dict[str, list[float]] = {}
+        minibatches: list[dict[str, float]] = []
         for _epoch in range(cfg.ppo_epochs):
             order = torch.randperm(batch, generator=self.generator)
             for start in range(0, batch, mb):
@@ -292,18 +332,25 @@ class PPOTrainer:
                 if cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.bundle.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                for key, value in {
+                mb_stats = {
                     "ppo/loss/policy": pg_loss, "ppo/loss/value": vf_loss, "ppo/loss/total": loss,
                     "ppo/policy/clipfrac": pg_stats["clipfrac"], "ppo/policy/approxkl": pg_stats["approxkl"],
                     "ppo/policy/ratio": pg_stats["ratio"], "ppo/val/clipfrac": vf_stats["clipfrac"],
                     "ppo/val/vpred": vf_stats["vpred"], "ppo/val/error": vf_stats["error"],
-                }.items():
-                    stats.setdefault(key, []).append(float(value.detach()))
+                }
+                minibatches.append({key: float(value.detach()) for key, value in mb_stats.items()})
+                for key, value in minibatches[-1].items():
+                    stats.setdefault(key, []).append(value)
 
         # 7. KL control, on the mean sequence KL of this batch
         mean_kl = float(kl.sum(1).mean())
         self.kl_ctl.update(mean_kl, batch)
         self.step_count += 1
+        # The step's per-token tensors [B, R] (aligned with the response tokens) and each mini-batch's statistics
+        # in order: the first mini-batch runs before any update, so its ratio is exactly 1.
+        self.last = StepTensors(scores=scores, rewards=rewards, kl=kl, old_logprobs=old_logprobs,
+                                ref_logprobs=ref_logprobs, old_values=old_values, advantages=advantages,
+                                returns=returns, entropy=entropy, mask=mask, kl_coef=kl_coef, minibatches=minibatches)
 
         elapsed = time.perf_counter() - t0
         lengths = mask.sum(1)

@@ -169,3 +169,81 @@ def test_leave_one_out_baseline_by_hand():
     assert torch.equal(leave_one_out_baseline(scores, 1), scores)  # the seed's PPO: unchanged
     with pytest.raises(ValueError, match="groups of 4"):
         leave_one_out_baseline(scores, 4)
+
+
+def test_returns_come_from_the_raw_advantages_and_only_the_advantages_are_whitened():
+    from engine.ppo import advantages_and_returns
+
+    # The GAE example above (V = [1, 2, 3], r = [0, 0, 1], gamma 1, lambda 0.5) plus a padded 4th token holding junk.
+    values = torch.tensor([[1.0, 2.0, 3.0, 50.0]])
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv, ret = advantages_and_returns(values, rewards, mask, gamma=1.0, lam=0.5)
+    assert torch.allclose(ret, torch.tensor([[2.0, 2.0, 1.0, 0.0]]))  # A + V with the raw A = [1, 0, -2]
+    # raw A = [1, 0, -2]: mean -1/3, unbiased variance ((4/3)^2 + (1/3)^2 + (5/3)^2) / 2 = 7/3
+    std = math.sqrt(7 / 3)
+    assert torch.allclose(adv, torch.tensor([[(4 / 3) / std, (1 / 3) / std, (-5 / 3) / std, 0.0]]), atol=1e-6)
+
+
+def test_whiten_rewards_keeps_their_mean_as_trl_did():
+    from engine.ppo import advantages_and_returns
+
+    # r = [1, 3] (+ padding): mean 2, unbiased var 2 -> (r - 2) / sqrt(2) + 2 = [2 - 1/sqrt2, 2 + 1/sqrt2].
+    # With V = 0, gamma = lambda = 1 the returns are the reward-to-go: [4, 2 + 1/sqrt2].
+    rewards = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    _, ret = advantages_and_returns(torch.zeros(1, 3), rewards, mask, 1.0, 1.0, whiten_rewards=True)
+    assert torch.allclose(ret, torch.tensor([[4.0, 2 + 1 / math.sqrt(2), 0.0]]), atol=1e-5)
+    _, plain = advantages_and_returns(torch.zeros(1, 3), rewards, mask, 1.0, 1.0)
+    assert torch.allclose(plain, torch.tensor([[4.0, 3.0, 0.0]]))
+
+
+def test_policy_loss_ignores_padded_tokens():
+    # Real tokens: ratio 1.5 with A = +1 (clipped to 1.2) and ratio 0.5 with A = +2 (unclipped: -1.0).
+    # The padded third token holds a huge ratio and advantage that must change nothing.
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 40.0]]))
+    adv = torch.tensor([[1.0, 2.0, -30.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = policy_loss(new, old, adv, mask, cliprange=0.2)
+    # token 1: max(-1.5, -1.2) = -1.2 (clipped); token 2: max(-1.0, -2 * 0.8 = -1.6) = -1.0 (unclipped)
+    assert loss.item() == pytest.approx((-1.2 - 1.0) / 2)
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    assert stats["ratio"].item() == pytest.approx(1.0)
+    assert stats["approxkl"].item() == pytest.approx(0.5 * (math.log(1.5) ** 2 + math.log(0.5) ** 2) / 2)
+    new = new.clone().requires_grad_()
+    policy_loss(new, old, adv, mask, cliprange=0.2)[0].backward()
+    assert new.grad[0, 2].item() == 0.0 and new.grad[0, 0].item() == 0.0  # padding and the clipped token
+    assert new.grad[0, 1].item() == pytest.approx(-2 * 0.5 / 2)  # d(-A * ratio)/dlogp = -A * ratio, over 2 tokens
+
+
+def test_value_loss_ignores_padded_tokens():
+    old_v = torch.tensor([[0.0, 0.0, 0.0]])
+    new_v = torch.tensor([[1.0, 0.1, 99.0]])
+    returns = torch.tensor([[2.0, 0.0, -99.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = value_loss(new_v, old_v, returns, mask, cliprange_value=0.2)
+    # token 1: max((1-2)^2, (0.2-2)^2) = 3.24 (clipped); token 2: max(0.01, 0.01) = 0.01
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 0.01) / 2)
+    assert stats["error"].item() == pytest.approx((1.0 + 0.01) / 2)
+    assert stats["clipfrac"].item() == pytest.approx(0.5)
+    assert stats["vpred"].item() == pytest.approx(0.55)
+
+
+def test_entropy_of_the_sampling_distribution_by_hand():
+    from engine.models import entropy_from_logits
+
+    # vocabulary of 3 (EOS = 0), temperature 2, EOS banned at the first position only
+    logits = torch.tensor([[[2.0, 0.0, math.log(9.0) * 2], [0.0, 0.0, 0.0]]])
+
+    def h(zs):
+        ps = [math.exp(z) for z in zs]
+        total = sum(ps)
+        return -sum(p / total * math.log(p / total) for p in ps)
+
+    want_0 = h([0.0, math.log(9.0)])  # EOS out: p = (0.1, 0.9) over tokens 1, 2
+    want_1 = math.log(3.0)  # uniform over three
+    got = entropy_from_logits(logits, temperature=2.0, min_new_tokens=1, eos_token_id=0)
+    assert got[0, 0].item() == pytest.approx(want_0, abs=1e-6)
+    assert got[0, 1].item() == pytest.approx(want_1, abs=1e-6)
+    assert entropy_from_logits(logits)[0, 0].item() == pytest.approx(h([2.0, 0.0, math.log(9.0) * 2]), abs=1e-6)
