@@ -29,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.compare import comparison_table  # noqa: E402
 from engine.config import RunConfig  # noqa: E402
-from engine.methods import rlhf_chain  # noqa: E402
-from engine.runner import run  # noqa: E402
+from engine.runner import (
+    rlhf_chain,  # noqa: E402
+    run,  # noqa: E402
+)
 from engine.store import Store  # noqa: E402
 
 METHODS = ("ppo", "rlhf", "dpo", "dpo_ai", "rloo", "grpo")

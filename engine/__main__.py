@@ -1,6 +1,6 @@
 """Command line: `python -m engine run CONFIG.yaml`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
 
-`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.methods.rlhf_chain) and
+`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.runner.rlhf_chain) and
 prints both run ids.
 
 A thin layer over engine.runner and engine.store: it parses arguments, prints, and exits non-zero
@@ -113,8 +113,8 @@ def _report(store, run_id: str, summary: dict) -> int:
 
 
 def _run_rlhf_chain(cfg, store, on_progress) -> int:
-    """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.methods.rlhf_chain)."""
-    from engine.methods import rlhf_chain
+    """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.runner.rlhf_chain)."""
+    from engine.runner import rlhf_chain
 
     ids: list[str] = []
 

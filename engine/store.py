@@ -60,13 +60,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from engine.config import METHODS  # the one list of methods (a run of any other is refused)
+
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_DB_PATH = Path("runs") / "rlaif_lab.db"
 DB_ENV_VAR = "RLAIF_LAB_DB"
 
-METHODS = ("ppo", "dpo", "rloo", "grpo", "reward_model", "dpo_ai")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})

@@ -10,10 +10,9 @@ import pytest
 
 from engine.__main__ import main as cli
 from engine.config import RewardBackendSettings, RunConfig, validate
-from engine.methods import rlhf_chain
 from engine.methods.reward_model import backend_settings, ppo_config
 from engine.rewards.hf_classifier import HFClassifierBackend
-from engine.runner import run
+from engine.runner import rlhf_chain, run
 from engine.store import Store
 
 

@@ -44,7 +44,7 @@ class StoreCallback(TrainerCallback):
 
     prefix: namespace of the TRL keys ("dpo/", "rm/", "rloo/", "grpo/"). mapping: TRL key → the lab's common key.
     total_steps: the run's planned optimizer steps (for progress). notify: the runner's progress listener (called
-    with engine.runner.Progress). extra_metrics: called at every log, its dict merged in (judge accounting, reward
+    with engine.progress.Progress). extra_metrics: called at every log, its dict merged in (judge accounting, reward
     signals). on_step: called with the step number after each optimizer step (e.g. to store samples).
     """
 
@@ -84,7 +84,7 @@ class StoreCallback(TrainerCallback):
             return
         self.last = metrics
         if self.notify is not None:
-            from engine.runner import Progress
+            from engine.progress import Progress
 
             step = state.global_step
             self.notify(Progress("train", step, self.total_steps, f"step {step}/{self.total_steps}",

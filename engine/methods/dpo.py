@@ -3,21 +3,20 @@
 Responsible for: turning preference pairs into TRL's format (prompt cut from the left to data.max_prompt_tokens,
 replies cut to dpo.max_response_tokens, chat messages when the policy uses its chat template), running DPOTrainer
 on the lab's policy (full weights against a frozen copy, or LoRA against the base with adapters off), and TRL's
-held-out pair evaluation. `run_dpo` is the whole run: the same hold-out prompts, evaluator and before/after
-toxicity as PPO (engine.methods.common.PolicyRun); `train_dpo` is reused by "dpo_ai" on AI-labelled pairs.
+held-out pair evaluation. `DPO` is the method (the rest of the run, with the same hold-out prompts, evaluator and
+before/after toxicity as PPO, is engine.methods.lifecycle's); `train_dpo` is reused by "dpo_ai" on AI-labelled pairs.
 
 Not responsible for: where pairs come from (engine.data / ai_preferences.py) or the store keys (callbacks.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from engine.config import RunConfig
 from engine.methods.common import (
     PREFIX,
-    PolicyRun,
     drop_holdout_pairs,
     preference_rows,
     quiet,
@@ -26,6 +25,8 @@ from engine.methods.common import (
     truncate_right,
     usable_pairs,
 )
+from engine.methods.lifecycle import PolicyMethod, PolicyRun
+from engine.progress import Progress, RunCancelled
 
 
 def fit_pairs(pairs: Sequence[dict], tokenizer, max_prompt_tokens: int, max_response_tokens: int) -> list[dict]:
@@ -86,24 +87,30 @@ def human_pairs(cfg: RunConfig, raw_holdout: Sequence[str]) -> tuple[list[dict],
     return drop_holdout_pairs(pairs, raw_holdout, cfg.data.template)
 
 
-def run_dpo(cfg: RunConfig, store, run_id: str, notify: Callable, check_cancel: Callable) -> dict[str, Any]:
-    """A whole "dpo" run: before-eval, DPO on the human pairs, checkpoint, after-eval, summary."""
-    from engine.methods.callbacks import StoreCallback
-    from engine.runner import Progress, RunCancelled
+class DPO(PolicyMethod):
+    """DPO on the human HH pairs of cfg.data.source (those whose dialogue is a hold-out prompt dropped)."""
 
-    run = PolicyRun(cfg, store, run_id, notify, check_cancel).start()
-    pairs, dropped = human_pairs(cfg, run.raw_holdout)
-    d = cfg.dpo
-    cap = usable_pairs(d.max_pairs, d.max_steps, d.batch_size, d.gradient_accumulation_steps)
-    train_pairs, eval_pairs = split_pairs(pairs, d.eval_pairs, cap, cfg.data.split_seed)
-    tok = run.bundle.tokenizer
-    budget, reply = cfg.data.max_prompt_tokens, cfg.dpo.max_response_tokens
-    train_pairs, eval_pairs = (fit_pairs(train_pairs, tok, budget, reply), fit_pairs(eval_pairs, tok, budget, reply))
-    notify(Progress("train", 0, cfg.dpo.max_steps, f"DPO on {len(train_pairs)} human preference pairs"))
-    callback = StoreCallback(store, run_id, PREFIX["dpo"], total_steps=cfg.dpo.max_steps, notify=notify)
-    trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback])
-    if callback.cancelled:
-        raise RunCancelled()
-    run.adopt(trainer)
-    summary.update(pairs_dropped_as_holdout=dropped, train_seconds=callback.final.get("train_runtime"))
-    return run.finish(summary)
+    causal_only = True
+
+    def seed(self, cfg: RunConfig) -> int:
+        return cfg.dpo.seed
+
+    def train(self, run: PolicyRun) -> dict[str, Any]:
+        from engine.methods.callbacks import StoreCallback
+
+        cfg = run.cfg
+        pairs, dropped = human_pairs(cfg, run.raw_holdout)
+        d = cfg.dpo
+        cap = usable_pairs(d.max_pairs, d.max_steps, d.batch_size, d.gradient_accumulation_steps)
+        train_pairs, eval_pairs = split_pairs(pairs, d.eval_pairs, cap, cfg.data.split_seed)
+        tok = run.bundle.tokenizer
+        budget, reply = cfg.data.max_prompt_tokens, cfg.dpo.max_response_tokens
+        train_pairs, eval_pairs = fit_pairs(train_pairs, tok, budget, reply), fit_pairs(eval_pairs, tok, budget, reply)
+        run.notify(Progress("train", 0, d.max_steps, f"DPO on {len(train_pairs)} human preference pairs"))
+        callback = StoreCallback(run.store, run.run_id, PREFIX["dpo"], total_steps=d.max_steps, notify=run.notify)
+        trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback])
+        if callback.cancelled:
+            raise RunCancelled()
+        run.adopt(trainer)
+        summary.update(pairs_dropped_as_holdout=dropped, train_seconds=callback.final.get("train_runtime"))
+        return summary
