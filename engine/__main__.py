@@ -28,13 +28,13 @@ def _store(args):
 
 
 def cmd_init(args) -> int:
-    from engine.config import RunConfig
+    from engine.presets import preset
 
-    cfg = RunConfig()
+    cfg = preset(args.preset)
     if args.tiny:
         cfg.model.name_or_path = "builtin:tiny-gpt2"
     path = cfg.save(args.path)
-    print(f"wrote the default config to {path}")
+    print(f"wrote the {args.preset} config to {path}")
     return 0
 
 
@@ -211,6 +211,8 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.presets import PRESETS  # light: config dataclasses only
+
     parser = argparse.ArgumentParser(prog="python -m engine", description="RLAIF Lab engine")
     parser.add_argument("--db", help="store path or SQLAlchemy URL (default: $RLAIF_LAB_DB or runs/rlaif_lab.db)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("init", help="write the default config as YAML")
     p.add_argument("path", nargs="?", default="config.yaml")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny GPT-2 policy")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="start from a named preset: default (the measured run), seed-article, tour (about 2 min)")
     p.set_defaults(fn=cmd_init)
     p = sub.add_parser("validate", help="check a config (fields and data) without running it")
     p.add_argument("config")

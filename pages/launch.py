@@ -7,6 +7,7 @@ import streamlit as st
 from app import forms, state
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
+from engine.presets import PRESETS, preset
 
 lab = state.lab()
 forms.init_state()
@@ -45,6 +46,13 @@ def clone_run() -> None:
 def reset_form() -> None:
     forms.load_into_state(RunConfig())
     st.session_state["launch-note"] = ("success", "Back to the defaults.")
+
+
+def load_preset() -> None:
+    name = st.session_state.get("preset")
+    if name:
+        forms.load_into_state(preset(name))
+        st.session_state["launch-note"] = ("success", f"Loaded the preset {name!r}.")
 
 
 def start() -> None:
@@ -90,6 +98,10 @@ with st.expander("Load, clone or save a config"):
                            file_name=f"{cfg_now.name if cfg_now else 'config'}.yaml", mime="application/x-yaml",
                            key="download-config", disabled=cfg_now is None)
         st.button("Reset to the defaults", key="reset-config", on_click=reset_form)
+        st.selectbox("Start from a preset", list(PRESETS), key="preset", index=None, on_change=load_preset,
+                     placeholder="default, seed-article, tour",
+                     help="default: the run README measures (about 25 min on 2 CPU cores); seed-article: the seed "
+                          "article's values; tour: a 2-minute run on the tiny built-in model")
 
 cfg, problems = forms.state_to_config(st.session_state)
 errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml())

@@ -67,6 +67,7 @@ def test_cancel_request_stops_trl_training_and_marks_the_run_cancelled(tiny_gpt2
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 4, 64
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.max_response_tokens, cfg.dpo.eval_pairs = 50, 2, 16, 0
+    cfg.evaluation.samples_per_prompt = 1
     cfg.output_dir = str(tmp_path / "out")
     run_id = store.create_run(cfg.to_yaml(), method="dpo", total_steps=cfg.total_steps)
 
