@@ -49,6 +49,9 @@ def base_config(model: str, lr: float, budget: int, holdout: int, out: str) -> R
     cfg.generation.max_new_tokens = 24
     cfg.evaluation.batch_size = 50
     cfg.ppo.learning_rate, cfg.ppo.batch_size, cfg.ppo.max_ppo_steps = lr, 16, budget // 16
+    # the settings the comparison in bench/README.md was measured with (RunConfig()'s defaults moved on since)
+    cfg.ppo.mini_batch_size, cfg.ppo.num_generations, cfg.ppo.adaptive_kl, cfg.ppo.kl_horizon = 4, 1, True, 10000
+    cfg.model.mixed_precision, cfg.evaluation.samples_per_prompt = "none", 1
     cfg.reward_model.max_steps, cfg.reward_model.batch_size = budget // 8, 8
     cfg.dpo.learning_rate = lr
     cfg.online.learning_rate, cfg.online.batch_size, cfg.online.num_generations = lr, 16, 4

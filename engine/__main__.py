@@ -1,4 +1,4 @@
-"""Command line: `python -m engine run CONFIG.yaml`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
+"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
 
 `run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.runner.rlhf_chain) and
 prints both run ids.
@@ -95,6 +95,31 @@ def cmd_run(args) -> int:
     for bar in bars.values():
         bar.close()
     return _report(store, run_id, summary)
+
+
+def cmd_resume(args) -> int:
+    """Continue a failed, cancelled or interrupted run from its newest checkpoint (engine.runner.execute)."""
+    from engine.config import RunConfig
+    from engine.runner import Progress, execute
+
+    store = _store(args)
+    cfg = RunConfig.from_yaml(store.get_run(args.run).config_yaml)
+
+    def on_progress(p: Progress) -> None:
+        if p.message and (p.phase != "train" or p.done == p.total or p.done % 10 == 0):
+            print(p.message, flush=True)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    print(f"run {args.run}: resuming ({store.url})")
+    try:
+        summary = execute(cfg, store, args.run, on_progress, resume=True)
+    except ValueError as exc:  # e.g. nothing to resume from (the run is left as it was)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"run {args.run}: interrupted", file=sys.stderr)
+        return 130
+    return _report(store, args.run, summary)
 
 
 def _report(store, run_id: str, summary: dict) -> int:
@@ -230,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. ppo.max_ppo_steps=3")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_resume)
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(fn=cmd_runs)
     p = sub.add_parser("show", help="show one run")

@@ -238,6 +238,15 @@ class EvaluationSettings:
 
 
 @dataclass
+class CheckpointSettings:
+    """Periodic checkpoints a stopped run resumes from (`python -m engine resume RUN`): PPO's own, TRL's for the
+    other methods. Saved under <output_dir>/<run id>/checkpoints/, also when a run is cancelled."""
+
+    every_steps: int = 4  # optimizer steps between checkpoints (0: none); at most this many steps are lost
+    keep: int = 2  # newest checkpoints kept on disk (2: a damaged newest one still leaves one to resume from)
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs. Saved as YAML with the run; the same file replays it."""
 
@@ -254,6 +263,7 @@ class RunConfig:
     reward_model: RewardModelSettings = field(default_factory=RewardModelSettings)  # method reward_model
     online: OnlineRLSettings = field(default_factory=OnlineRLSettings)  # methods rloo and grpo
     ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
@@ -648,6 +658,8 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
         e.append(FieldError("generation.do_sample", f"{cfg.method} compares several samples per prompt: "
                                                     "sampling must be on"))
 
+    _range(e, "checkpoint.every_steps", cfg.checkpoint.every_steps, 0, None)
+    _range(e, "checkpoint.keep", cfg.checkpoint.keep, 1, None)
     a = cfg.ai_preferences
     _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, None)
     _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, None)

@@ -49,27 +49,37 @@ def policy_method(name: str):
     raise ValueError(f"no policy method named {name!r}")
 
 
-def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progress], None]) -> dict[str, Any]:
+def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progress], None],
+              resume: bool = False) -> dict[str, Any]:
     def check_cancel() -> None:
         if store.is_cancel_requested(run_id):
             raise RunCancelled()
 
     if cfg.method == "reward_model":
+        if resume:
+            raise ValueError("a reward_model run cannot be resumed: start it again")
         from engine.methods.reward_model import run_reward_model
 
         return run_reward_model(cfg, store, run_id, notify, check_cancel)
     from engine.methods.lifecycle import run_policy
 
-    return run_policy(policy_method(cfg.method), cfg, store, run_id, notify, check_cancel)
+    return run_policy(policy_method(cfg.method), cfg, store, run_id, notify, check_cancel, resume=resume)
 
 
 def execute(cfg: RunConfig, store: Store, run_id: str,
-            on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status."""
+            on_progress: Callable[[Progress], None] | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status.
+
+    resume: continue the run from its newest checkpoint (a failed, cancelled or interrupted run, or one already
+    claimed as running): the steps after the checkpoint are redone, the before-evaluation is not. ValueError, before
+    anything changes, when the run has no checkpoint to resume from.
+    """
     notify = on_progress or (lambda p: None)
+    if resume:
+        _check_resumable(store, run_id)
     try:
-        store.set_status(run_id, "running")
-        summary = _dispatch(cfg, store, run_id, notify)
+        _start(store, run_id, resume)
+        summary = _dispatch(cfg, store, run_id, notify, resume)
     except RunCancelled:
         store.set_status(run_id, "cancelled", error="cancelled by the user")
         log.info("run %s cancelled", run_id)
@@ -84,6 +94,28 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     store.set_status(run_id, "completed")
     notify(Progress("done", 1, 1, "completed"))
     return summary
+
+
+def _check_resumable(store: Store, run_id: str) -> None:
+    from engine.checkpoint import is_resumable
+
+    record = store.get_run(run_id)
+    if record.status == "completed":
+        raise ValueError(f"run {run_id} completed: nothing to resume")
+    if not any(is_resumable(c.path) for c in store.checkpoints(run_id)):
+        raise ValueError(f"run {run_id} has no checkpoint to resume from (checkpoint.every_steps: how often a run "
+                         "saves one)")
+
+
+def _start(store: Store, run_id: str, resume: bool) -> None:
+    if not resume:
+        store.set_status(run_id, "running")
+        return
+    status = store.get_run(run_id).status
+    if status == "queued":
+        store.set_status(run_id, "running")
+    elif status != "running":  # failed / cancelled / interrupted (a running one was claimed by its worker)
+        store.reopen(run_id)
 
 
 def run(cfg: RunConfig, store: Store | None = None, on_progress: Callable[[Progress], None] | None = None,

@@ -163,6 +163,10 @@ st.caption("Toxicity of responses to the hold-out prompts, before and after trai
 with st.container(border=True, key="evaluator"):
     forms.backend_inputs("cfg-evaluator-", "evaluation.evaluator", errors, forms.EVALUATOR_KINDS, weight=False)
 forms.section("Evaluation", errors)
+st.subheader("Checkpoints")
+st.caption("A stopped run (failed, cancelled, interrupted) resumes from its newest checkpoint; at most every_steps "
+           "steps are redone. `python -m engine resume RUN` from the command line.")
+forms.section("Checkpoints", errors)
 
 st.divider()
 other = forms.unplaced_errors(errors, forms.placed_fields(st.session_state))

@@ -4,8 +4,14 @@
             -> after-evaluation -> summary
 
 A method says only how it trains: a `PolicyMethod` subclass with `train(run)` (and, optionally, `load(run)` for
-what it needs before the policy loads, `save_policy` for what its final checkpoint holds, `close()`).
-`run_policy(method, ...)` does the rest. Every number reaches the store as soon as it exists.
+what it needs before the policy loads, `save_policy` for what its final checkpoint holds, `read_checkpoint` to
+resume, `close()`). `run_policy(method, ...)` does the rest. Every number reaches the store as soon as it exists.
+
+Checkpoints and resume: a method saves periodic checkpoints with `run.save_checkpoint(step, write)` (atomic,
+recorded in the store, pruned to checkpoint.keep). `run_policy(..., resume=True)` finds the newest checkpoint the
+method can read (a damaged one is skipped for the one before), deletes what the run stored after that step
+(metrics, samples, the after-evaluation), reads the before-evaluation back instead of redoing it, and hands the
+checkpoint to `train` as `run.resume`.
 
 Also here, because every method needs them: `prepare_prompts` (the train / hold-out split, the same for all
 methods) and `peak_rss_gb`.
@@ -16,14 +22,18 @@ method runs (the runner dispatches).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, FieldError, RunConfig
 from engine.progress import CancelCheck, Notify, Progress
+
+log = logging.getLogger(__name__)
 
 
 def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
@@ -57,6 +67,15 @@ def mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else math.nan
 
 
+@dataclass
+class Resume:
+    """The checkpoint a resumed run continues from: its step, directory, and what the method read from it."""
+
+    step: int
+    path: Path
+    state: Any
+
+
 class PolicyRun:
     """One policy-training run's shared state: config, store, prompts, evaluator, policy, "before" scores.
 
@@ -77,6 +96,8 @@ class PolicyRun:
         self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
         self.before: tuple[list[float], list[int], list[float]] | None = None
         self.out_dir = Path(cfg.output_dir) / run_id
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.resume: Resume | None = None
 
     # ---- the steps, in order -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -117,6 +138,61 @@ class PolicyRun:
                                                 max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog)
         self.store.add_evaluations(self.run_id, which, rows)
         return tox, lengths, kls
+
+    def stored_before(self) -> tuple[list[float], list[int], list[float]] | None:
+        """The "before" side as the store holds it (a resumed run does not redo it); None when there is none."""
+        rows = self.store.evaluations(self.run_id, "before")
+        if rows.empty:
+            return None
+        return (rows["toxicity"].tolist(), [int(s.get("length", 0)) for s in rows["scores"]],
+                [float(s.get("kl", math.nan)) for s in rows["scores"]])
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def checkpoint_due(self, step: int) -> bool:
+        """True when a periodic checkpoint falls after `step` (every checkpoint.every_steps steps)."""
+        every = self.cfg.checkpoint.every_steps
+        return every > 0 and step % every == 0
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Write a checkpoint after `step` (`write(dir)` fills a temporary directory, renamed when complete), record
+        it in the store, and delete the oldest beyond checkpoint.keep."""
+        from engine import checkpoint
+
+        path = checkpoint.write_atomic(checkpoint.step_dir(self.checkpoint_dir, step), write)
+        self.store.add_checkpoint(self.run_id, step, str(path))
+        self.prune_checkpoints()
+        return path
+
+    def record_checkpoint(self, step: int, path: str | Path) -> None:
+        """Record a checkpoint someone else wrote (a TRL Trainer's `checkpoint-N`); pruning is the Trainer's."""
+        self.store.add_checkpoint(self.run_id, step, str(path))
+        for rec in self.store.checkpoints(self.run_id):
+            if not Path(rec.path).exists():
+                self.store.delete_checkpoint(self.run_id, rec.path)
+
+    def prune_checkpoints(self) -> None:
+        from engine import checkpoint
+
+        records = [r for r in self.store.checkpoints(self.run_id)
+                   if Path(r.path).parent == self.checkpoint_dir]
+        for path in checkpoint.prune([r.path for r in records], self.cfg.checkpoint.keep):
+            self.store.delete_checkpoint(self.run_id, path)
+
+    def find_resume(self, read: Callable[[Path], Any]) -> Resume | None:
+        """The newest recorded checkpoint that `read(path)` loads; damaged ones are skipped (and logged)."""
+        from engine import checkpoint
+
+        checkpoint.remove_partials(self.checkpoint_dir)
+        for rec in reversed(self.store.checkpoints(self.run_id)):
+            path = Path(rec.path)
+            if not checkpoint.is_resumable(path):
+                continue
+            try:
+                return Resume(rec.step, path, read(path))
+            except Exception as exc:  # a damaged file: fall back to the checkpoint before it
+                log.warning("run %s: checkpoint %s is unreadable (%s: %s); trying an older one", self.run_id, path,
+                            type(exc).__name__, exc)
+        return None
 
     def adopt(self, trainer) -> None:
         """Make a TRL trainer's model the bundle's policy (see engine.methods.common.adopt)."""
@@ -171,9 +247,14 @@ class PolicyMethod:
         """Load what training needs before the policy (e.g. reward backends). Default: nothing."""
 
     def train(self, run: PolicyRun) -> dict[str, Any]:
-        """Train `run.bundle.policy` in place; return the training's part of the summary (with `train_steps`).
-        Raise engine.progress.RunCancelled when cancelled."""
+        """Train `run.bundle.policy` in place (from `run.resume` when set); return the training's part of the
+        summary (with `train_steps`). Save checkpoints with `run.save_checkpoint`. Raise RunCancelled when
+        cancelled."""
         raise NotImplementedError
+
+    def read_checkpoint(self, path: Path) -> Any:
+        """Load what `train` needs to continue from the checkpoint at `path`; raise if it is unreadable."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume")
 
     def save_policy(self, bundle, out_dir: Path) -> Path:
         """Write the final policy (full weights or LoRA adapter) + tokenizer; `from_pretrained` loads it."""
@@ -187,8 +268,10 @@ class PolicyMethod:
 
 
 def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify: Notify,
-               check_cancel: CancelCheck) -> dict[str, Any]:
-    """A whole policy-training run with `method`; returns its summary. The runner records the run's status."""
+               check_cancel: CancelCheck, resume: bool = False) -> dict[str, Any]:
+    """A whole policy-training run with `method`; returns its summary. The runner records the run's status.
+
+    resume: continue from the run's newest readable checkpoint (ValueError when it has none)."""
     run = PolicyRun(cfg, store, run_id, notify, check_cancel)
     run.prepare()
     if method.causal_only:
@@ -202,9 +285,19 @@ def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify:
     try:
         method.load(run)
         run.load(method.seed(cfg))
-        store.set_progress(run_id, 0, cfg.total_steps)
-        if run.evaluator is not None:
-            run.before = run.evaluate("before")
+        if resume:
+            run.resume = run.find_resume(method.read_checkpoint)
+            if run.resume is None:
+                raise ValueError(f"run {run_id} has no readable checkpoint to resume from")
+            store.truncate_after(run_id, run.resume.step)  # curves continue from the checkpoint's step
+            store.set_progress(run_id, run.resume.step, cfg.total_steps)
+            notify(Progress("load", message=f"resuming from the checkpoint after step {run.resume.step}"))
+            if run.evaluator is not None:
+                run.before = run.stored_before()
+        else:
+            store.set_progress(run_id, 0, cfg.total_steps)
+            if run.evaluator is not None:
+                run.before = run.evaluate("before")
         summary = method.train(run)
         return run.finish(summary, method)
     finally:
