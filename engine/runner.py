@@ -56,8 +56,6 @@ def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progr
             raise RunCancelled()
 
     if cfg.method == "reward_model":
-        if resume:
-            raise ValueError("a reward_model run cannot be resumed: start it again")
         from engine.methods.reward_model import run_reward_model
 
         return run_reward_model(cfg, store, run_id, notify, check_cancel)
@@ -102,6 +100,8 @@ def _check_resumable(store: Store, run_id: str) -> None:
     record = store.get_run(run_id)
     if record.status == "completed":
         raise ValueError(f"run {run_id} completed: nothing to resume")
+    if record.method == "reward_model" or not policy_method(record.method).resumable:
+        raise ValueError(f"a {record.method} run cannot be resumed: start it again")
     if not any(is_resumable(c.path) for c in store.checkpoints(run_id)):
         raise ValueError(f"run {run_id} has no checkpoint to resume from (checkpoint.every_steps: how often a run "
                          "saves one)")

@@ -121,8 +121,9 @@ class DPOAI(PolicyMethod):
         eval_pairs = fit_pairs(eval_pairs, tok, cfg.data.max_prompt_tokens, d.max_response_tokens)
         notify(Progress("train", 0, d.max_steps, f"DPO on {len(train_pairs)} AI-labelled pairs"))
         callback = StoreCallback(store, run_id, PREFIX["dpo_ai"], total_steps=d.max_steps, notify=notify)
+        # No checkpoints: a resume would sample and label the pairs again (judge calls), so dpo_ai restarts whole.
         trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
-                                     hh_prompts=False)
+                                     hh_prompts=False, checkpoints=False)
         if callback.cancelled:
             raise RunCancelled()
         run.adopt(trainer)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -46,19 +47,22 @@ class StoreCallback(TrainerCallback):
     total_steps: the run's planned optimizer steps (for progress). notify: the runner's progress listener (called
     with engine.progress.Progress). extra_metrics: called at every log, its dict merged in (judge accounting, reward
     signals). on_step: called with the step number after each optimizer step (e.g. to store samples).
+    on_checkpoint: called with (step, directory) after the Trainer saved a checkpoint (to record it).
     """
 
     def __init__(self, store, run_id: str, prefix: str, *, total_steps: int,
                  mapping: dict[str, str] | None = None,
                  notify: Callable[[Any], None] | None = None,
                  extra_metrics: Callable[[], dict[str, float]] | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None,
+                 on_checkpoint: Callable[[int, Path], None] | None = None) -> None:
         self.store, self.run_id, self.prefix = store, run_id, prefix
         self.total_steps = int(total_steps)
         self.mapping = dict(mapping or {})
         self.notify = notify
         self.extra_metrics = extra_metrics
         self.on_step = on_step
+        self.on_checkpoint = on_checkpoint
         self.cancelled = False
         self.final: dict[str, float] = {}  # END_OF_TRAINING_KEYS, once training ends
         self.last: dict[str, float] = {}  # the latest per-step metrics written
@@ -77,6 +81,8 @@ class StoreCallback(TrainerCallback):
         if not metrics:
             return
         is_eval = any(k.startswith("eval_") for k in logs)  # Trainer.evaluate(): held-out pairs, not a step
+        if is_eval:  # its epoch repeats the last step's (one value per step and key)
+            metrics.pop(self.prefix + "epoch", None)
         if self.extra_metrics is not None and not is_eval:
             metrics.update(self.extra_metrics())
         self.store.log_metrics(self.run_id, state.global_step, metrics)
@@ -98,4 +104,12 @@ class StoreCallback(TrainerCallback):
         if self.store.is_cancel_requested(self.run_id):
             self.cancelled = True
             control.should_training_stop = True
+            if args.save_strategy != "no":  # keep the steps since the last checkpoint: a resume starts here
+                control.should_save = True
         return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.on_checkpoint is not None:  # the Trainer has written (and rotated) its checkpoint-N directory
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            self.on_checkpoint(state.global_step, Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -2,7 +2,8 @@
 
 Responsible for:
 - `trl_args`: the TRL/transformers `TrainingArguments` every method sets the same way (CPU needs bf16=False and
-  use_cpu=True; logging every step; no checkpoints or trackers of TRL's own: the store is the sink);
+  use_cpu=True; logging every step; the Trainer's own checkpoints every checkpoint.every_steps; no trackers: the
+  store is the sink); `read_trl_checkpoint`: a Trainer checkpoint a run resumes from;
 - preference pairs: the hold-out guard (no pair whose dialogue is a hold-out prompt), a seeded split, token
   truncation, and the chat-message form of HH prompts for models with a chat template.
 
@@ -27,17 +28,24 @@ PREFIX = {"dpo": "dpo/", "dpo_ai": "dpo/", "reward_model": "rm/", "rloo": "rloo/
 # ------------------------------------------------------------------------------------------------ TRL arguments
 def trl_args(cfg: RunConfig, out_dir: str | Path, *, learning_rate: float, max_steps: int, batch_size: int,
              gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0, seed: int = 0,
-             activation_checkpointing: bool = True) -> dict[str, Any]:
-    """Keyword arguments shared by every TRL config (DPOConfig, RewardConfig, RLOOConfig, GRPOConfig)."""
+             activation_checkpointing: bool = True, checkpoints: bool = True) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config (DPOConfig, RewardConfig, RLOOConfig, GRPOConfig).
+
+    checkpoints: the Trainer saves `checkpoint-N` directories under out_dir every checkpoint.every_steps steps,
+    keeping checkpoint.keep (a run resumes from them); False: none.
+    """
     from engine.models import pick_device
 
     device = pick_device(cfg.model.device)
-    return dict(
+    every = cfg.checkpoint.every_steps if checkpoints else 0
+    saving = dict(save_strategy="steps", save_steps=every, save_total_limit=cfg.checkpoint.keep) if every else \
+        dict(save_strategy="no")
+    return dict(**saving,
         output_dir=str(out_dir), learning_rate=learning_rate, max_steps=max_steps,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm, seed=seed,
         logging_steps=1,  # every optimizer step reaches the store, as PPO's do
-        save_strategy="no", report_to="none", disable_tqdm=True,  # the store and the runner's progress are the sinks
+        report_to="none", disable_tqdm=True,  # the store and the runner's progress are the sinks
         use_cpu=device == "cpu",
         # TRL's default (True) fails on CPU; on a GPU, bf16 weights or bf16 mixed precision turn it on
         bf16=device.startswith("cuda") and (cfg.model.dtype == "bfloat16" or cfg.model.mixed_precision == "bf16"),
@@ -45,6 +53,20 @@ def trl_args(cfg: RunConfig, out_dir: str | Path, *, learning_rate: float, max_s
         activation_checkpointing=activation_checkpointing,
         dataloader_num_workers=0,
     )
+
+
+def read_trl_checkpoint(path: Path) -> Path:
+    """`path` when it holds a complete Trainer checkpoint (its trainer_state.json parses); raises otherwise. The
+    Trainer itself loads it (`train(resume_from_checkpoint=path)`): weights or adapter, optimizer, scheduler, RNG
+    states and the data order."""
+    import json
+
+    from engine.checkpoint import TRL_STATE_FILE
+
+    state = json.loads((Path(path) / TRL_STATE_FILE).read_text())
+    if not isinstance(state, dict) or "global_step" not in state:
+        raise ValueError(f"{path / TRL_STATE_FILE} has no global_step")
+    return Path(path)
 
 
 def quiet(trainer) -> None:

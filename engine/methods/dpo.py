@@ -20,6 +20,7 @@ from engine.methods.common import (
     drop_holdout_pairs,
     preference_rows,
     quiet,
+    read_trl_checkpoint,
     split_pairs,
     trl_args,
     truncate_right,
@@ -40,11 +41,14 @@ def fit_pairs(pairs: Sequence[dict], tokenizer, max_prompt_tokens: int, max_resp
 
 
 def train_dpo(bundle, train_pairs: Sequence[dict], eval_pairs: Sequence[dict], cfg: RunConfig, out_dir,
-              callbacks: Sequence[Any] = (), hh_prompts: bool = True) -> tuple[Any, dict[str, Any]]:
+              callbacks: Sequence[Any] = (), hh_prompts: bool = True, resume_from=None,
+              checkpoints: bool = True, tokens_seen: int = 0) -> tuple[Any, dict[str, Any]]:
     """Train `bundle.policy.lm` with DPO on the pairs (in place); returns (trainer, summary of the training).
 
     The pairs must already fit the token budgets (`fit_pairs`). The reference is the bundle's frozen copy, or for
     a LoRA policy the base with adapters off. hh_prompts: prompts are HH dialogues (else one user message each).
+    resume_from: a Trainer checkpoint to continue from, and tokens_seen its `num_tokens` (TRL's running count is
+    not in its checkpoints); checkpoints: save them (every checkpoint.every_steps).
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -55,7 +59,7 @@ def train_dpo(bundle, train_pairs: Sequence[dict], eval_pairs: Sequence[dict], c
     args = DPOConfig(**trl_args(cfg, out_dir, learning_rate=d.learning_rate, max_steps=d.max_steps,
                                 batch_size=d.batch_size, gradient_accumulation_steps=d.gradient_accumulation_steps,
                                 max_grad_norm=d.max_grad_norm, seed=d.seed,
-                                activation_checkpointing=d.activation_checkpointing),
+                                activation_checkpointing=d.activation_checkpointing, checkpoints=checkpoints),
                      beta=d.beta, loss_type=[d.loss_type], label_smoothing=d.label_smoothing,
                      max_length=None)  # already cut to the budgets: TRL's truncation would cut replies off
     chat = bundle.chat_template
@@ -64,7 +68,9 @@ def train_dpo(bundle, train_pairs: Sequence[dict], eval_pairs: Sequence[dict], c
     trainer = DPOTrainer(model=bundle.policy.lm, ref_model=bundle.reference, args=args, train_dataset=train_ds,
                          eval_dataset=eval_ds, processing_class=bundle.tokenizer, callbacks=list(callbacks))
     quiet(trainer)
-    trainer.train()
+    if resume_from and hasattr(trainer, "_total_train_tokens"):  # so the num_tokens curve continues, not restarts
+        trainer._total_train_tokens = tokens_seen
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     summary: dict[str, Any] = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                "train_steps": trainer.state.global_step}
     if eval_ds is not None and trainer.state.global_step >= d.max_steps:  # not after a cancelled run
@@ -91,9 +97,13 @@ class DPO(PolicyMethod):
     """DPO on the human HH pairs of cfg.data.source (those whose dialogue is a hold-out prompt dropped)."""
 
     causal_only = True
+    resumable = True  # from the Trainer's checkpoints
 
     def seed(self, cfg: RunConfig) -> int:
         return cfg.dpo.seed
+
+    def read_checkpoint(self, path):
+        return read_trl_checkpoint(path)
 
     def train(self, run: PolicyRun) -> dict[str, Any]:
         from engine.methods.callbacks import StoreCallback
@@ -107,8 +117,14 @@ class DPO(PolicyMethod):
         budget, reply = cfg.data.max_prompt_tokens, cfg.dpo.max_response_tokens
         train_pairs, eval_pairs = fit_pairs(train_pairs, tok, budget, reply), fit_pairs(eval_pairs, tok, budget, reply)
         run.notify(Progress("train", 0, d.max_steps, f"DPO on {len(train_pairs)} human preference pairs"))
-        callback = StoreCallback(run.store, run.run_id, PREFIX["dpo"], total_steps=d.max_steps, notify=run.notify)
-        trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback])
+        callback = StoreCallback(run.store, run.run_id, PREFIX["dpo"], total_steps=d.max_steps, notify=run.notify,
+                                 on_checkpoint=run.record_checkpoint)
+        tokens = 0
+        if run.resume:
+            seen = run.store.metrics(run.run_id, [PREFIX["dpo"] + "num_tokens"])
+            tokens = int(seen["value"].iloc[-1]) if len(seen) else 0
+        trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
+                                     resume_from=run.resume and run.resume.path, tokens_seen=tokens)
         if callback.cancelled:
             raise RunCancelled()
         run.adopt(trainer)

@@ -238,6 +238,7 @@ class PolicyMethod:
     """What a policy-training method says about itself; subclasses override `train` (and what else differs)."""
 
     causal_only = False  # True: refuse a seq2seq policy (TRL's trainers are causal-only) before weights load
+    resumable = False  # True: it saves checkpoints and `train` continues from `run.resume`
 
     def seed(self, cfg: RunConfig) -> int:
         """The seed set before the policy loads (a LoRA adapter's initial weights depend on it)."""

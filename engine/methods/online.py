@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.config import RunConfig
-from engine.methods.common import PREFIX, quiet, trl_args
+from engine.methods.common import PREFIX, quiet, read_trl_checkpoint, trl_args
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
 from engine.progress import Progress, RunCancelled
 
@@ -182,6 +182,11 @@ class Online(PolicyMethod):
     def seed(self, cfg: RunConfig) -> int:
         return cfg.online.seed
 
+    resumable = True  # from the Trainer's checkpoints (a z-scored reward mix restarts its running statistics)
+
+    def read_checkpoint(self, path):
+        return read_trl_checkpoint(path)
+
     def load(self, run: PolicyRun) -> None:
         from engine.rewards import build_reward
 
@@ -214,11 +219,12 @@ class Online(PolicyMethod):
                 store.add_samples(run_id, step, recorder.rows(o.samples_per_step))
 
         callback = StoreCallback(store, run_id, PREFIX[method], total_steps=o.max_steps, mapping=METRIC_MAP,
-                                 notify=run.notify, extra_metrics=extra, on_step=samples)
+                                 notify=run.notify, extra_metrics=extra, on_step=samples,
+                                 on_checkpoint=run.record_checkpoint)
         trainer, recorder = build_trainer(method, run.bundle, run.train_prompts, ensemble, cfg, run.out_dir / "trl",
                                           [callback])
         run.notify(Progress("train", 0, o.max_steps, f"{method.upper()} on {len(run.train_prompts)} prompts"))
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(run.resume.path) if run.resume else None)
         if callback.cancelled:
             raise RunCancelled()
         run.adopt(trainer)

@@ -59,8 +59,24 @@ class PromptBatches:
         self.pool = list(state["pool"])
 
 
+def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: dict, *, step: int,
+                     step_kls: list[float], train_seconds: float) -> None:
+    """Fill the directory `path` with PPO's checkpoint after `step` (see the module's docstring for its files)."""
+    import torch
+
+    from engine.checkpoint import rng_state
+
+    torch.save(trainer.trainable_state(), path / "policy.pt")
+    torch.save(trainer.state_dict(), path / "trainer.pt")
+    torch.save({"step": step, "batches": batches.state_dict(), "rng": rng_state(),
+                "reward_stats": {n: [s.count, s.mean, s.m2] for n, s in reward_stats.items()},
+                "step_kls": list(step_kls), "train_seconds": train_seconds}, path / STATE_FILE)
+
+
 class PPO(PolicyMethod):
     """PPO with a value head; the reward mix is loaded before the policy (as the seed did)."""
+
+    resumable = True
 
     def __init__(self) -> None:
         self.reward = None
@@ -87,9 +103,7 @@ class PPO(PolicyMethod):
         return {"policy": load("policy.pt"), "trainer": load("trainer.pt"), "state": load(STATE_FILE)}
 
     def train(self, run: PolicyRun) -> dict[str, Any]:
-        import torch
-
-        from engine.checkpoint import restore_rng, rng_state
+        from engine.checkpoint import restore_rng
         from engine.ppo import PPOTrainer
         from engine.progress import RunCancelled
 
@@ -133,12 +147,8 @@ class PPO(PolicyMethod):
         t_train = time.perf_counter()
 
         def write(path: Path) -> None:
-            torch.save(trainer.trainable_state(), path / "policy.pt")
-            torch.save(trainer.state_dict(), path / "trainer.pt")
-            torch.save({"step": done, "batches": batches.state_dict(), "rng": rng_state(),
-                        "reward_stats": {n: [s.count, s.mean, s.m2] for n, s in stats.items()},
-                        "step_kls": step_kls, "train_seconds": seconds_before + time.perf_counter() - t_train},
-                       path / STATE_FILE)
+            write_checkpoint(path, trainer, batches, stats, step=done, step_kls=step_kls,
+                             train_seconds=seconds_before + time.perf_counter() - t_train)
 
         saved, in_step = done, False
         try:

@@ -91,7 +91,8 @@ def train_reward_model(cfg: RunConfig, train_pairs: Sequence[dict], eval_pairs: 
     args = RewardConfig(**trl_args(cfg, out_dir / "trl", learning_rate=r.learning_rate, max_steps=r.max_steps,
                                    batch_size=r.batch_size, gradient_accumulation_steps=r.gradient_accumulation_steps,
                                    max_grad_norm=r.max_grad_norm, seed=r.seed,
-                                   activation_checkpointing=r.activation_checkpointing),
+                                   activation_checkpointing=r.activation_checkpointing,
+                                   checkpoints=False),  # a reward model run is short and restarts whole
                         max_length=r.max_length)
     train_ds = Dataset.from_list(tokenize_pairs(train_pairs, tokenizer, r.max_length))
     eval_ds = Dataset.from_list(tokenize_pairs(eval_pairs, tokenizer, r.max_length)) if eval_pairs else None
