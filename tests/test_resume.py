@@ -174,3 +174,33 @@ def test_a_failed_write_leaves_no_checkpoint_and_the_previous_one_intact(tmp_pat
         write_atomic(dest, full_disk)  # the same step again: the complete one stays
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["step-000002"]
     assert (dest / "state.pt").read_text() == "complete"
+
+
+def test_grpo_cancelled_and_resumed_continues_its_curves(tiny_gpt2_dir, tmp_path):
+    cfg = resumable_config(tiny_gpt2_dir, tmp_path, steps=5)
+    cfg.method, cfg.evaluation.enabled, cfg.reward.normalize = "grpo", False, "none"
+    o = cfg.online
+    o.batch_size, o.num_generations, o.max_steps, o.learning_rate = 4, 2, 5, 1e-3
+    store = Store(tmp_path / "runs.db")
+    run_id = store.create_run(cfg.to_yaml(), method="grpo", total_steps=cfg.total_steps)
+    execute(cfg, store, run_id, lambda p: p.phase == "train" and p.done == 3 and store.request_cancel(run_id))
+    rec = store.get_run(run_id)
+    assert rec.status == "cancelled" and [c.step for c in store.checkpoints(run_id)][-1] == rec.step
+
+    execute(cfg, store, run_id, resume=True)
+    assert store.get_run(run_id).status == "completed"
+    assert sorted(store.metrics_wide(run_id).index) == [1, 2, 3, 4, 5]
+    assert not store.metrics(run_id).duplicated(["step", "key"]).any()
+    assert sorted(store.samples(run_id)["step"].unique()) == [1, 2, 3, 4, 5]
+
+
+def test_dpo_ai_and_reward_model_runs_are_refused_a_resume(tmp_path):
+    store = Store(tmp_path / "runs.db")
+    for method in ("dpo_ai", "reward_model"):
+        cfg = RunConfig(method=method)
+        run_id = store.create_run(cfg.to_yaml(), method=method)
+        store.set_status(run_id, "running")
+        store.set_status(run_id, "failed", error="boom")
+        with pytest.raises(ValueError, match=f"a {method} run cannot be resumed"):
+            execute(cfg, store, run_id, resume=True)
+        assert store.get_run(run_id).status == "failed"
