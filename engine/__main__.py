@@ -81,7 +81,8 @@ def cmd_run(args) -> int:
         elif p.message:
             print(p.message, flush=True)
 
-    # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running".
+    # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running", after a
+    # checkpoint of its last complete step.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if cfg.method == "reward_model" and cfg.reward_model.then_ppo:
         return _run_rlhf_chain(cfg, store, on_progress)
@@ -163,6 +164,13 @@ def _run_rlhf_chain(cfg, store, on_progress) -> int:
 
 
 def _raise_interrupt(signum, frame):
+    """SIGTERM: the first one stops the run at its next step boundary (it saves a checkpoint and ends interrupted,
+    resumable); a second one stops at once (the run still ends interrupted)."""
+    from engine.progress import request_stop, stop_requested
+
+    if not stop_requested():
+        request_stop(f"signal {signum}")
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -2,16 +2,50 @@
 
 A leaf module (it imports nothing of the engine), so every method, the runner, the worker and the CLI can share
 these types without importing one another.
+
+Two ways to stop a run between steps, both leaving a checkpoint of the last complete step: a cancel request in the
+store (the run ends `cancelled`), and `request_stop()` for the whole process, e.g. from a SIGTERM handler (the run
+ends `interrupted` and can be resumed).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
 class RunCancelled(Exception):
     """Raised inside a run when its cancellation was requested; the runner marks the run `cancelled`."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised inside a run, between steps, after `request_stop()`; the runner marks the run `interrupted`."""
+
+
+_stop = threading.Event()
+_reason = ["stop requested"]
+
+
+def request_stop(reason: str = "stop requested") -> None:
+    """Ask every run of this process to stop at its next step boundary (after saving a checkpoint); `reason` becomes
+    the run's error (e.g. "signal 15"). Safe to call from a signal handler."""
+    _reason[0] = reason
+    _stop.set()
+
+
+def stop_reason() -> str:
+    return _reason[0]
+
+
+def stop_requested() -> bool:
+    """True once `request_stop()` was called (until `clear_stop()`)."""
+    return _stop.is_set()
+
+
+def clear_stop() -> None:
+    """Forget a stop request (a process that goes on to run something else)."""
+    _stop.clear()
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 
 from engine.config import RunConfig
 from engine.methods.lifecycle import prepare_prompts
-from engine.progress import Progress, RunCancelled
+from engine.progress import Progress, RunCancelled, RunInterrupted, stop_reason, stop_requested
 from engine.store import Store
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ def policy_method(name: str):
 def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progress], None],
               resume: bool = False) -> dict[str, Any]:
     def check_cancel() -> None:
+        if stop_requested():
+            raise RunInterrupted(stop_reason())
         if store.is_cancel_requested(run_id):
             raise RunCancelled()
 

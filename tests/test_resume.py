@@ -120,6 +120,33 @@ def test_killed_mid_run_and_resumed_matches_an_uninterrupted_run(make_config, ti
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) <= 1e-6
 
 
+def test_sigterm_stops_the_cli_run_at_a_step_boundary_with_a_checkpoint_and_resume_completes(tiny_gpt2_dir,
+                                                                                                tmp_path):
+    cfg = resumable_config(tiny_gpt2_dir, tmp_path, steps=40)
+    cfg.evaluation.enabled, cfg.checkpoint.every_steps = False, 100  # only the stop's own checkpoint
+    config, db = cfg.save(tmp_path / "cfg.yaml"), tmp_path / "runs.db"
+    store = Store(db)
+    proc = subprocess.Popen([sys.executable, str(CHILD), "cli", "--db", str(db), "run", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not (store.list_runs() and (store.latest_step(store.list_runs()[0].id) or 0) >= 2):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never reached step 2"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    rec = store.list_runs()[0]
+    assert rec.status == "interrupted" and "signal 15" in rec.error
+    (ckpt,) = store.checkpoints(rec.id)  # saved at the boundary where it stopped: nothing trained is lost
+    assert ckpt.step == rec.step == store.latest_step(rec.id) < 40 and is_resumable(ckpt.path)
+
+    resumed = child("cli", "--db", db, "resume", rec.id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from the checkpoint after step {ckpt.step}" in resumed.stdout
+    assert sorted(store.metrics_wide(rec.id).index) == list(range(1, 41))
+    assert not store.metrics(rec.id).duplicated(["step", "key"]).any()
+
+
 def test_cancel_saves_a_checkpoint_and_a_damaged_newest_one_falls_back(tiny_gpt2_dir, tmp_path, caplog):
     cfg = resumable_config(tiny_gpt2_dir, tmp_path, steps=8)
     cfg.evaluation.enabled = False

@@ -16,7 +16,7 @@ from typing import Any
 from engine.config import RunConfig
 from engine.methods.common import PREFIX, split_pairs, usable_pairs
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
-from engine.progress import Progress, RunCancelled
+from engine.progress import Progress
 
 
 def sample_pairs(bundle, prompts: Sequence[str], gen, *, batch_size: int, max_prompt_tokens: int, seed: int,
@@ -124,8 +124,7 @@ class DPOAI(PolicyMethod):
         # No checkpoints: a resume would sample and label the pairs again (judge calls), so dpo_ai restarts whole.
         trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
                                      hh_prompts=False, checkpoints=False)
-        if callback.cancelled:
-            raise RunCancelled()
+        callback.raise_if_stopped()
         run.adopt(trainer)
         summary.update(stats, labeller=", ".join(b.display_name for b in cfg.reward.backends),
                        train_seconds=callback.final.get("train_runtime"))

@@ -18,6 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from engine.progress import RunCancelled, RunInterrupted, stop_reason, stop_requested
+
 # Logged once at the end of `Trainer.train()`: run totals, not per-step curves; kept in `final` for the summary.
 END_OF_TRAINING_KEYS = frozenset({"train_runtime", "train_samples_per_second", "train_steps_per_second",
                                   "total_flos", "train_loss"})
@@ -63,7 +65,8 @@ class StoreCallback(TrainerCallback):
         self.extra_metrics = extra_metrics
         self.on_step = on_step
         self.on_checkpoint = on_checkpoint
-        self.cancelled = False
+        self.cancelled = False  # stopped by the run's cancel request
+        self.interrupted = False  # stopped by engine.progress.request_stop()
         self.final: dict[str, float] = {}  # END_OF_TRAINING_KEYS, once training ends
         self.last: dict[str, float] = {}  # the latest per-step metrics written
 
@@ -101,12 +104,20 @@ class StoreCallback(TrainerCallback):
         if self.on_step is not None:
             self.on_step(step)
         self.store.set_progress(self.run_id, step, self.total_steps)
-        if self.store.is_cancel_requested(self.run_id):
-            self.cancelled = True
+        self.interrupted = stop_requested()
+        if self.interrupted or self.store.is_cancel_requested(self.run_id):
+            self.cancelled = not self.interrupted
             control.should_training_stop = True
             if args.save_strategy != "no":  # keep the steps since the last checkpoint: a resume starts here
                 control.should_save = True
         return control
+
+    def raise_if_stopped(self) -> None:
+        """After training: RunInterrupted / RunCancelled when it stopped early for either reason."""
+        if self.interrupted:
+            raise RunInterrupted(stop_reason())
+        if self.cancelled:
+            raise RunCancelled()
 
     def on_save(self, args, state, control, **kwargs):
         if self.on_checkpoint is not None:  # the Trainer has written (and rotated) its checkpoint-N directory

@@ -27,7 +27,7 @@ from engine.methods.common import (
     usable_pairs,
 )
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
-from engine.progress import Progress, RunCancelled
+from engine.progress import Progress
 
 
 def fit_pairs(pairs: Sequence[dict], tokenizer, max_prompt_tokens: int, max_response_tokens: int) -> list[dict]:
@@ -125,8 +125,7 @@ class DPO(PolicyMethod):
             tokens = int(seen["value"].iloc[-1]) if len(seen) else 0
         trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
                                      resume_from=run.resume and run.resume.path, tokens_seen=tokens)
-        if callback.cancelled:
-            raise RunCancelled()
+        callback.raise_if_stopped()
         run.adopt(trainer)
         summary.update(pairs_dropped_as_holdout=dropped, train_seconds=callback.final.get("train_runtime"))
         return summary

@@ -20,7 +20,7 @@ from typing import Any
 from engine.config import RunConfig
 from engine.methods.common import PREFIX, quiet, read_trl_checkpoint, trl_args
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
-from engine.progress import Progress, RunCancelled
+from engine.progress import Progress
 
 # TRL key → the lab's key for the same number (PPO's names where the quantity is the same; see __init__.py).
 METRIC_MAP = {
@@ -225,8 +225,7 @@ class Online(PolicyMethod):
                                           [callback])
         run.notify(Progress("train", 0, o.max_steps, f"{method.upper()} on {len(run.train_prompts)} prompts"))
         trainer.train(resume_from_checkpoint=str(run.resume.path) if run.resume else None)
-        if callback.cancelled:
-            raise RunCancelled()
+        callback.raise_if_stopped()
         run.adopt(trainer)
         rewards = store.metrics_wide(run_id, ["env/reward_mean"])["env/reward_mean"].dropna()
         return {"train_steps": trainer.state.global_step, "train_seconds": callback.final.get("train_runtime"),

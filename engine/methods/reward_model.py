@@ -125,7 +125,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     from engine.methods.dpo import human_pairs
     from engine.methods.lifecycle import peak_rss_gb, prepare_prompts
     from engine.models import pick_device
-    from engine.progress import Progress, RunCancelled
+    from engine.progress import Progress
     from engine.rewards import build_backend
 
     t_start = time.perf_counter()
@@ -143,8 +143,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     out_dir = Path(cfg.output_dir) / run_id
     callback = StoreCallback(store, run_id, PREFIX["reward_model"], total_steps=r.max_steps, notify=notify)
     trainer, summary = train_reward_model(cfg, train_pairs, eval_pairs, out_dir, [callback])
-    if callback.cancelled:
-        raise RunCancelled()
+    callback.raise_if_stopped()
     store.add_checkpoint(run_id, summary["train_steps"], summary["model_path"])
 
     # The headline number, measured the way PPO will use the model: through the hf_classifier backend.
