@@ -35,17 +35,13 @@ def request_stop(reason: str = "stop requested") -> None:
 
 
 def stop_reason() -> str:
+    """What `request_stop` was given."""
     return _reason[0]
 
 
 def stop_requested() -> bool:
-    """True once `request_stop()` was called (until `clear_stop()`)."""
+    """True once `request_stop()` was called (for the rest of the process's life)."""
     return _stop.is_set()
-
-
-def clear_stop() -> None:
-    """Forget a stop request (a process that goes on to run something else)."""
-    _stop.clear()
 
 
 @dataclass

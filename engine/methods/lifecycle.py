@@ -200,16 +200,17 @@ class PolicyRun:
 
         adopt(self.bundle, trainer)
 
-    def finish(self, train_summary: dict[str, Any], method: "PolicyMethod | None" = None) -> dict[str, Any]:
-        """Save the policy, score the "after" side, write and return the summary."""
+    def finish(self, train_summary: dict[str, Any], method: PolicyMethod) -> dict[str, Any]:
+        """Save the policy (as `method` saves it), score the "after" side, write and return the summary."""
         import torch
 
         from engine.evaluate import summarize
 
         cfg, ev = self.cfg, self.cfg.evaluation
         self.notify(Progress("save", message="saving the trained policy"))
-        ckpt = (method or PolicyMethod()).save_policy(self.bundle, self.out_dir / "policy")
+        ckpt = method.save_policy(self.bundle, self.out_dir / "policy")
         steps = int(train_summary.get("train_steps", cfg.total_steps))
+        self.store.delete_checkpoint(self.run_id, ckpt)  # a resumed run saved it before the after-evaluation failed
         self.store.add_checkpoint(self.run_id, steps, str(ckpt))
 
         summary: dict[str, Any] = {"method": cfg.method, "holdout_prompts": len(self.holdout)}

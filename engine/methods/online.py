@@ -175,14 +175,13 @@ class Online(PolicyMethod):
     """RLOO or GRPO (cfg.method) with TRL's trainers, rewarded by the run's reward mix (loaded before the policy)."""
 
     causal_only = True
+    resumable = True  # from the Trainer's checkpoints (a z-scored reward mix restarts its running statistics)
 
     def __init__(self) -> None:
         self.ensemble = None
 
     def seed(self, cfg: RunConfig) -> int:
         return cfg.online.seed
-
-    resumable = True  # from the Trainer's checkpoints (a z-scored reward mix restarts its running statistics)
 
     def read_checkpoint(self, path):
         return read_trl_checkpoint(path)
