@@ -13,6 +13,7 @@ Knows no store and no run: engine.methods.lifecycle records checkpoints in the s
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -22,6 +23,10 @@ from typing import Any
 
 PPO_STATE_FILE = "state.pt"  # in every PPO checkpoint, written last
 TRL_STATE_FILE = "trainer_state.json"  # in every checkpoint the transformers Trainer writes
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written (a full disk, a read-only directory); the older ones are intact."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -38,16 +43,23 @@ def is_resumable(path: str | Path) -> bool:
 def write_atomic(dest: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_dir)` to fill a fresh temporary directory beside `dest`, then rename it to `dest`.
 
-    Any error inside `write` (a full disk, a crash of the writer) removes the temporary directory and re-raises;
-    `dest` then either does not exist or is the previous complete checkpoint of that name.
+    Any error inside `write` removes the temporary directory and raises a CheckpointError saying where and how
+    much room is left (a full disk shows as an OSError, or as a RuntimeError from torch.save's zip writer); `dest` then either does not exist or is the previous
+    complete checkpoint of that name. Room for one more checkpoint is needed: the oldest is pruned only after.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         write(tmp)
+    except Exception as exc:  # an OSError, or torch.save's RuntimeError when the disk fills under its zip writer
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(dest.parent).free / 2**20 if dest.parent.exists() else float("nan")
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise CheckpointError(getattr(exc, "errno", None) or errno.EIO,
+                              f"could not write the checkpoint {dest}: {what} ({free:.0f} MiB free there)") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

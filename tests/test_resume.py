@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.checkpoint import is_resumable, write_atomic
+from engine.checkpoint import CheckpointError, is_resumable, write_atomic
 from engine.config import RewardBackendSettings, RunConfig
 from engine.runner import execute
 from engine.store import INTERRUPTED_ERROR, Store
@@ -199,6 +199,13 @@ def test_a_failed_write_leaves_no_checkpoint_and_the_previous_one_intact(tmp_pat
         write_atomic(tmp_path / "ckpts" / "step-000004", full_disk)
     with pytest.raises(OSError, match="No space"):
         write_atomic(dest, full_disk)  # the same step again: the complete one stays
+
+    def zip_writer_fails(path):  # what torch.save raises when the disk fills under it (seen on a full tmpfs)
+        (path / "policy.pt").write_text("half of it")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12864 vs 12756")
+
+    with pytest.raises(CheckpointError, match=r"step-000006: RuntimeError: \[enforce fail.*MiB free there"):
+        write_atomic(tmp_path / "ckpts" / "step-000006", zip_writer_fails)
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["step-000002"]
     assert (dest / "state.pt").read_text() == "complete"
 

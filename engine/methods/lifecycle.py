@@ -158,7 +158,13 @@ class PolicyRun:
         it in the store, and delete the oldest beyond checkpoint.keep."""
         from engine import checkpoint
 
-        path = checkpoint.write_atomic(checkpoint.step_dir(self.checkpoint_dir, step), write)
+        try:
+            path = checkpoint.write_atomic(checkpoint.step_dir(self.checkpoint_dir, step), write)
+        except checkpoint.CheckpointError as exc:
+            kept = [c.step for c in self.store.checkpoints(self.run_id) if checkpoint.is_resumable(c.path)]
+            where = f"the checkpoint after step {kept[-1]} is intact" if kept else "no earlier checkpoint"
+            raise checkpoint.CheckpointError(exc.errno, f"{exc.strerror}; {where}: make room, then `python -m "
+                                                        f"engine resume {self.run_id}`") from exc
         self.store.add_checkpoint(self.run_id, step, str(path))
         self.prune_checkpoints()
         return path
