@@ -25,7 +25,8 @@ from engine.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Progress", "RunCancelled", "execute", "policy_method", "prepare_prompts", "rlhf_chain", "run"]
+__all__ = ["Progress", "RunCancelled", "execute", "policy_method", "prepare_prompts", "resume_problem", "rlhf_chain",
+           "run"]
 
 
 def policy_method(name: str):
@@ -75,8 +76,8 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     anything changes, when the run has no checkpoint to resume from.
     """
     notify = on_progress or (lambda p: None)
-    if resume:
-        _check_resumable(store, run_id)
+    if resume and (problem := resume_problem(store, run_id)):
+        raise ValueError(problem)
     try:
         _start(store, run_id, resume)
         summary = _dispatch(cfg, store, run_id, notify, resume)
@@ -96,17 +97,18 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     return summary
 
 
-def _check_resumable(store: Store, run_id: str) -> None:
+def resume_problem(store: Store, run_id: str) -> str | None:
+    """Why run `run_id` cannot be resumed, or None when it can (for a Resume button; `execute` raises it)."""
     from engine.checkpoint import is_resumable
 
     record = store.get_run(run_id)
     if record.status == "completed":
-        raise ValueError(f"run {run_id} completed: nothing to resume")
+        return f"run {run_id} completed: nothing to resume"
     if record.method == "reward_model" or not policy_method(record.method).resumable:
-        raise ValueError(f"a {record.method} run cannot be resumed: start it again")
+        return f"a {record.method} run cannot be resumed: start it again"
     if not any(is_resumable(c.path) for c in store.checkpoints(run_id)):
-        raise ValueError(f"run {run_id} has no checkpoint to resume from (checkpoint.every_steps: how often a run "
-                         "saves one)")
+        return f"run {run_id} has no checkpoint to resume from (checkpoint.every_steps: how often a run saves one)"
+    return None
 
 
 def _start(store: Store, run_id: str, resume: bool) -> None:

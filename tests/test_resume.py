@@ -12,7 +12,7 @@ import pytest
 
 from engine.checkpoint import CheckpointError, is_resumable, write_atomic
 from engine.config import RewardBackendSettings, RunConfig
-from engine.runner import execute
+from engine.runner import execute, resume_problem
 from engine.store import INTERRUPTED_ERROR, Store
 
 CHILD = Path(__file__).resolve().parent / "resume_child.py"
@@ -159,6 +159,7 @@ def test_cancel_saves_a_checkpoint_and_a_damaged_newest_one_falls_back(tiny_gpt2
 
     execute(cfg, store, run_id, cancel_at_5)
     assert store.get_run(run_id).status == "cancelled"
+    assert resume_problem(store, run_id) is None
     ckpts = store.checkpoints(run_id)
     assert [c.step for c in ckpts] == [4, 5]  # keep 2: step 2's was pruned, on disk too; 5: saved on cancel
     on_disk = sorted(p.name for p in (tmp_path / "out" / run_id / "checkpoints").iterdir())
@@ -180,6 +181,7 @@ def test_resume_without_a_checkpoint_is_refused_before_anything_changes(tiny_gpt
     run_id = store.create_run(cfg.to_yaml(), total_steps=cfg.total_steps)
     execute(cfg, store, run_id, lambda p: p.done == 2 and store.request_cancel(run_id))
     assert store.get_run(run_id).status == "cancelled" and store.checkpoints(run_id) == []
+    assert "no checkpoint to resume from" in resume_problem(store, run_id)
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         execute(cfg, store, run_id, resume=True)
     assert store.get_run(run_id).status == "cancelled" and sorted(store.metrics_wide(run_id).index) == [1, 2]
