@@ -68,16 +68,20 @@ def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progr
 
 
 def execute(cfg: RunConfig, store: Store, run_id: str,
-            on_progress: Callable[[Progress], None] | None = None, *, resume: bool = False) -> dict[str, Any]:
+            on_progress: Callable[[Progress], None] | None = None, *, resume: bool | None = None) -> dict[str, Any]:
     """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status.
 
-    resume: continue the run from its newest checkpoint (a failed, cancelled or interrupted run, or one already
-    claimed as running): the steps after the checkpoint are redone, the before-evaluation is not. ValueError, before
-    anything changes, when the run has no checkpoint to resume from.
+    resume: True continues the run from its newest checkpoint (a failed, cancelled or interrupted run, or one
+    queued again with `store.reopen(run_id, to="queued")`, or already claimed as running): the steps after the
+    checkpoint are redone, the before-evaluation is not; ValueError, before anything changes, when it cannot be
+    resumed (`resume_problem`). None (the default): resume when the run can be, i.e. it has a checkpoint (a fresh
+    run has none, so it starts). False: start from step 0.
     """
     notify = on_progress or (lambda p: None)
-    if resume and (problem := resume_problem(store, run_id)):
+    problem = resume_problem(store, run_id) if resume is not False else None
+    if resume and problem:
         raise ValueError(problem)
+    resume = problem is None if resume is None else resume
     try:
         _start(store, run_id, resume)
         summary = _dispatch(cfg, store, run_id, notify, resume)

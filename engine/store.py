@@ -815,14 +815,16 @@ class Store:
         with self._write() as s:
             s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.path == str(path)))
 
-    def reopen(self, run_id: str) -> None:
-        """Move a failed, cancelled or interrupted run back to `running` to resume it: its error, traceback, end time
-        and cancel request are cleared. ValueError for a run in any other state."""
+    def reopen(self, run_id: str, to: str = "running") -> None:
+        """Move a failed, cancelled or interrupted run back to `running` (or `queued`, for a worker to resume it):
+        its error, traceback, end time and cancel request are cleared. ValueError for a run in any other state."""
         reopenable = ("failed", "cancelled", "interrupted")
+        if to not in ("running", "queued"):
+            raise ValueError(f"to must be 'running' or 'queued', got {to!r}")
         with self._write() as s:
             done = s.execute(
                 update(Run).where(Run.id == run_id, Run.status.in_(reopenable))
-                .values(status="running", error=None, traceback=None, finished_at=None, cancel_requested=False)
+                .values(status=to, error=None, traceback=None, finished_at=None, cancel_requested=False)
                 .execution_options(synchronize_session=False)).rowcount
             if done:
                 return

@@ -166,7 +166,9 @@ def test_cancel_saves_a_checkpoint_and_a_damaged_newest_one_falls_back(tiny_gpt2
     assert on_disk == ["step-000004", "step-000005"] and all(is_resumable(c.path) for c in ckpts)
 
     (Path(ckpts[-1].path) / "trainer.pt").write_bytes(b"not a checkpoint")  # damaged: resume falls back to step 4
-    execute(cfg, store, run_id, resume=True)
+    store.reopen(run_id, to="queued")  # what a Resume button does; the worker then executes the queued run ...
+    assert store.get_run(run_id).status == "queued"
+    execute(cfg, store, run_id)  # ... as any other, and it resumes because it has a checkpoint
     rec = store.get_run(run_id)
     assert (rec.status, rec.step, rec.cancel_requested) == ("completed", 8, False)
     assert sorted(store.metrics_wide(run_id).index) == list(range(1, 9))
