@@ -23,7 +23,6 @@ method runs (the runner dispatches).
 from __future__ import annotations
 
 import csv
-
 import logging
 import math
 import time
