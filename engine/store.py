@@ -19,8 +19,11 @@ Metric values are stored as floats; non-finite values (NaN, +inf, -inf) are stor
 come back as NaN, so a diverged step keeps its row and shows as a gap in a chart.
 
 Scores are second opinions on hold-out responses computed after a run (e.g. a trained reward model's
-helpfulness score of each "after" response, engine.compare), kept so they are computed once. Their table is
-created on open like the others, so a database written before it existed opens unchanged.
+helpfulness score of each "after" response, engine.compare), kept so they are computed once.
+
+The schema is versioned (engine/migrations, Alembic): opening a store upgrades it to the newest schema, and a
+store written by a newer version of the lab is refused (engine.migrations.SchemaVersionError). The models below
+must match the newest revision (tests/test_migrations.py compares them).
 """
 
 from __future__ import annotations
@@ -344,7 +347,8 @@ class Store:
 
     `Store()` opens $RLAIF_LAB_DB or runs/rlaif_lab.db (relative to the working directory);
     `Store("path/to.db")` or `Store("sqlite:///path/to.db")` a SQLite file; any other SQLAlchemy
-    URL works too. Tables are created on open. Call `close()` (or use `with Store(...)`) to release
+    URL works too. The schema is created, or upgraded, on open (`migrated_from`: the revision it was at, None for
+    a new or pre-migration store). Call `close()` (or use `with Store(...)`) to release
     connections. `Store(":memory:")` is for single-threaded use only (SQLite gives each thread its
     own empty in-memory database); use a file when a worker thread shares the store.
     """
@@ -364,7 +368,10 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: objects stay readable after their (short) session ends
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        from engine.migrations import upgrade
+
+        # Brings an older store to the newest schema; SchemaVersionError for one written by a newer version.
+        self.migrated_from = upgrade(self.engine, repr(self))
 
     def __repr__(self) -> str:
         return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
