@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +17,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine.config import RewardBackendSettings, RunConfig
-from engine.store import Store, resolve_url
-from engine.worker import get_manager
+from engine.store import Store
+from engine.worker import Worker
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 
@@ -32,12 +33,27 @@ def db(tmp_path, monkeypatch):
     monkeypatch.setenv("RLAIF_LAB_DB", str(path))
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
     store = Store(path)
-    # The app's worker starts first, as in real use: runs this test then writes as "running" belong to
-    # "another process" (a worker starting later would mark them interrupted and adopt queued ones).
-    manager = get_manager(resolve_url(str(path)))
+    # A worker serves the store before the app opens it (on a thread here: each Store has its own owner and
+    # heartbeats, as a process has), so the lab starts no worker process of its own. Runs this test writes as
+    # "running" are the test's (its Store heartbeats them): no page marks them interrupted.
+    worker = Worker(str(path), poll_s=0.05)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert _wait(lambda: store.live_workers())
     yield store
-    assert manager.shutdown(cancel_current=True, timeout=60)
+    worker.stop("the test ended")
+    thread.join(60)
+    assert not thread.is_alive()
     store.close()
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def app(page_name: str | None = None, run_id: str | None = None) -> AppTest:

@@ -10,7 +10,7 @@ from datetime import timezone
 
 import pytest
 
-from engine.store import INTERRUPTED_ERROR, Store, resolve_url
+from engine.store import Store, resolve_url
 
 
 @pytest.fixture
@@ -94,8 +94,11 @@ def test_status_transitions(store):
     run = store.get_run(run_id)
     assert run.status == "running" and run.started_at is not None and run.finished_at is None
     assert run.device == "cpu"
-    with pytest.raises(ValueError, match="'running' -> 'running'"):
-        store.set_status(run_id, "running")  # a second worker cannot start the same run
+    assert run.owner == store.owner and run.heartbeat_at is not None
+    with Store(store.url) as other, pytest.raises(ValueError, match="running in another process"):
+        other.set_status(run_id, "running")  # a second process cannot start the same run
+    store.set_status(run_id, "running")  # its owner setting it again (claimed, then the runner) changes nothing
+    assert store.get_run(run_id).started_at == run.started_at
 
     store.set_status(run_id, "failed", error="boom\n  on two lines", traceback="Traceback...\nX: boom")
     run = store.get_run(run_id)
@@ -266,25 +269,6 @@ def test_delete_running_run_is_refused(store):
     store.set_status(run_id, "running")
     with pytest.raises(ValueError, match="cancel it"):
         store.delete_run(run_id)
-
-
-def test_mark_interrupted(tmp_path):
-    path = tmp_path / "crash.db"
-    with Store(path) as before_crash:
-        running = before_crash.create_run("")
-        before_crash.set_status(running, "running")
-        queued = before_crash.create_run("")
-        done = before_crash.create_run("")
-        before_crash.set_status(done, "running")
-        before_crash.set_status(done, "completed")
-    with Store(path) as after_restart:  # a new process opening the same file
-        assert after_restart.mark_interrupted() == [running]
-        run = after_restart.get_run(running)
-        assert run.status == "interrupted" and run.error == INTERRUPTED_ERROR
-        assert run.finished_at is not None
-        assert after_restart.get_run(queued).status == "queued"
-        assert after_restart.get_run(done).status == "completed"
-        assert after_restart.mark_interrupted() == []
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "two-stores"])
