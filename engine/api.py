@@ -324,6 +324,9 @@ def workers_table(workers: Sequence[WorkerRecord], lease_s: float) -> pd.DataFra
     return pd.DataFrame(rows, columns=["worker", "host", "pid", "device", "state", "heartbeat_s", "run", "started"])
 
 
+LOCAL_WORKER_ENV_VAR = "RLAIF_LAB_LOCAL_WORKER"  # "0": the lab never starts a local worker process
+
+
 class Lab:
     """The UI's entry point: one store, read and written by enqueueing; worker processes execute the runs.
 
@@ -342,10 +345,16 @@ class Lab:
         self.housekeeping(force=True)
 
     @classmethod
-    def connect(cls, db_url: str | None = None, start_worker: bool = True) -> Lab:
-        """The lab over a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db), with a local worker if none serves it."""
+    def connect(cls, db_url: str | None = None, start_worker: bool | None = None) -> Lab:
+        """The lab over a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db), with a local worker if none serves it.
+
+        `start_worker` None: yes unless $RLAIF_LAB_LOCAL_WORKER is "0" (workers run elsewhere, e.g. on GPU nodes)."""
+        import os
+
         from engine.store import Store, new_owner_id
 
+        if start_worker is None:
+            start_worker = os.environ.get(LOCAL_WORKER_ENV_VAR, "1") != "0"
         return cls(Store(db_url, owner=new_owner_id("ui")), start_worker=start_worker)
 
     def housekeeping(self, force: bool = False) -> None:

@@ -192,3 +192,12 @@ def test_score_text_per_backend_with_errors_isolated(tiny_roberta_classifier_dir
     assert "needs options.model" in nice[2]["error"] and math.isnan(nice[2]["reward"])
     with pytest.raises(ValueError, match="text must be a str"):
         api.score_text(backends, None)
+
+
+def test_connect_starts_no_local_worker_when_told_not_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAIF_LAB_LOCAL_WORKER", "0")
+    lab = api.Lab.connect(str(tmp_path / "lab.db"))
+    lab.start_run(small_config())
+    assert lab.start_worker is False and lab.worker_process is None and lab.store.list_workers() == []
+    assert lab.store.owner.startswith("ui-")
+    lab.close()
