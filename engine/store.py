@@ -1,9 +1,8 @@
 """The run store: the single source of truth for runs, metrics, samples, evaluations, scores and checkpoints.
 
-Responsible for: persisting everything a run produces, safely under concurrent use. The background
-worker writes from its thread (or process) while the Streamlit UI reads from others; every method
-opens one short Session, and every write commits before the method returns, so nothing is lost if
-the process dies a moment later.
+Responsible for: persisting everything a run produces, safely under concurrent use, and who executes which run
+(leases, below). Worker and CLI processes write while the Streamlit UI reads; every method opens one short
+Session, and every write commits before the method returns, so nothing is lost if the process dies a moment later.
 
 Not responsible for: running anything, parsing run configs (the YAML is stored as text), or drawing.
 
