@@ -269,11 +269,14 @@ def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subp
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    from engine.store import DB_ENV_VAR
+
+    # The URL goes in the environment, not on the command line: a PostgreSQL URL's password would show in `ps`.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV_VAR: store.url}
     root = str(Path(__file__).resolve().parents[1])  # so `-m engine` finds this checkout from any directory
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--db", store.url],
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker"],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     log.info("started a local worker (pid %d) for %r; log %s", proc.pid, store, log_path)

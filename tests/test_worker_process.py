@@ -215,6 +215,9 @@ def test_the_lab_starts_a_worker_and_survives_its_crash(store, tmp_path, monkeyp
         assert wait_for(lambda: bool(store.live_workers()), timeout=300), list(tmp_path.glob("worker-*.log"))
         [first] = store.live_workers()
         assert first.pid != os.getpid() and first.host  # a process of its own
+        cmdline = Path(f"/proc/{first.pid}/cmdline")
+        if cmdline.exists():  # the store's URL travels in the environment: a password would show in `ps`
+            assert "lab.db" not in cmdline.read_text() and "worker" in cmdline.read_text()
         run_id = submit(store, tiny_config(tiny_gpt2_dir, steps=100_000, name="crashes"))
         assert wait_for(lambda: store.get_run(run_id).step >= 1, timeout=300)
         assert store.get_run(run_id).owner == first.id
