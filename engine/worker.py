@@ -170,8 +170,13 @@ class Worker:
         executed = 0
         try:
             while not self._stop.is_set():
-                self.store.expire_leases()
-                record = self.store.claim_run(device=device)
+                try:
+                    self.store.expire_leases()
+                    record = self.store.claim_run(device=device)
+                except Exception:  # the store is locked or unreachable for a while: keep serving, look again
+                    log.exception("worker %s: could not claim a run; retrying", self.id)
+                    self._stop.wait(max(self.poll_s, 1.0))
+                    continue
                 if record is None:
                     if once:
                         break
@@ -189,7 +194,10 @@ class Worker:
                         self.current = None
                 executed += 1
         finally:
-            self.store.unregister_worker()
+            try:
+                self.store.unregister_worker()
+            except Exception:  # its row goes silent and is pruned later
+                log.exception("worker %s: could not unregister", self.id)
             self.store.close()
         return executed
 
