@@ -1169,6 +1169,35 @@ class Store:
             self._require_run(s, run_id)
             return [CheckpointRecord(step, path, at) for step, path, at in s.execute(stmt)]
 
+    # ---- resume (engine.runner.execute(resume=True); the lifecycle branch has the same method without leases)
+
+    def reopen(self, run_id: str, to: str = "running") -> None:
+        """Move a failed, cancelled or interrupted run back to `running` (or `queued`, for a worker to resume it):
+        its error, traceback, end time, cancel request and stop reason are cleared. `running` makes this Store its
+        owner, heartbeating it, as `claim_run` does; `queued` leaves it to whichever worker claims it.
+        ValueError for a run in any other state."""
+        reopenable = ("failed", "cancelled", "interrupted")
+        if to not in ("running", "queued"):
+            raise ValueError(f"to must be 'running' or 'queued', got {to!r}")
+        values: dict[str, Any] = {"status": to, "error": None, "traceback": None, "finished_at": None,
+                                  "cancel_requested": False, "stop_reason": None}
+        if to == "running":
+            values.update({k: v for k, v in self._running_values().items() if k != "started_at"})
+        else:
+            values.update(owner=None, heartbeat_at=None, phase=None, message=None)
+        with self._write() as s:
+            done = s.execute(
+                update(Run).where(Run.id == run_id, Run.status.in_(reopenable)).values(**values)
+                .execution_options(synchronize_session=False)).rowcount
+            current = None if done else s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+        if done:
+            if to == "running":
+                self._own(run_id)
+            return
+        if current is None:
+            raise KeyError(f"no run with id {run_id!r}")
+        raise ValueError(f"run {run_id} is {current}: only a failed, cancelled or interrupted run can be resumed")
+
 
 def _required_text(row: dict[str, Any], field: str, i: int) -> str:
     if field not in row or row[field] is None:

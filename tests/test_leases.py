@@ -196,3 +196,24 @@ def test_lease_timeout_from_the_environment(monkeypatch, path):
     monkeypatch.setenv("RLAIF_LAB_LEASE_S", "soon")
     with pytest.raises(ValueError, match="RLAIF_LAB_LEASE_S must be a number"):
         Store(path)
+
+
+def test_reopen_takes_the_lease_or_leaves_the_run_to_a_worker(path):
+    with Store(path, owner="w-old", lease_s=60) as old, Store(path, owner="cli-resume", lease_s=60) as cli:
+        run_id = old.create_run("")
+        old.claim_run(run_id)
+        old.request_cancel(run_id, reason="the worker received SIGTERM")
+        old.set_status(run_id, "cancelled")  # -> interrupted, with the reason
+        cli.reopen(run_id)  # `engine resume RUN`: this process owns it now and heartbeats it
+        r = cli.get_run(run_id)
+        assert (r.status, r.owner, r.error, r.cancel_requested) == ("running", "cli-resume", None, False)
+        assert cli.owned_runs() == [run_id] and cli.expire_leases(lease_s=0) == [] and old.expire_leases(60) == []
+        cli.request_cancel(run_id)  # a user's cancel now ends it cancelled (the old stop reason is gone)
+        cli.set_status(run_id, "cancelled")
+        assert cli.get_run(run_id).status == "cancelled"
+        cli.reopen(run_id, to="queued")  # the Resume button: a worker takes it
+        r = cli.get_run(run_id)
+        assert (r.status, r.owner, r.heartbeat_at) == ("queued", None, None)
+        assert old.claim_run().id == run_id and old.get_run(run_id).owner == "w-old"
+        with pytest.raises(ValueError, match="only a failed, cancelled or interrupted run"):
+            cli.reopen(run_id)

@@ -11,7 +11,7 @@ import pytest
 from engine.config import RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import submit
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, start_server, stop_workers
+from tests.e2e.conftest import start_server, stop_workers
 
 pytestmark = pytest.mark.browser
 
@@ -25,13 +25,7 @@ def wait_for(predicate, timeout: float = 300.0) -> bool:
     return False
 
 
-def test_a_run_survives_a_ui_restart(tmp_path, tiny_gpt2_dir):
-    from pathlib import Path
-
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM}")
+def test_a_run_survives_a_ui_restart(browser, tmp_path, tiny_gpt2_dir):
     cfg = RunConfig(name="outlives-the-ui")
     cfg.output_dir = str(tmp_path / "runs")
     cfg.evaluation.enabled = False
@@ -45,9 +39,8 @@ def test_a_run_survives_a_ui_restart(tmp_path, tiny_gpt2_dir):
     servers = [start_server(db, tmp_path / "server-1.log", env=env)]
     store = Store(db, lease_s=5)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            pg = browser.new_page()
+        with browser.new_context() as context:  # conftest's session browser (one sync Playwright per process)
+            pg = context.new_page()
             pg.set_default_timeout(60_000)
             pg.goto(servers[0].url)  # the first page load opens the lab, which starts a worker process
             pg.wait_for_selector("[data-testid='stApp'] h1")
@@ -67,7 +60,6 @@ def test_a_run_survives_a_ui_restart(tmp_path, tiny_gpt2_dir):
             pg.wait_for_selector("[data-testid='stApp'] h1")
             # the live page follows the run (its panel refreshes while the run is active) until it completes
             pg.wait_for_function("() => document.body.innerText.includes('Status: completed')", timeout=600_000)
-            browser.close()
         r = store.get_run(run_id)
         assert (r.status, r.step, r.owner) == ("completed", 150, worker.id)
         steps = store.metrics(run_id, keys=["objective/kl"])["step"].tolist()
