@@ -357,3 +357,20 @@ def test_two_writer_processes_wait_instead_of_failing(tmp_path):
     assert [len(stores[0].metrics(r)) for r in run_ids] == [200, 200]
     for s in stores:
         s.close()
+
+
+def test_no_class_in_engine_defines_a_method_twice():
+    """A merge can leave two definitions of one method (the later silently wins): refuse that anywhere in engine/."""
+    import ast
+    from pathlib import Path
+
+    twice = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.ClassDef, ast.Module)):
+                names = [n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and not any(isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
+                                     or getattr(d, "id", "") == "overload" for d in n.decorator_list)]
+                twice += [f"{path.name}:{getattr(node, 'name', '<module>')}.{n}" for n in set(names)
+                          if names.count(n) > 1]
+    assert twice == []
