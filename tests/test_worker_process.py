@@ -87,13 +87,14 @@ def log_of(tmp_path, name: str) -> str:
 
 
 def test_worker_process_executes_a_queued_run_and_leaves_cleanly(store, procs, tmp_path, tiny_gpt2_dir):
-    run_id = submit(store, tiny_config(tiny_gpt2_dir, steps=2, evaluate=True))
+    cfg = tiny_config(tiny_gpt2_dir, steps=2, evaluate=True)
+    run_id = submit(store, cfg)
     worker = procs("worker", "--db", store.url, "--once", "--poll-s", "0.2", name="worker")
     assert wait(store, run_id, timeout=300) == "completed", log_of(tmp_path, "worker")
     assert worker.wait(60) == 0  # --once: the queue is empty, it exits
     r = store.get_run(run_id)
     assert r.owner.startswith("w-") and f"-{worker.pid}-" in r.owner and r.step == 2 and len(r.step_times) == 2
-    assert r.summary["before"]["n"] == 8
+    assert r.summary["before"]["n"] == 8 * cfg.evaluation.samples_per_prompt
     assert store.list_workers() == []  # unregistered on the way out
 
 
@@ -198,6 +199,7 @@ def test_cli_run_sigkilled_is_interrupted_once_its_lease_expires(store, procs, t
 def test_the_lab_starts_a_worker_and_survives_its_crash(store, tmp_path, monkeypatch, tiny_gpt2_dir):
     """The UI process never trains: on open it starts a worker process; SIGKILL that worker mid-run and the pages
     still load, the run is marked interrupted once its lease expires, a new worker is started and takes new runs."""
+    from streamlit import config as st_config
     from streamlit.testing.v1 import AppTest
 
     from app import state
@@ -206,6 +208,7 @@ def test_the_lab_starts_a_worker_and_survives_its_crash(store, tmp_path, monkeyp
     monkeypatch.setenv("RLAIF_LAB_LEASE_S", str(LEASE_S))
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     monkeypatch.chdir(tmp_path)
+    st_config.set_option("server.address", "127.0.0.1")  # AppTest has no server: it serves loopback, as the lab does
     state._lab.clear()
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
     try:
