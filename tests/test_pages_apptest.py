@@ -32,19 +32,25 @@ def db(tmp_path, monkeypatch):
     path = tmp_path / "lab.db"
     monkeypatch.setenv("RLAIF_LAB_DB", str(path))
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
+    # The lab starts no worker process here: tests that train ask for the `worker` fixture. Runs a test writes as
+    # "running" are the test's (its Store owns and heartbeats them): no page marks them interrupted.
+    monkeypatch.setenv("RLAIF_LAB_LOCAL_WORKER", "0")
     store = Store(path)
-    # A worker serves the store before the app opens it (on a thread here: each Store has its own owner and
-    # heartbeats, as a process has), so the lab starts no worker process of its own. Runs this test writes as
-    # "running" are the test's (its Store heartbeats them): no page marks them interrupted.
-    worker = Worker(str(path), poll_s=0.05)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    assert _wait(lambda: store.live_workers())
     yield store
-    worker.stop("the test ended")
+    store.close()
+
+
+@pytest.fixture
+def worker(db):
+    """A worker serving the test's store, on a thread (its own Store, owner id and heartbeats, as a process has)."""
+    w = Worker(db.url, poll_s=0.05)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    assert _wait(lambda: db.live_workers())
+    yield w
+    w.stop("the test ended")
     thread.join(60)
     assert not thread.is_alive()
-    store.close()
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:
@@ -111,7 +117,7 @@ def add_finished_run(store: Store, name: str = "finished", steps: int = 5, tox_a
 # ---- launch --------------------------------------------------------------------------------------------
 
 
-def test_launch_defaults_validation_and_start(db, tiny_gpt2_dir):
+def test_launch_defaults_validation_and_start(db, worker, tiny_gpt2_dir):
     at = app()
     assert at.title[0].value == "Launch a run"
     defaults = RunConfig()
@@ -386,7 +392,7 @@ def test_compare_page_scores_helpfulness_once(db, tiny_roberta_classifier_dir):
     assert not at.exception and len(db.scores(ppo)) == 8
 
 
-def test_launch_reward_model_then_ppo_links_both_runs(db, tiny_gpt2_dir):
+def test_launch_reward_model_then_ppo_links_both_runs(db, worker, tiny_gpt2_dir):
     at = app()
     by_key(at.selectbox, "cfg-method").set_value("reward_model").run()
     then_ppo = by_key(at.checkbox, "cfg-reward_model-then_ppo")  # drawn from the config dataclass, with its help
