@@ -130,3 +130,17 @@ def test_store_from_a_newer_version_is_refused_and_left_alone(tmp_path):
     assert con.execute("SELECT name FROM runs WHERE id = ?", (run_id,)).fetchone() == ("kept",)
     assert con.execute("SELECT version_num FROM alembic_version").fetchone() == ("9999_from_the_future",)
     con.close()
+
+
+def test_a_half_applied_revision_is_completed_on_the_next_open(v0):
+    """SQLite runs DDL outside transactions: a crash inside revision 0002 leaves some of its columns added and the
+    version at the baseline. The next open completes the revision instead of failing on a duplicate column."""
+    con = sqlite3.connect(v0)
+    con.execute("ALTER TABLE runs ADD COLUMN owner VARCHAR(200)")  # what the crashed upgrade got done
+    con.commit()
+    con.close()
+    with Store(v0) as store:
+        assert store.migrated_from is None
+        run_id = store.list_runs(status="queued")[0].id
+        assert store.claim_run(run_id).owner == store.owner
+    assert _revision(v0) == head_revision()
