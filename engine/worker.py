@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 ETA_WINDOW = 10  # the ETA uses the mean of the last this-many step times
 THEN_PPO_PRIORITY = 10  # RLHF's PPO stage goes ahead of runs queued without a priority
 DEFAULT_POLL_S = 1.0
+# A worker the lab starts exits after this long with nothing to do, so one never lingers for good after its UI is
+# gone; the next lab to open the store starts another ($RLAIF_LAB_WORKER_IDLE_EXIT_S overrides; 0: never).
+LOCAL_WORKER_IDLE_EXIT_S = 900.0
+IDLE_EXIT_ENV_VAR = "RLAIF_LAB_WORKER_IDLE_EXIT_S"
 
 
 def eta_seconds(step_times, step: int, total: int | None, window: int = ETA_WINDOW) -> float | None:
@@ -130,16 +134,18 @@ class Worker:
 
     `run()` is the loop (`python -m engine worker`); `stop(reason)` asks it to end: the current run is asked to stop
     (it ends "interrupted" with `reason`) and the loop returns once it has. `once=True` returns when the queue is
-    empty. The worker's own Store (owner id "w-<host>-<pid>-<hex>") heartbeats its row and its run.
+    empty; `idle_exit_s` returns after that many seconds without a run to execute. The worker's own Store (owner
+    id "w-<host>-<pid>-<hex>") heartbeats its row and its run.
     """
 
     def __init__(self, url: str | None = None, poll_s: float = DEFAULT_POLL_S, lease_s: float | None = None,
-                 device: str | None = None) -> None:
+                 device: str | None = None, idle_exit_s: float | None = None) -> None:
         from engine.store import Store, new_owner_id
 
         self.store = Store(url, owner=new_owner_id("w"), lease_s=lease_s)
         self.id = self.store.owner
         self.poll_s = float(poll_s)
+        self.idle_exit_s = idle_exit_s if idle_exit_s and idle_exit_s > 0 else None
         self.device = device
         self.current: str | None = None
         self._stop = threading.Event()
@@ -168,6 +174,7 @@ class Worker:
         self.store.register_worker(device=device)
         log.info("worker %s serving %r on %s (lease %g s)", self.id, self.store, device, self.store.lease_s)
         executed = 0
+        idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
@@ -179,6 +186,9 @@ class Worker:
                     continue
                 if record is None:
                     if once:
+                        break
+                    if self.idle_exit_s is not None and time.monotonic() - idle_since >= self.idle_exit_s:
+                        log.info("worker %s: idle for %g s, exiting", self.id, self.idle_exit_s)
                         break
                     self._stop.wait(self.poll_s)
                     continue
@@ -192,6 +202,7 @@ class Worker:
                 finally:
                     with self._lock:
                         self.current = None
+                    idle_since = time.monotonic()
                 executed += 1
         finally:
             try:
@@ -232,9 +243,9 @@ def _device() -> str:
 
 
 def serve(url: str | None = None, once: bool = False, poll_s: float = DEFAULT_POLL_S,
-          lease_s: float | None = None) -> int:
+          lease_s: float | None = None, idle_exit_s: float | None = None) -> int:
     """`python -m engine worker`: a Worker with SIGTERM / SIGINT handled (first: stop cleanly, second: at once)."""
-    worker = Worker(url, poll_s=poll_s, lease_s=lease_s)
+    worker = Worker(url, poll_s=poll_s, lease_s=lease_s, idle_exit_s=idle_exit_s)
     signals = {"n": 0}
     stopper = threading.Event()
 
@@ -266,7 +277,8 @@ def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subp
 
     Returns the process started (None when one was serving). Its output goes to <log_dir>/worker-<pid>.log
     (default: runs/ beside a SQLite store, else ./runs). The worker runs in its own session, so it outlives the
-    process that started it (the UI may restart while it trains).
+    process that started it (the UI may restart while it trains); it exits after LOCAL_WORKER_IDLE_EXIT_S seconds
+    with nothing to do.
     """
     store.expire_leases()
     if store.live_workers():
@@ -284,7 +296,8 @@ def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subp
     root = str(Path(__file__).resolve().parents[1])  # so `-m engine` finds this checkout from any directory
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker"],
+        idle = os.environ.get(IDLE_EXIT_ENV_VAR) or str(LOCAL_WORKER_IDLE_EXIT_S)
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--idle-exit-s", idle],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     log.info("started a local worker (pid %d) for %r; log %s", proc.pid, store, log_path)

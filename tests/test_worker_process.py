@@ -251,3 +251,12 @@ def test_the_lab_starts_a_worker_and_survives_its_crash(store, tmp_path, monkeyp
                 pass
         assert wait_for(lambda: not store.live_workers() and not store.list_runs("running"), timeout=120)
         state._lab.clear()
+
+
+def test_an_idle_worker_exits_by_itself_after_its_queue_is_done(store, procs, tmp_path, tiny_gpt2_dir):
+    """What the lab starts its workers with (--idle-exit-s), so none lingers for good after its UI is gone."""
+    run_id = submit(store, tiny_config(tiny_gpt2_dir, steps=1))
+    worker = procs("worker", "--db", store.url, "--poll-s", "0.2", "--idle-exit-s", "2", name="worker")
+    assert worker.wait(300) == 0, log_of(tmp_path, "worker")  # it ran the queued run first, then went idle
+    assert store.get_run(run_id).status == "completed"
+    assert store.list_workers() == []
