@@ -119,10 +119,12 @@ def _start(store: Store, run_id: str, resume: bool) -> None:
     if not resume:
         store.set_status(run_id, "running")
         return
-    status = store.get_run(run_id).status
-    if status == "queued":
+    record = store.get_run(run_id)
+    if record.status == "queued":
         store.set_status(run_id, "running")
-    elif status != "running":  # failed / cancelled / interrupted (a running one was claimed by its worker)
+    elif record.status == "running" and run_id not in store.owned_runs():  # someone else's live run
+        raise ValueError(f"run {run_id} is running in another process ({record.owner}): it cannot be resumed here")
+    elif record.status != "running":  # failed / cancelled / interrupted (a running one was claimed by its worker)
         store.reopen(run_id)
 
 

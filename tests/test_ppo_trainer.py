@@ -250,7 +250,7 @@ def test_first_step_by_hand_on_responses_that_end_early(early_eos_gpt2_dir):
     whitened (return - value), everything after EOS is 0, and the first mini-batch's ratio is exactly 1. Step 2
     uses the coefficient the adaptive controller set after step 1."""
     bundle = _bundle(early_eos_gpt2_dir)
-    cfg = PPOSettings(batch_size=8, mini_batch_size=4, gamma=1.0, lam=1.0, init_kl_coef=0.2, adaptive_kl=True,
+    cfg = PPOSettings(num_generations=1, batch_size=8, mini_batch_size=4, gamma=1.0, lam=1.0, init_kl_coef=0.2, adaptive_kl=True,
                       kl_target=6.0, kl_horizon=10, learning_rate=1e-3)
     gen = GenerationSettings(max_new_tokens=10, min_length=2, temperature=0.7)
     seen = []
@@ -308,7 +308,7 @@ def test_entropy_metric_by_hand(early_eos_gpt2_dir):
     bundle = _bundle(early_eos_gpt2_dir)
     gen = GenerationSettings(max_new_tokens=10, min_length=2, temperature=0.7)
     seen = []
-    trainer = PPOTrainer(bundle, _score_by_index, PPOSettings(batch_size=8, mini_batch_size=8, learning_rate=0.0),
+    trainer = PPOTrainer(bundle, _score_by_index, PPOSettings(num_generations=1, batch_size=8, mini_batch_size=8, learning_rate=0.0),
                          gen, callbacks=[lambda s, m, ro: seen.append(ro)])
     m = trainer.step(["Human: hello there", "Human: tell me a story about the sea"] * 4)
     ro = seen[0]
@@ -330,7 +330,7 @@ def test_entropy_metric_by_hand(early_eos_gpt2_dir):
 
 def test_whiten_rewards_in_the_trainer_divides_by_the_std_and_keeps_the_mean(early_eos_gpt2_dir):
     bundle = _bundle(early_eos_gpt2_dir)
-    cfg = PPOSettings(batch_size=8, mini_batch_size=8, gamma=1.0, lam=1.0, whiten_rewards=True)
+    cfg = PPOSettings(num_generations=1, batch_size=8, mini_batch_size=8, gamma=1.0, lam=1.0, whiten_rewards=True)
     trainer = PPOTrainer(bundle, _score_by_index, cfg, GenerationSettings(max_new_tokens=10, min_length=2))
     trainer.step(["Human: hello there", "Human: tell me a story about the sea"] * 4)
     t = trainer.last
