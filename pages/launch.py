@@ -205,8 +205,7 @@ with st.container(border=True, key="start-panel"):
             st.warning(f"[{md(label_and_help(w.field, None)[0])}](#{anchor_of(w.field, essentials)}): "
                        f"{md(w.message)}", icon="💡")
 
-anchor("essentials")
-st.subheader("Essentials")
+st.subheader("Essentials", anchor="essentials")
 c1, c2, c3 = st.columns([2, 1, 2])
 with c1:
     st.text_input("Run name", key=forms.key_of("name"), help="Shown on every page; need not be unique.")
@@ -299,7 +298,9 @@ with st.expander("Load, clone or save a config"):
                   disabled=not st.session_state.get("clone-run"))
     with c3:
         cfg_now, _ = forms.state_to_config(st.session_state)
-        st.download_button("Download this config (YAML)", cfg_now.to_yaml() if cfg_now else "",
+        # made on click (a callable): an eager file is dropped when the page changes and its URL then 404s
+        config_yaml = cfg_now.to_yaml() if cfg_now else ""
+        st.download_button("Download this config (YAML)", lambda: config_yaml,
                            file_name=f"{cfg_now.name if cfg_now else 'config'}.yaml", mime="application/x-yaml",
-                           key="download-config", disabled=cfg_now is None)
+                           key="download-config", disabled=cfg_now is None, on_click="ignore")
         st.button("Reset to the measured default", key="reset-config", on_click=reset_form)
