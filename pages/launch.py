@@ -206,7 +206,7 @@ with st.container(border=True, key="start-panel"):
                        f"{md(w.message)}", icon="💡")
 
 st.subheader("Essentials", anchor="essentials")
-c1, c2, c3 = st.columns([2, 1, 2])
+c1, c2, c3 = st.columns([2, 1, 3])
 with c1:
     st.text_input("Run name", key=forms.key_of("name"), help="Shown on every page; need not be unique.")
     forms.show_errors(errors, "name")

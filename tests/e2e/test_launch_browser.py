@@ -85,6 +85,8 @@ def test_first_start_offers_the_tour_and_deep_links_load_clean(empty_lab, chromi
         expect(start).to_be_visible()
         assert start.bounding_box()["y"] < 900  # Start is on the first screen, without scrolling
         if width == 1400 and screenshot_dir:
+            expect(pg.locator(".st-key-cfg-ppo-learning_rate input")).to_be_visible()  # the form has drawn
+            expect(pg.locator("[data-testid='stSkeleton']")).to_have_count(0)
             pg.screenshot(path=str(screenshot_dir / "launch.png"), full_page=False)
         tour.click()
         pg.wait_for_url("**/live?run=*")
