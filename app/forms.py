@@ -22,6 +22,7 @@ from typing import Any, get_type_hints
 import streamlit as st
 import yaml
 
+from app.form_labels import label_and_help
 from app.safe_text import md
 from engine.config import (
     BUILTIN_MODELS,
@@ -116,6 +117,15 @@ def plain_fields(prefix: str, cls: type, skip: tuple[str, ...]) -> list[tuple[st
     hints = get_type_hints(cls)
     return [(f"{prefix}.{f.name}" if prefix else f.name, hints[f.name]) for f in dataclasses.fields(cls)
             if f.name not in skip and not dataclasses.is_dataclass(hints[f.name])]
+
+
+def field_type(path: str) -> Any:
+    """The declared type of a dotted config field, e.g. field_type("ppo.learning_rate") is float."""
+    cls: Any = RunConfig
+    *parents, last = path.split(".")
+    for part in parents:
+        cls = get_type_hints(cls)[part]
+    return get_type_hints(cls)[last]
 
 
 def _optional(tp: Any) -> bool:
@@ -279,8 +289,10 @@ def show_errors(errors: Mapping[str, list[str]], *paths: str) -> None:
 
 
 def field_widget(path: str, tp: Any, errors: Mapping[str, list[str]], help: str | None = None) -> None:
-    """A generic widget for one scalar field (type from the dataclass), its errors under it."""
-    key, label = key_of(path), path.split(".")[-1]
+    """A generic widget for one scalar field (type from the dataclass), its errors under it; the label and help
+    a practitioner reads come from app.form_labels (the config's comment is the fallback help)."""
+    key = key_of(path)
+    label, help = label_and_help(path, help)
     optional, base = _optional(tp), _base(tp)
     if path in CHOICES:
         options = list(CHOICES[path])
@@ -298,10 +310,10 @@ def field_widget(path: str, tp: Any, errors: Mapping[str, list[str]], help: str 
     show_errors(errors, path)
 
 
-def section(title: str, errors: Mapping[str, list[str]], columns: int = 4) -> None:
-    """The generic widgets of one SECTIONS entry in a grid."""
+def section(title: str, errors: Mapping[str, list[str]], columns: int = 4, exclude: tuple[str, ...] = ()) -> None:
+    """The generic widgets of one SECTIONS entry in a grid (less the `exclude` paths, drawn elsewhere)."""
     prefix, cls, skip = SECTIONS[title]
-    fields = plain_fields(prefix, cls, skip)
+    fields = [f for f in plain_fields(prefix, cls, skip) if f[0] not in exclude]
     cols = st.columns(columns)
     helps = field_help(cls)
     for i, (path, tp) in enumerate(fields):
@@ -364,7 +376,7 @@ def reward_rows(errors: Mapping[str, list[str]]) -> None:
             st.button("Remove this backend", key=f"remove-reward-{row}", on_click=remove_reward_row, args=(row,))
     c1, c2 = st.columns([1, 3])
     with c1:
-        st.button("Add a reward backend", key="add-reward", on_click=add_reward_row, icon=":material/add:")
+        st.button("Add a reward backend", key="add-reward", on_click=add_reward_row, icon="➕")
     with c2:
         field_widget("reward.normalize", str, errors)
 

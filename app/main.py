@@ -16,14 +16,14 @@ import streamlit as st  # noqa: E402
 from app import forms, state  # noqa: E402
 from engine.lab_settings import SettingsError, load_settings, network_problem  # noqa: E402
 
-st.set_page_config(page_title="RLAIF Lab", page_icon=":material/science:", layout="wide")
+st.set_page_config(page_title="RLAIF Lab", page_icon="🧪", layout="wide")
 try:
     problem = shown = network_problem(st.get_option("server.address"), load_settings())
 except SettingsError as exc:  # fail closed: a broken settings file must not widen what the browser may do
     problem, shown = str(exc), "The lab's settings file has a problem; the operator finds it in the server log."
 if problem:
     print(f"RLAIF Lab refuses to serve: {problem}", file=sys.stderr, flush=True)
-    st.error(f"**The lab refuses to serve.** {shown}", icon=":material/lock:")
+    st.error(f"**The lab refuses to serve.** {shown}", icon="🔒")
     st.stop()
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")

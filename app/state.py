@@ -24,13 +24,13 @@ from engine.store import DB_ENV_VAR, resolve_url
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES_DIR = ROOT / "pages"
-PAGE_FILES = {  # name -> (file, title, icon)
-    "launch": ("launch.py", "Launch", ":material/rocket_launch:"),
-    "live": ("live.py", "Live run", ":material/monitoring:"),
-    "before_after": ("before_after.py", "Before / after", ":material/compare_arrows:"),
-    "runs": ("runs.py", "Runs", ":material/table_rows:"),
-    "compare": ("compare.py", "Compare methods", ":material/balance:"),
-    "playground": ("playground.py", "Reward playground", ":material/science:"),
+PAGE_FILES = {  # name -> (file, title, icon); emoji, not :material/…: those make the browser fetch a font
+    "launch": ("launch.py", "Launch", "🚀"),
+    "live": ("live.py", "Live run", "📈"),
+    "before_after": ("before_after.py", "Before / after", "⚖️"),
+    "runs": ("runs.py", "Runs", "🗂️"),
+    "compare": ("compare.py", "Compare methods", "📊"),
+    "playground": ("playground.py", "Reward playground", "🧪"),
 }
 
 

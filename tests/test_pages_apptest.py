@@ -193,13 +193,55 @@ def test_launch_clones_a_past_runs_config(db):
 
 def test_launch_starts_from_a_preset(db):
     at = app()
+    assert by_key(at.radio, "preset").value == "default"  # presets come first, the measured default chosen
     assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(RunConfig().ppo.learning_rate)
-    by_key(at.selectbox, "preset").set_value("seed-article").run()
+    by_key(at.radio, "preset").set_value("seed-article").run()
     assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(1.41e-5)
     assert by_key(at.number_input, "cfg-ppo-max_ppo_steps").value == 10
-    by_key(at.selectbox, "preset").set_value("tour").run()
+    by_key(at.radio, "preset").set_value("tour").run()
     assert by_key(at.text_input, "cfg-name").value == "tour"
     assert by_key(at.number_input, "cfg-data-holdout_size").value == 50
+    # legal but unwise: the tour's 50 hold-out prompts are warned about, next to Start, linked to the Data section
+    assert any("Only 50 hold-out prompts" in w.value and "(#sec-data)" in w.value for w in at.warning)
+    assert any(c.value.startswith("Estimated duration: about") for c in at.caption)
+    by_key(at.radio, "preset").set_value("custom").run()  # custom keeps the values
+    assert by_key(at.text_input, "cfg-name").value == "tour"
+
+
+def test_launch_problems_are_listed_by_start_and_linked_to_their_fields(db):
+    at = app()
+    by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(5).run()
+    listed = [e.value for e in at.error if "to fix before the run can start:" in e.value]
+    assert listed and "[Responses per gradient step](#sec-ppo)" in listed[0] and "must divide batch_size" in listed[0]
+    assert by_key(at.button, "start-run").disabled
+    ppo = next(e for e in at.expander if e.label == "PPO settings")
+    assert ppo.proto.expanded  # the section holding the problem is open
+    # essentials sit outside the expanders: steps and learning rate are drawn once, above
+    assert len([w for w in at.number_input if w.key == "cfg-ppo-learning_rate"]) == 1
+    assert not [w for w in ppo.number_input if w.key in ("cfg-ppo-learning_rate", "cfg-ppo-max_ppo_steps")]
+    assert by_key(at.number_input, "cfg-ppo-learning_rate").label == "Learning rate"
+    assert by_key(at.number_input, "cfg-ppo-lam").label == "GAE λ (bias–variance of advantages)"
+    assert not any("seed trap" in (w.help or "") or "seed value" in (w.help or "") for w in at.number_input)
+
+
+def test_first_start_offers_the_tour_and_one_click_queues_it(db):
+    at = app()
+    assert by_key(at.button, "welcome-tour") and by_key(at.button, "welcome-default")
+    by_key(at.button, "welcome-tour").click().run()
+    (run,) = db.list_runs()
+    assert run.status == "queued" and run.name == "tour"
+    cfg = RunConfig.from_yaml(run.config_yaml)
+    assert cfg.model.name_or_path == "builtin:tiny-gpt2" and cfg.ppo.max_ppo_steps == 8
+    assert at.title[0].value == "Live run" and at.query_params["run"] == run.id
+    at = app()  # a store with a run: no welcome panel
+    assert not [b for b in at.button if b.key in ("welcome-tour", "welcome-default")]
+
+
+def test_first_start_queues_the_measured_default(db):
+    at = app()
+    by_key(at.button, "welcome-default").click().run()
+    (run,) = db.list_runs()
+    assert RunConfig.from_yaml(run.config_yaml) == RunConfig()
 
 
 # ---- live ---------------------------------------------------------------------------------------------

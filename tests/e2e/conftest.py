@@ -48,11 +48,13 @@ class LabServer:
         return Store(self.db)
 
 
-def start_server(db: Path, log: Path, port: int | None = None, env: dict | None = None) -> LabServer:
-    """`streamlit run app/main.py` over the store `db`, waited for until healthy (pytest.fail if it is not)."""
+def start_server(db: Path, log: Path, port: int | None = None, env: dict | None = None,
+                 script: str = "app/main.py") -> LabServer:
+    """`streamlit run <script>` over the store `db`, waited for until healthy (pytest.fail if it is not).
+    script="app/serve.py" is what scripts/lab.sh serves (main.py plus the deep-link fix)."""
     port = port or free_port()
     env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
     with open(log, "wb") as out:
