@@ -17,55 +17,69 @@ import numpy as np
 
 
 def generate_responses(bundle, prompts: Sequence[str], gen, *, which: str, batch_size: int,
-                       max_prompt_tokens: int, seed: int, progress: Callable[[int, int], None] | None = None
+                       max_prompt_tokens: int, seed: int, progress: Callable[[int, int], None] | None = None,
+                       repeats: int = 1, share_prompt_states: bool = True
                        ) -> tuple[list[str], list[int], list[float]]:
-    """Responses of the reference (`which="before"`) or the policy (`"after"`), in batches.
+    """`repeats` responses to each prompt (a prompt's responses side by side) by the reference (`which="before"`)
+    or the policy (`"after"`), in batches of about `batch_size` responses (whole prompts: at least one per batch).
 
     Returns (responses, token lengths, KL per response). The KL of a policy sample is
     sum_t log p(y_t) - log p_ref(y_t), an unbiased estimate of KL(policy || reference); it is
     computed for "after" only (the reference's own KL is 0) on the same samples, so no extra generation.
+    With `share_prompt_states` each prompt's prefill (and the reference's pass over it) is done once for its
+    responses; the sampling distribution is the same either way. `progress(done, total)` counts responses, from 0.
     """
     from engine.ppo import decode_responses
 
     responses, lengths, kls = [], [], []
+    total = len(prompts) * repeats
+    per_batch = max(1, batch_size // repeats)
     bundle.policy.eval()
+    if progress:
+        progress(0, total)
     # Evaluation always runs at the weights' own precision (training may use bf16 autocast for speed):
     # the before/after numbers and the KL describe the model itself, not a rounded copy of it.
     with bundle.full_precision():
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start:start + batch_size])
+        for start in range(0, len(prompts), per_batch):
+            chunk = list(prompts[start:start + per_batch])
             # Same seed per batch before and after, so the two sides differ by the weights only.
             r, rm, kl = _generate_batch(bundle, chunk, gen, which=which, max_prompt_tokens=max_prompt_tokens,
-                                        seed=seed + start)
+                                        seed=seed + start * repeats, repeats=repeats,
+                                        share_prompt_states=share_prompt_states)
             responses += decode_responses(bundle.tokenizer, r, rm)
             lengths += rm.sum(1).tolist()
             kls += kl
             if progress:
-                progress(min(start + batch_size, len(prompts)), len(prompts))
+                progress(len(responses), total)
     return responses, lengths, kls
 
 
-def _generate_batch(bundle, chunk: list[str], gen, *, which: str, max_prompt_tokens: int, seed: int):
-    """One batch of hold-out responses `(ids, mask, KL per response)`, sampled after seeding torch with `seed`."""
+def _generate_batch(bundle, chunk: list[str], gen, *, which: str, max_prompt_tokens: int, seed: int,
+                    repeats: int = 1, share_prompt_states: bool = True):
+    """`repeats` responses to each prompt of one batch `(ids, mask, KL per response)`, sampled after seeding torch
+    with `seed`."""
     import torch
 
     from engine.models import encode_queries, generate, logprobs_from_logits, min_new_tokens, reference_logprobs
 
     policy = bundle.policy
     q, qm = encode_queries(bundle, chunk, max_prompt_tokens, policy.device)
+    k = repeats
+    if not share_prompt_states and k > 1:  # the plain path: every prompt runs with each of its responses
+        q, qm, k = q.repeat_interleave(k, dim=0), qm.repeat_interleave(k, dim=0), 1
     torch.manual_seed(seed)
     if which == "before":
         with bundle.reference_lm() as ref:
-            r, rm = generate(bundle, ref, q, qm, gen)
-        return r, rm, [0.0] * len(chunk)
+            r, rm = generate(bundle, ref, q, qm, gen, repeats=k)
+        return r, rm, [0.0] * len(r)
     # The sampler's own logits give the policy's log-probs: no second policy pass over prompt + response.
-    r, rm, logits = generate(bundle, policy.lm, q, qm, gen, with_logits=True)
+    r, rm, logits = generate(bundle, policy.lm, q, qm, gen, with_logits=True, repeats=k)
     with torch.no_grad():
         # KL of the distribution actually sampled (min-length EOS ban included), as in training
         n_min, eos = min_new_tokens(gen), bundle.tokenizer.eos_token_id
         logp = logprobs_from_logits(logits, r, gen.temperature, n_min, eos)
         del logits
-        ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min)
+        ref_lp = reference_logprobs(bundle, q, qm, r, rm, gen.temperature, n_min, repeats=k)
     return r, rm, ((logp - ref_lp) * rm).sum(1).tolist()
 
 
@@ -79,9 +93,9 @@ def evaluate_side(bundle, evaluator, prompts: Sequence[str], gen, settings, *, w
     """
     k = settings.samples_per_prompt
     repeated = [p for p in prompts for _ in range(k)]
-    responses, lengths, kls = generate_responses(bundle, repeated, gen, which=which, batch_size=settings.batch_size,
-                                                 max_prompt_tokens=max_prompt_tokens, seed=settings.seed,
-                                                 progress=progress)
+    responses, lengths, kls = generate_responses(bundle, list(prompts), gen, which=which,
+                                                 batch_size=settings.batch_size, max_prompt_tokens=max_prompt_tokens,
+                                                 seed=settings.seed, progress=progress, repeats=k)
     tox = score_toxicity(evaluator, responses)
     rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": kl}}
             for i, (p, r, t, n, kl) in enumerate(zip(repeated, responses, tox, lengths, kls, strict=True))]

@@ -38,11 +38,14 @@ import torch
 from engine.config import GenerationSettings, PPOSettings
 from engine.models import (
     PolicyBundle,
+    PromptStates,
+    can_share_prompt,
     encode_queries,
     entropy_from_logits,
     generate,
     logprobs_from_logits,
     min_new_tokens,
+    prompt_states,
     reference_logprobs,
 )
 
@@ -230,6 +233,12 @@ class Rollout:
     response_mask: torch.Tensor
     scores: torch.Tensor
     raw_scores: dict[str, list[float]]
+    # The distinct prompts (each answered by `repeats` consecutive responses) and the policy's states of them,
+    # computed once for generation and reused by the pass that gives the old log-probs and values.
+    prompt_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    repeats: int = 1
+    policy_states: PromptStates | None = None
 
 
 @dataclass
@@ -258,8 +267,11 @@ class PPOTrainer:
     """
 
     def __init__(self, bundle: PolicyBundle, reward_fn: RewardFn, ppo: PPOSettings, gen: GenerationSettings,
-                 max_prompt_tokens: int = 256, callbacks: Sequence[Callable] = ()):
+                 max_prompt_tokens: int = 256, callbacks: Sequence[Callable] = (), share_prompt_states: bool = True):
         self.bundle, self.reward_fn, self.cfg, self.gen = bundle, reward_fn, ppo, gen
+        # Each prompt's work done once for its responses (generation prefill, old-stats and reference passes);
+        # False runs every prompt with each of its responses (the plain path, kept for the equivalence tests/bench).
+        self.share_prompt_states = share_prompt_states
         self.max_prompt_tokens = max_prompt_tokens
         self.callbacks = list(callbacks)
         self.kl_ctl = kl_controller(ppo)
@@ -272,36 +284,61 @@ class PPOTrainer:
         self.min_new, self.eos_id = min_new_tokens(gen), bundle.tokenizer.eos_token_id
 
     # 1-2. rollout and score ------------------------------------------------------------------------
-    def rollout(self, prompts: Sequence[str]) -> Rollout:
-        policy, tok = self.bundle.policy, self.bundle.tokenizer
-        query_ids, query_mask = encode_queries(self.bundle, list(prompts), self.max_prompt_tokens, policy.device)
+    def rollout(self, prompts: Sequence[str], repeats: int = 1) -> Rollout:
+        """Sample `repeats` responses to each prompt (a prompt's responses side by side) and score them."""
+        bundle, policy, tok = self.bundle, self.bundle.policy, self.bundle.tokenizer
+        prompt_ids, prompt_mask = encode_queries(bundle, list(prompts), self.max_prompt_tokens, policy.device)
         policy.eval()
-        response_ids, response_mask = generate(self.bundle, policy.lm, query_ids, query_mask, self.gen)
+        states = None
+        if self.share_prompt_states and can_share_prompt(bundle.seq2seq, prompt_ids):
+            with bundle.autocast():
+                states = prompt_states(policy.lm, bundle.seq2seq, prompt_ids, prompt_mask)
+            response_ids, response_mask = generate(bundle, policy.lm, prompt_ids, prompt_mask, self.gen,
+                                                   repeats=repeats, states=states)
+        query_ids = prompt_ids.repeat_interleave(repeats, dim=0)
+        query_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+        if states is None:
+            response_ids, response_mask = generate(bundle, policy.lm, query_ids, query_mask, self.gen)
         responses = decode_responses(tok, response_ids, response_mask)
-        scores, raw = self.reward_fn(list(prompts), responses)
-        return Rollout(list(prompts), responses, query_ids, query_mask, response_ids, response_mask,
-                       torch.tensor(scores, dtype=torch.float32, device=policy.device), raw)
+        every_prompt = [p for p in prompts for _ in range(repeats)]
+        scores, raw = self.reward_fn(every_prompt, responses)
+        return Rollout(every_prompt, responses, query_ids, query_mask, response_ids, response_mask,
+                       torch.tensor(scores, dtype=torch.float32, device=policy.device), raw,
+                       prompt_ids=prompt_ids, prompt_mask=prompt_mask, repeats=repeats, policy_states=states)
 
     # 3. forward pass without gradients -------------------------------------------------------------
-    def _forward(self, q, qm, r, rm):
-        logits, values = self.bundle.policy(q, qm, r, rm)
+    def _forward(self, q, qm, r, rm, repeats: int = 1, states: PromptStates | None = None):
+        logits, values = self.bundle.policy(q, qm, r, rm, repeats=repeats, states=states)
         return logprobs_from_logits(logits, r, self.gen.temperature, self.min_new, self.eos_id), values, logits
+
+    def _old_stats(self, ro: Rollout):
+        """Old log-probs, values, logits and the reference's log-probs of the rollout, without gradients; with
+        shared prompt states the policy reuses the rollout's and the reference runs each prompt once."""
+        q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
+        temp = self.gen.temperature
+        if ro.policy_states is not None:
+            out = self._forward(ro.prompt_ids, ro.prompt_mask, r, rm, repeats=ro.repeats, states=ro.policy_states)
+            ro.policy_states = None  # used up: free the cache
+            ref = reference_logprobs(self.bundle, ro.prompt_ids, ro.prompt_mask, r, rm, temp, self.min_new,
+                                     repeats=ro.repeats)
+            return (*out, ref)
+        out = self._forward(q, qm, r, rm)
+        return (*out, reference_logprobs(self.bundle, q, qm, r, rm, temp, self.min_new))
 
     def step(self, prompts: Sequence[str]) -> dict[str, float]:
         """One PPO step on a batch of prompts (each sampled `num_generations` times); returns the step's metrics."""
         cfg = self.cfg
         k = max(1, cfg.num_generations)
         t0 = time.perf_counter()
-        ro = self.rollout([p for p in prompts for _ in range(k)])  # a prompt's k responses sit side by side
+        ro = self.rollout(list(prompts), repeats=k)  # a prompt's k responses sit side by side
         t_rollout = time.perf_counter() - t0
         q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
         mask = rm.float()
 
         with torch.no_grad():
-            old_logprobs, old_values, logits = self._forward(q, qm, r, rm)
+            old_logprobs, old_values, logits, ref_logprobs = self._old_stats(ro)
             entropy = entropy_from_logits(logits, self.gen.temperature, self.min_new, self.eos_id)
             del logits
-            ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature, self.min_new)
 
             # 4. per-token rewards with the KL penalty (scores first centred per prompt when k > 1)
             scores = leave_one_out_baseline(ro.scores, k)
