@@ -164,6 +164,18 @@ def summarize(before: Sequence[float], after: Sequence[float], *, threshold: flo
     return out
 
 
+def relevance_summary(before: Sequence[float], after: Sequence[float], *, bootstrap_samples: int = 2000, seed: int = 0,
+                      samples_per_prompt: int = 1) -> dict[str, float]:
+    """Mean relevance (engine.relevance: cosine of response and dialogue) before and after, and the paired bootstrap
+    95 % interval of the change after - before (whole prompts resampled, as for toxicity)."""
+    b, a = np.asarray(before, float), np.asarray(after, float)
+    change = bootstrap_change(b, a, bootstrap_samples, seed, group_size=samples_per_prompt)
+    return {"relevance_before": float(b.mean()) if b.size else math.nan,
+            "relevance_after": float(a.mean()) if a.size else math.nan,
+            "relevance_delta": change["delta_mean"],
+            "relevance_ci_low": change["delta_ci_low"], "relevance_ci_high": change["delta_ci_high"]}
+
+
 def score_toxicity(evaluator, texts: Sequence[str], batch_size: int = 64) -> list[float]:
     """Toxicity probability of each text by the evaluator, in batches."""
     out: list[float] = []
@@ -186,6 +198,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (f" ({b['n'] // summary['samples_per_prompt']} prompts x {summary['samples_per_prompt']})"
            if summary.get("samples_per_prompt", 1) > 1 else ""),
     ]
+    if "relevance_before" in summary:
+        lines.append(f"relevance (cosine, response vs dialogue): {summary['relevance_before']:.4f} -> "
+                     f"{summary['relevance_after']:.4f}, change 95% CI [{summary['relevance_ci_low']:+.4f}, "
+                     f"{summary['relevance_ci_high']:+.4f}]")
+    elif summary.get("relevance_error"):
+        lines.append(f"relevance: not measured ({summary['relevance_error']})")
     for key, label in (("mean_kl", "mean KL to reference"), ("length_before", "response length before"),
                        ("length_after", "response length after")):
         if key in summary:
