@@ -60,6 +60,9 @@ class ModelSettings:
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # A seed pins the run: torch threads fixed, deterministic kernels, every RNG seeded (engine/determinism.py).
+    deterministic: bool = True
+    threads: int = 0  # torch threads for the run; 0: every core the process may use (recorded with the run)
 
 
 @dataclass
@@ -747,6 +750,11 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     _choice(e, "model.mixed_precision", m.mixed_precision, MIXED_PRECISION)
     if (problem := device_problem(m.device)):
         e.append(FieldError("model.device", problem))
+    if not _ints(m.threads):
+        e.append(FieldError("model.threads", f"must be a whole number of threads (0: every core), got "
+                                              f"{_show(m.threads)}"))
+    else:
+        _range(e, "model.threads", m.threads, 0, 4096)
     if m.lora.enabled:
         _range(e, "model.lora.r", m.lora.r, 1, 1024)
         _range(e, "model.lora.alpha", m.lora.alpha, 0, 1e6, low_open=True)
