@@ -213,7 +213,11 @@ class DataSettings:
     min_chars: int = 100  # seed keeps dialogues with 100 < length <= 500
     max_chars: int = 500
     train_size: int | None = None  # None: every prompt not held out
-    holdout_size: int = 200  # seed trap 3: >= 200 hold-out prompts, not 10
+    # Prompts are split three ways (engine.data.split_three: seeded, disjoint, one prompt per dialogue): the test
+    # split (holdout_size prompts, the end of the seeded order: it never moves when validation_size is tuned),
+    # validation (validation_size prompts, for choosing settings) and training (the rest, or train_size of it).
+    holdout_size: int = 200  # the test split's size; seed trap 3: >= 200 hold-out prompts, not 10
+    validation_size: int = 0  # the validation split's size (0: none)
     max_prompt_tokens: int = 256  # prompts are cut from the left to this many tokens
     split_seed: int = 42
 
@@ -231,6 +235,8 @@ class EvaluationSettings:
     toxic_threshold: float = 0.5  # the "toxic rate" is the share of responses above this
     bootstrap_samples: int = 2000  # for the 95 % interval of the change in mean toxicity
     seed: int = 1234  # evaluation sampling seed, the same before and after
+    split: str = "test"  # test | validation: the prompts evaluated (choose settings on validation, report test)
+    relevance: bool = True  # cosine of each response with its dialogue (offline MiniLM, engine/relevance.py)
 
 
 @dataclass
@@ -730,6 +736,9 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
     return errors
 
 
+EVALUATION_SPLITS = ("test", "validation")
+
+
 def validate(cfg: RunConfig) -> list[FieldError]:
     """Every problem of `cfg`, each naming its field and the allowed range. Loads nothing."""
     e: list[FieldError] = _non_finite(cfg)
@@ -836,6 +845,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     if d.train_size is not None:
         _range(e, "data.train_size", d.train_size, 1, 100_000_000)
     _range(e, "data.holdout_size", d.holdout_size, 0, 1_000_000)
+    _range(e, "data.validation_size", d.validation_size, 0, 1_000_000)
     _range(e, "data.max_prompt_tokens", d.max_prompt_tokens, 8, 32768)
     _seed(e, "data.split_seed", d.split_seed)
     if (problem := data_source_problem(d.source)):
@@ -853,7 +863,11 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         # The interval resamples hold-out prompts this many times: 10**12 ran out of memory after training.
         _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, MAX_BOOTSTRAP_SAMPLES)
         _seed(e, "evaluation.seed", ev.seed)
-        if _numbers(d.holdout_size) and d.holdout_size < 1:
+        _choice(e, "evaluation.split", ev.split, EVALUATION_SPLITS)
+        if ev.split == "validation":
+            if _numbers(d.validation_size) and d.validation_size < 1:
+                e.append(FieldError("data.validation_size", "must be >= 1 when evaluation.split is validation"))
+        elif _numbers(d.holdout_size) and d.holdout_size < 1:
             e.append(FieldError("data.holdout_size", "must be >= 1 when evaluation is enabled"))
     if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
         e.append(FieldError("output_dir", "must not be empty"))
