@@ -84,10 +84,11 @@ def _generate_batch(bundle, chunk: list[str], gen, *, which: str, max_prompt_tok
 
 
 def evaluate_side(bundle, evaluator, prompts: Sequence[str], gen, settings, *, which: str, max_prompt_tokens: int,
-                  progress: Callable[[int, int], None] | None = None
-                  ) -> tuple[list[dict[str, Any]], list[float], list[int], list[float]]:
+                  progress: Callable[[int, int], None] | None = None, relevance_scorer=None,
+                  template: str | None = None) -> tuple[list[dict[str, Any]], list[float], list[int], list[float]]:
     """One side of the before/after evaluation: `settings.samples_per_prompt` responses to every prompt (a prompt's
-    responses side by side), each scored by the evaluator.
+    responses side by side), each scored by the evaluator, and with a `relevance_scorer` (engine.relevance) by its
+    cosine with the prompt's dialogue (the prompt less its `template`), kept as each row's `scores["relevance"]`.
 
     Returns (store rows, toxicity, lengths, KL) per response; `settings` is the run's EvaluationSettings.
     """
@@ -99,7 +100,19 @@ def evaluate_side(bundle, evaluator, prompts: Sequence[str], gen, settings, *, w
     tox = score_toxicity(evaluator, responses)
     rows = [{"idx": i, "prompt": p, "response": r, "toxicity": t, "scores": {"length": n, "kl": kl}}
             for i, (p, r, t, n, kl) in enumerate(zip(repeated, responses, tox, lengths, kls, strict=True))]
+    if relevance_scorer is not None:
+        from engine.relevance import dialogue_of
+
+        sims = relevance_scorer.score(responses, [dialogue_of(p, template) for p in repeated])
+        for row, sim in zip(rows, sims, strict=True):
+            row["scores"]["relevance"] = sim
     return rows, tox, lengths, kls
+
+
+def relevance_of(rows: Sequence[dict[str, Any]]) -> list[float]:
+    """The relevance of each row (`evaluate_side` with a scorer), or [] when it was not measured."""
+    values = [r.get("scores", {}).get("relevance") for r in rows]
+    return [float(v) for v in values] if values and all(v is not None for v in values) else []
 
 
 def toxicity_stats(values: Sequence[float], threshold: float = 0.5) -> dict[str, float]:

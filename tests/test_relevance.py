@@ -68,3 +68,30 @@ def test_relevance_summary_has_a_paired_interval_over_prompts():
     text = format_summary(summary)
     assert "relevance" in text and "0.5000 -> 0.3000" in text and "[-0.2000, -0.2000]" in text
     assert not math.isnan(out["relevance_ci_low"])
+
+
+@needs_encoder
+def test_evaluate_side_scores_each_response_against_its_dialogue(tiny_gpt2_dir, scorer):
+    import torch
+
+    from engine.config import EvaluationSettings, GenerationSettings, ModelSettings
+    from engine.evaluate import evaluate_side, relevance_of
+    from engine.models import load_policy
+
+    torch.manual_seed(0)
+    bundle = load_policy(ModelSettings(name_or_path=str(tiny_gpt2_dir), device="cpu"))
+
+    class Constant:
+        def toxicity(self, texts):
+            return [0.1] * len(texts)
+
+    prompts = [TEMPLATE.format(dialogue=DIALOGUE), TEMPLATE.format(dialogue="Human: hi\n\nAssistant: hello")]
+    rows, tox, _, _ = evaluate_side(bundle, Constant(), prompts, GenerationSettings(max_new_tokens=4, min_length=1),
+                                    EvaluationSettings(samples_per_prompt=2, batch_size=4), which="before",
+                                    max_prompt_tokens=64, relevance_scorer=scorer, template=TEMPLATE)
+    sims = relevance_of(rows)
+    assert len(sims) == 4 and tox == [0.1] * 4
+    want = scorer.score([r["response"] for r in rows], [DIALOGUE, DIALOGUE, "Human: hi\n\nAssistant: hello",
+                                                         "Human: hi\n\nAssistant: hello"])
+    assert sims == pytest.approx(want)
+    assert relevance_of([{"scores": {}}]) == []
