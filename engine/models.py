@@ -96,13 +96,12 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
     optionally the last hidden state `[B, R, H]` of the position that predicts it.
 
     With `repeats` k > 1 or prompt `states`, the queries are the distinct prompts `[B / k, Q]`, each answered by k
-    consecutive responses; without gradients the prompt's work is then done once per prompt
-    (`forward_with_prompt_states`).
+    consecutive responses: the prompt's work is then done once per prompt (`forward_with_prompt_states`).
     """
-    if states is not None or (repeats > 1 and can_share_prompt(seq2seq, query_ids) and not torch.is_grad_enabled()):
+    if states is not None or (repeats > 1 and can_share_prompt(seq2seq, query_ids)):
         return forward_with_prompt_states(lm, seq2seq, query_ids, query_mask, response_ids, response_mask,
                                           repeats=repeats, states=states, with_hidden=with_hidden)
-    if repeats > 1:  # with gradients (or a one-column prompt) the prompt runs with each of its responses
+    if repeats > 1:  # a one-column prompt runs with each of its responses
         query_ids = query_ids.repeat_interleave(repeats, dim=0)
         query_mask = query_mask.repeat_interleave(repeats, dim=0)
     if seq2seq:
@@ -147,19 +146,29 @@ class PromptStates:
     rows: int
     cache: Any = None  # causal: a transformers Cache over query_ids[:, :-1]
     encoder_outputs: Any = None  # seq2seq: the encoder's BaseModelOutput
+    with_grad: bool = False  # computed with gradients (a training pass back-propagates through the prompt too)
 
     def repeated(self, repeats: int) -> "PromptStates":
-        """A copy with each prompt's states repeated `repeats` times side by side (a forward pass extends a cache in
-        place, so every consumer gets its own copy)."""
+        """A copy with each prompt's states repeated `repeats` times side by side (a forward pass extends a cache,
+        so every consumer gets its own). `repeat_interleave` is differentiable: gradients reach the prompt's states."""
         if self.seq2seq:
             from transformers.modeling_outputs import BaseModelOutput
 
             hidden = self.encoder_outputs.last_hidden_state.repeat_interleave(repeats, dim=0)
-            return PromptStates(True, self.rows * repeats, encoder_outputs=BaseModelOutput(last_hidden_state=hidden))
-        cache = copy.deepcopy(self.cache)
-        if repeats > 1:
-            cache.batch_repeat_interleave(repeats)
-        return PromptStates(False, self.rows * repeats, cache=cache)
+            return PromptStates(True, self.rows * repeats, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                with_grad=self.with_grad)
+        from transformers.cache_utils import DynamicLayer
+
+        if all(type(layer) is DynamicLayer for layer in getattr(self.cache, "layers", [None])):
+            # A DynamicLayer rebinds its tensors on every update (torch.cat), never writes into them: copies of the
+            # layer objects holding new repeated tensors leave the original cache as it was (no deep copy of a
+            # tensor that needs gradients, which torch refuses).
+            cache = copy.copy(self.cache)
+            cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        else:  # other cache layers may update in place
+            cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(repeats)
+        return PromptStates(False, self.rows * repeats, cache=cache, with_grad=self.with_grad)
 
 
 def can_share_prompt(seq2seq: bool, query_ids) -> bool:
@@ -172,12 +181,13 @@ def _positions(mask):
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def prompt_states(lm, seq2seq: bool, query_ids, query_mask) -> PromptStates:
-    """The prompts' reusable states under `lm` (run it under the autocast the later passes use), without gradients."""
-    with torch.no_grad():
+def prompt_states(lm, seq2seq: bool, query_ids, query_mask, with_grad: bool = False) -> PromptStates:
+    """The prompts' reusable states under `lm` (run it under the autocast the later passes use), without gradients
+    unless `with_grad` (for a training pass that uses them once)."""
+    with torch.set_grad_enabled(with_grad):
         if seq2seq:
             enc = lm.get_encoder()(input_ids=query_ids, attention_mask=query_mask, return_dict=True)
-            return PromptStates(True, len(query_ids), encoder_outputs=enc)
+            return PromptStates(True, len(query_ids), encoder_outputs=enc, with_grad=with_grad)
         kwargs = dict(input_ids=query_ids[:, :-1], attention_mask=query_mask[:, :-1],
                       position_ids=_positions(query_mask)[:, :-1], use_cache=True)
         try:  # the LM head is not needed on the prompt
@@ -187,20 +197,21 @@ def prompt_states(lm, seq2seq: bool, query_ids, query_mask) -> PromptStates:
         cache = out.get("cache", None)
         if cache is None:
             cache = out.get("past_key_values", None)
-        return PromptStates(False, len(query_ids), cache=cache)
+        return PromptStates(False, len(query_ids), cache=cache, with_grad=with_grad)
 
 
 def forward_with_prompt_states(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, *,
                                repeats: int = 1, states: PromptStates | None = None, with_hidden: bool = False):
     """`forward_lm` for k = `repeats` responses per prompt, the prompt's work done once: query_ids `[B, Q]` are
     the distinct prompts, responses `[B * k, R]` (a prompt's k side by side). `states` are reused when given
-    (`prompt_states` of the same prompts and LM), computed here otherwise. Only the response tokens (and, causal,
-    each prompt's last token) go through the LM again. For passes without gradients: the prompt's states hold none.
+    (`prompt_states` of the same prompts and LM), computed here otherwise (with gradients when they are enabled:
+    a training pass then runs each prompt once for its k responses and back-propagates through it). Only the
+    response tokens (and, causal, each prompt's last token) go through the LM again.
     """
-    if torch.is_grad_enabled():
-        raise RuntimeError("shared prompt states carry no gradients: use forward_lm with repeats=1 to train")
     if states is None:
-        states = prompt_states(lm, seq2seq, query_ids, query_mask)
+        states = prompt_states(lm, seq2seq, query_ids, query_mask, with_grad=torch.is_grad_enabled())
+    elif torch.is_grad_enabled() and not states.with_grad:
+        raise RuntimeError("these prompt states carry no gradients: a training pass must compute its own")
     if states.rows * repeats != len(response_ids):
         raise ValueError(f"{states.rows} prompts x {repeats} do not match {len(response_ids)} responses")
     mine = states.repeated(repeats)

@@ -325,6 +325,27 @@ class PPOTrainer:
         out = self._forward(q, qm, r, rm)
         return (*out, reference_logprobs(self.bundle, q, qm, r, rm, temp, self.min_new))
 
+    def _minibatches(self, ro: Rollout, batch: int, mb: int):
+        """One epoch's shuffled mini-batches: (response indices, prompt indices or None).
+
+        With shared prompt states and k > 1 responses per prompt dividing the mini-batch, a mini-batch holds whole
+        prompts (mb / k prompts, each with its k responses; the prompts shuffled), so the update runs each prompt
+        once for its k responses. Otherwise responses are shuffled one by one and every prompt runs with each."""
+        device = ro.query_ids.device
+        k = ro.repeats
+        if (self.share_prompt_states and k > 1 and mb % k == 0 and ro.prompt_ids is not None
+                and can_share_prompt(self.bundle.seq2seq, ro.prompt_ids)):
+            order = torch.randperm(batch // k, generator=self.generator)
+            per = mb // k
+            for start in range(0, batch // k, per):
+                prompts_idx = order[start:start + per].to(device)
+                idx = (prompts_idx[:, None] * k + torch.arange(k, device=device)).flatten()
+                yield idx, prompts_idx
+            return
+        order = torch.randperm(batch, generator=self.generator)
+        for start in range(0, batch, mb):
+            yield order[start:start + mb].to(device), None
+
     def step(self, prompts: Sequence[str]) -> dict[str, float]:
         """One PPO step on a batch of prompts (each sampled `num_generations` times); returns the step's metrics."""
         cfg = self.cfg
@@ -356,10 +377,12 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         minibatches: list[dict[str, float]] = []
         for _epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(batch, generator=self.generator)
-            for start in range(0, batch, mb):
-                idx = order[start:start + mb].to(q.device)
-                new_logprobs, new_values, _ = self._forward(q[idx], qm[idx], r[idx], rm[idx])
+            for idx, prompts_idx in self._minibatches(ro, batch, mb):
+                if prompts_idx is None:
+                    new_logprobs, new_values, _ = self._forward(q[idx], qm[idx], r[idx], rm[idx])
+                else:  # whole prompts: each runs once for its k responses, forward and backward
+                    new_logprobs, new_values, _ = self._forward(ro.prompt_ids[prompts_idx], ro.prompt_mask[prompts_idx],
+                                                                r[idx], rm[idx], repeats=ro.repeats)
                 m = mask[idx]
                 pg_loss, pg_stats = policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], m, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(new_values, old_values[idx], returns[idx], m, cfg.cliprange_value)

@@ -96,11 +96,38 @@ def test_policy_and_reference_log_probs_values_and_kl_match_the_plain_path(which
         assert _close(logprobs_from_logits(fast_bare, r, 0.7, n_min, eos), plain_lp, rm) <= TOL
     # the EOS ban is in: a banned EOS has (almost) no probability under both
     assert (plain_lp * rm).abs().sum() > 0
-    # with gradients the prompt runs with each response (states hold no gradients)
-    logits, _ = forward_lm(bundle.policy.lm, bundle.seq2seq, q, qm, r, rm, repeats=K)
-    assert logits.requires_grad
-    lp = logprobs_from_logits(logits, r, 0.7, n_min, eos)
-    assert _close(lp.detach(), plain_lp, rm) <= TOL
+    # states computed without gradients cannot serve a training pass
+    with pytest.raises(RuntimeError, match="no gradients"):
+        bundle.policy(q, qm, r, rm, repeats=K, states=states)
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_training_gradients_through_shared_prompt_states_match_the_plain_path(which, request):
+    """A training pass that runs each prompt once for its k responses back-propagates through the prompt: the
+    loss and every parameter's gradient equal the plain path's (prompt repeated with each response)."""
+    bundle = _bundle(request.getfixturevalue(which))
+    q, qm = _queries(bundle)
+    torch.manual_seed(3)
+    r, rm = generate(bundle, bundle.policy.lm, q, qm, GEN, repeats=K)
+    weights = torch.linspace(-1, 1, r.numel()).view_as(r)  # a loss that depends on every token differently
+
+    def grads(**kw):
+        bundle.policy.zero_grad(set_to_none=True)
+        logits, values = bundle.policy(**kw, response_ids=r, response_mask=rm)
+        lp = logprobs_from_logits(logits, r, 0.7, 3, bundle.tokenizer.eos_token_id)
+        loss = ((lp + values) * weights * rm).sum()
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in bundle.policy.named_parameters() if p.grad is not None}
+
+    fast_loss, fast = grads(query_ids=q, query_mask=qm, repeats=K)
+    plain_loss, plain = grads(query_ids=_rep(q), query_mask=_rep(qm))
+    assert fast_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert fast.keys() == plain.keys()
+    # gradients reach the layers that only see the prompt through attention (every layer's key/value weights)
+    for name in plain:
+        scale = float(plain[name].abs().max()) + 1e-8
+        assert float((fast[name] - plain[name]).abs().max()) <= 1e-5 * max(1.0, scale), name
+    assert sum(float(g.abs().sum()) for g in fast.values()) > 0
 
 
 def test_lora_reference_with_shared_prompt_states(tiny_gpt2_dir):
@@ -145,6 +172,40 @@ def test_ppo_step_statistics_match_the_plain_path(which, k, request):
     for name in ("old_logprobs", "ref_logprobs", "kl", "old_values", "entropy"):
         assert _close(getattr(a, name), getattr(b, name), a.mask) <= TOL, name
     assert a.minibatches[0]["ppo/policy/ratio"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("which", MODELS)
+def test_a_ppo_update_on_whole_prompts_matches_the_plain_update(which, request):
+    """One mini-batch holding the whole rollout (so the shuffling cannot differ): the weights after the update are
+    the plain path's; and with smaller mini-batches each holds whole prompts (all k responses of each)."""
+    path = request.getfixturevalue(which)
+    trainers = []
+    for share in (True, False):
+        bundle = _bundle(path)
+        cfg = PPOSettings(batch_size=4, mini_batch_size=4, ppo_epochs=2, num_generations=2, learning_rate=1e-2,
+                          seed=0, adaptive_kl=False, init_kl_coef=0.1)
+        trainer = PPOTrainer(bundle, lambda p, r: ([float(len(x)) for x in r], {}), cfg, GEN,
+                             max_prompt_tokens=64, share_prompt_states=share)
+        torch.manual_seed(11)
+        trainer.step(PROMPTS[1:])
+        trainers.append(trainer)
+    fast, plain = (dict(t.bundle.policy.named_parameters()) for t in trainers)
+    start = dict(_bundle(path).policy.named_parameters())
+    moved = max(float((fast[name] - start[name]).abs().max()) for name in start)
+    assert moved > 1e-4  # the update did something
+    for name in plain:
+        assert float((fast[name] - plain[name]).abs().max()) <= 1e-5, name
+    for a, b in zip(trainers[0].last.minibatches, trainers[1].last.minibatches, strict=True):
+        assert a["ppo/loss/total"] == pytest.approx(b["ppo/loss/total"], rel=1e-4, abs=1e-6)
+    # mini-batches of 4 from 3 prompts x 2: whole prompts, every response once per epoch
+    ro = trainers[0].rollout(PROMPTS, repeats=2)
+    batches = list(trainers[0]._minibatches(ro, 6, 4))
+    assert [len(idx) for idx, _ in batches] == [4, 2]
+    for idx, prompts_idx in batches:
+        assert idx.tolist() == [i for p in prompts_idx.tolist() for i in (2 * p, 2 * p + 1)]
+    assert sorted(i for idx, _ in batches for i in idx.tolist()) == list(range(6))
+    # the plain path shuffles responses one by one
+    assert all(p is None for _, p in trainers[1]._minibatches(ro, 6, 4))
 
 
 @pytest.mark.parametrize("which", MODELS)
