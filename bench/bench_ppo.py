@@ -151,9 +151,10 @@ def bench_engine(model_dir: Path, prompts: list[str], steps: int, per_prompt: bo
     from engine.ppo import PPOTrainer
 
     torch.manual_seed(SEED)
-    bundle = load_policy(ModelSettings(name_or_path=str(model_dir), device="cpu"))
-    trainer = PPOTrainer(bundle, engine_reward,
-                         PPOSettings(batch_size=BATCH, mini_batch_size=MINI_BATCH, ppo_epochs=1, seed=SEED),
+    bundle = load_policy(ModelSettings(name_or_path=str(model_dir), device="cpu", mixed_precision="none"))
+    trainer = PPOTrainer(bundle, engine_reward,  # one response per prompt, as TRL's PPO in the comparison
+                         PPOSettings(batch_size=BATCH, mini_batch_size=MINI_BATCH, ppo_epochs=1, seed=SEED,
+                                     num_generations=1),
                          GenerationSettings(min_length=NEW_TOKENS, max_new_tokens=NEW_TOKENS),
                          max_prompt_tokens=PROMPT_TOKENS)
     if per_prompt:

@@ -58,6 +58,7 @@ def run_ensemble(model_dir: Path, db: Path, judge_url: str, steps: int) -> str:
     cfg = RunConfig(name="ensemble-demo")
     cfg.model.name_or_path = str(model_dir)
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.generation.max_new_tokens = 8
     cfg.data.source = "builtin"
     cfg.data.holdout_size = 8

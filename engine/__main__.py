@@ -1,6 +1,6 @@
-"""Command line: `python -m engine run CONFIG.yaml`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
+"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
 
-`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.methods.rlhf_chain) and
+`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.runner.rlhf_chain) and
 prints both run ids.
 
 A thin layer over engine.runner and engine.store: it parses arguments, prints, and exits non-zero
@@ -49,13 +49,13 @@ def _printable(text: object) -> str:
 
 
 def cmd_init(args) -> int:
-    from engine.config import RunConfig
+    from engine.presets import preset
 
-    cfg = RunConfig()
+    cfg = preset(args.preset)
     if args.tiny:
         cfg.model.name_or_path = "builtin:tiny-gpt2"
     path = cfg.save(args.path)
-    print(f"wrote the default config to {path}")
+    print(f"wrote the {args.preset} config to {path}")
     return 0
 
 
@@ -102,7 +102,8 @@ def cmd_run(args) -> int:
         elif p.message:
             print(p.message, flush=True)
 
-    # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running".
+    # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running", after a
+    # checkpoint of its last complete step.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     if cfg.method == "reward_model" and cfg.reward_model.then_ppo:
         return _run_rlhf_chain(cfg, store, on_progress)
@@ -116,6 +117,31 @@ def cmd_run(args) -> int:
     for bar in bars.values():
         bar.close()
     return _report(store, run_id, summary)
+
+
+def cmd_resume(args) -> int:
+    """Continue a failed, cancelled or interrupted run from its newest checkpoint (engine.runner.execute)."""
+    from engine.config import RunConfig
+    from engine.runner import Progress, execute
+
+    store = _store(args)
+    cfg = RunConfig.from_yaml(store.get_run(args.run).config_yaml)
+
+    def on_progress(p: Progress) -> None:
+        if p.message and (p.phase != "train" or p.done == p.total or p.done % 10 == 0):
+            print(p.message, flush=True)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    print(f"run {args.run}: resuming ({store.url})")
+    try:
+        summary = execute(cfg, store, args.run, on_progress, resume=True)
+    except ValueError as exc:  # e.g. nothing to resume from (the run is left as it was)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"run {args.run}: interrupted", file=sys.stderr)
+        return 130
+    return _report(store, args.run, summary)
 
 
 def _report(store, run_id: str, summary: dict) -> int:
@@ -134,8 +160,8 @@ def _report(store, run_id: str, summary: dict) -> int:
 
 
 def _run_rlhf_chain(cfg, store, on_progress) -> int:
-    """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.methods.rlhf_chain)."""
-    from engine.methods import rlhf_chain
+    """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.runner.rlhf_chain)."""
+    from engine.runner import rlhf_chain
 
     ids: list[str] = []
 
@@ -159,6 +185,13 @@ def _run_rlhf_chain(cfg, store, on_progress) -> int:
 
 
 def _raise_interrupt(signum, frame):
+    """SIGTERM: the first one stops the run at its next step boundary (it saves a checkpoint and ends interrupted,
+    resumable); a second one stops at once (the run still ends interrupted)."""
+    from engine.progress import request_stop, stop_requested
+
+    if not stop_requested():
+        request_stop(f"signal {signum}")
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -232,6 +265,8 @@ def cmd_export(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.presets import PRESETS  # light: config dataclasses only
+
     parser = argparse.ArgumentParser(prog="python -m engine", description="RLAIF Lab engine")
     parser.add_argument("--db", help="store path or SQLAlchemy URL (default: $RLAIF_LAB_DB or runs/rlaif_lab.db)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -239,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("init", help="write the default config as YAML")
     p.add_argument("path", nargs="?", default="config.yaml")
     p.add_argument("--tiny", action="store_true", help="use the built-in tiny GPT-2 policy")
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="start from a named preset: default (the measured run), seed-article, tour (about 2 min)")
     p.set_defaults(fn=cmd_init)
     p = sub.add_parser("validate", help="check a config (fields and data) without running it")
     p.add_argument("config")
@@ -247,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field, e.g. ppo.max_ppo_steps=3")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_resume)
     p = sub.add_parser("runs", help="list runs")
     p.set_defaults(fn=cmd_runs)
     p = sub.add_parser("show", help="show one run")

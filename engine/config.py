@@ -1,7 +1,8 @@
 """The run config: one typed object per run, saved as YAML with the run and replayable from the CLI.
 
-This module only describes and validates settings; it loads no model and reads no data. Defaults are
-the seed article's (see ../shared/notes/seed-use-case.md), with the reason in each field's comment.
+This module only describes and validates settings; it loads no model and reads no data. Defaults are the
+measured default run's (README "The default run, measured"; configs/default.yaml is RunConfig() written out), with
+the reason in each field's comment; the seed article's values are the preset "seed-article" (engine/presets.py).
 `validate(cfg)` returns every problem at once, each naming its field and the allowed values, so the
 UI can show them next to the widgets and the CLI can refuse a bad file before any work starts.
 """
@@ -56,7 +57,9 @@ class ModelSettings:
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto; CPU training wants float32
     # PPO's generation and forward/backward under bfloat16 autocast, weights and Adam state kept in `dtype`; evaluation
     # always runs at full precision. About 2x faster where the chip has bf16 units, slower on CPUs without them.
-    mixed_precision: str = "none"  # none | bf16 (GPUs, CPUs with AVX512-BF16 or AMX: about 2x faster PPO steps)
+    # bf16: 1.9x faster PPO steps on the 2-core CPU the default run was measured on (and on GPUs); pick none on a
+    # CPU without bf16 units (AVX512-BF16 / AMX), where autocast is slower.
+    mixed_precision: str = "bf16"  # none | bf16: 1.9x faster PPO steps where the chip has bf16 units
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -67,21 +70,26 @@ class ModelSettings:
 
 @dataclass
 class PPOSettings:
-    """PPO hyperparameters; defaults are the seed's (old TRL PPOConfig defaults behind it)."""
+    """PPO hyperparameters: the measured default run's (old TRL PPOConfig defaults where it did not change them)."""
 
-    learning_rate: float = 1.41e-5  # seed value
+    learning_rate: float = 5e-5  # the seed's 1.41e-5 x 10 steps barely moves SmolLM2; 5e-5 x 28 steps does
     ppo_epochs: int = 1  # optimisation passes over each rollout batch
-    batch_size: int = 16  # responses per PPO step (rollout size): batch_size / num_generations prompts
-    mini_batch_size: int = 4  # must divide batch_size
-    # Responses sampled per prompt. The seed's PPO: 1. With k > 1 each response's score is centred on the mean score
+    # Responses per PPO step (rollout size): batch_size / num_generations prompts. 32 (8 prompts x 4): four seeds
+    # gave -65 .. -75 % toxicity at KL 4.7-6.5, where 16 a step spread -43 .. -79 % at KL 7.1-8.4.
+    batch_size: int = 32  # responses per step (batch_size / num_generations prompts): 32 was steadier than 16
+    mini_batch_size: int = 8  # responses per gradient step; must divide batch_size (4 updates a PPO step)
+    # Responses sampled per prompt (the seed's PPO: 1). With k > 1 each response's score is centred on the mean score
     # of the other k-1 responses to the same prompt (RLOO's leave-one-out baseline) before the KL-penalised rewards:
     # the prompt's own share of the reward variance (a toxic dialogue vs a benign one) no longer drives the update.
-    num_generations: int = 1  # responses per prompt; k > 1: leave-one-out baseline per prompt (must divide batch_size)
-    max_ppo_steps: int = 10  # seed value: 10 steps
-    init_kl_coef: float = 0.2  # beta of the per-token KL penalty at the start
-    adaptive_kl: bool = True  # Ziegler et al. 2019 proportional controller; False keeps beta fixed
+    # 4: from about -50 % at KL 9 (k = 1) to -64 % at KL 6.5 in the measured runs. Must divide batch_size.
+    num_generations: int = 4  # responses per prompt, leave-one-out baseline; must divide batch_size
+    max_ppo_steps: int = 28  # with lr 5e-5: -65 .. -75 % at KL 4.7-6.5 (four seeds); 1,422 s end to end on 2 CPU cores
+    init_kl_coef: float = 0.2  # beta of the per-token KL penalty (fixed by default, see adaptive_kl)
+    # False: beta stays at init_kl_coef. The adaptive controller (Ziegler et al. 2019) starts below its target, so it
+    # first lowers beta (to 0.04 in one run) and KL then ran to 13.6; it suits runs of thousands of samples.
+    adaptive_kl: bool = False  # beta fixed at init_kl_coef; True: Ziegler et al.'s controller (for long runs)
     kl_target: float = 6.0  # target KL (nats per sequence) of the adaptive controller
-    kl_horizon: int = 10000  # horizon of the adaptive controller, in samples
+    kl_horizon: int = 32  # adaptive controller's horizon in samples: one step's batch (the seed's 10000 needs long runs)
     gamma: float = 1.0  # discount; 1 because the only real reward is at the end
     lam: float = 0.95  # GAE lambda
     cliprange: float = 0.2  # policy ratio clip
@@ -174,7 +182,7 @@ class GenerationSettings:
     """Sampling settings for rollouts and evaluation; seed: sample from the full distribution."""
 
     min_length: int = 5  # minimum new tokens (the seed's min_length, applied to the response)
-    max_new_tokens: int = 32  # the seed allows up to 300; 32 keeps CPU runs short
+    max_new_tokens: int = 24  # the seed allows up to 300; 24 keeps a CPU step short and is enough to turn toxic
     top_k: int = 0  # 0 disables top-k
     top_p: float = 1.0  # 1.0 disables nucleus filtering
     do_sample: bool = True
@@ -218,7 +226,7 @@ class DataSettings:
     # validation (validation_size prompts, for choosing settings) and training (the rest, or train_size of it).
     holdout_size: int = 200  # the test split's size; seed trap 3: >= 200 hold-out prompts, not 10
     validation_size: int = 0  # the validation split's size (0: none)
-    max_prompt_tokens: int = 256  # prompts are cut from the left to this many tokens
+    max_prompt_tokens: int = 96  # cut from the left (newest turns stay); short prompts keep CPU steps fast
     split_seed: int = 42
 
 
@@ -228,10 +236,10 @@ class EvaluationSettings:
 
     enabled: bool = True
     evaluator: RewardBackendSettings = field(default_factory=lambda: RewardBackendSettings(kind="jigsaw"))
-    batch_size: int = 32
+    batch_size: int = 50  # responses generated and scored together (memory vs speed; 800 a side at the default)
     # Responses sampled per hold-out prompt, before and after. A few responses above 0.5 carry the mean toxicity,
     # so one sample per prompt is noisy; the 95 % interval resamples prompts, each with its k responses.
-    samples_per_prompt: int = 1  # responses per hold-out prompt (more: a tighter interval, k times the eval time)
+    samples_per_prompt: int = 4  # 4 x 200 prompts = 800 responses a side: a tighter interval, 4x the eval time
     toxic_threshold: float = 0.5  # the "toxic rate" is the share of responses above this
     bootstrap_samples: int = 2000  # for the 95 % interval of the change in mean toxicity
     seed: int = 1234  # evaluation sampling seed, the same before and after
@@ -240,10 +248,21 @@ class EvaluationSettings:
 
 
 @dataclass
+class CheckpointSettings:
+    """Periodic checkpoints a stopped run resumes from (`python -m engine resume RUN`): PPO's own, TRL's for the
+    other methods. Saved under <output_dir>/<run id>/checkpoints/, also when a run is cancelled."""
+
+    # 7: four in the default 28 steps, the last one after training (a crash in the after-evaluation redoes no
+    # step); 5.3 s to write 1.5 GB vs 23 s a step on 2 CPU cores: at most 3.3 % of training (bench_checkpoint.py).
+    every_steps: int = 7  # optimizer steps between checkpoints (0: none); a crash loses at most these
+    keep: int = 2  # newest checkpoints kept on disk (2: a damaged newest one still leaves one to resume from)
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs. Saved as YAML with the run; the same file replays it."""
 
-    name: str = "rlaif-run"
+    name: str = "default-offline"  # the run README measures
     method: str = "ppo"
     model: ModelSettings = field(default_factory=ModelSettings)
     ppo: PPOSettings = field(default_factory=PPOSettings)
@@ -256,6 +275,7 @@ class RunConfig:
     reward_model: RewardModelSettings = field(default_factory=RewardModelSettings)  # method reward_model
     online: OnlineRLSettings = field(default_factory=OnlineRLSettings)  # methods rloo and grpo
     ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
@@ -1066,6 +1086,8 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "online.samples_per_step", o.samples_per_step, 0, 4096)
     _seed(e, "online.seed", o.seed)
 
+    _range(e, "checkpoint.every_steps", cfg.checkpoint.every_steps, 0, None)
+    _range(e, "checkpoint.keep", cfg.checkpoint.keep, 1, None)
     a = cfg.ai_preferences
     _range(e, "ai_preferences.num_prompts", a.num_prompts, 2, 10_000_000)
     _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, 1e6)

@@ -283,6 +283,31 @@ class PPOTrainer:
         # generate() bans EOS on the first tokens: log-probs, entropy and KL use that same distribution
         self.min_new, self.eos_id = min_new_tokens(gen), bundle.tokenizer.eos_token_id
 
+    # state, for checkpoints ------------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The parameters PPO changes: the policy's trainable weights (all, or a LoRA adapter) and the value head."""
+        return {name: p.detach() for name, p in self.bundle.policy.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict:
+        """Everything else a step depends on besides the weights: optimizer, KL coefficient, mini-batch shuffler."""
+        return {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value,
+                "generator": self.generator.get_state(), "step_count": self.step_count}
+
+    def load_state(self, trainable: dict[str, torch.Tensor], state: dict) -> None:
+        """Restore what `trainable_state` and `state_dict` returned (the bundle must be the same model)."""
+        params = dict(self.bundle.policy.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
+        if missing or set(trainable) - set(params):
+            raise ValueError(f"checkpoint does not match the policy: missing {missing[:3]}, "
+                             f"unexpected {sorted(set(trainable) - set(params))[:3]}")
+        with torch.no_grad():
+            for name, value in trainable.items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.generator.set_state(state["generator"])
+        self.step_count = state["step_count"]
+
     # 1-2. rollout and score ------------------------------------------------------------------------
     def rollout(self, prompts: Sequence[str], repeats: int = 1) -> Rollout:
         """Sample `repeats` responses to each prompt (a prompt's responses side by side) and score them."""

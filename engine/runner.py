@@ -1,87 +1,90 @@
-"""One run end to end: config → data → reward → policy → before-eval → PPO → checkpoint → after-eval.
+"""Runs a config as a store run: picks the method, records the run's status. Nothing else.
 
-Every number goes to the store as soon as it exists (metrics per step, samples, evaluations,
-checkpoint, summary), so a crash loses nothing already computed and the UI can follow live. Bad
-input fails before any model is loaded; a failing run is marked `failed` with its traceback, a
-cancelled one `cancelled` (cancellation is checked between PPO steps).
+The entry points: `run(cfg)` (validate, register, execute), `execute(cfg, store, run_id)` (the worker's and the
+CLI's), `rlhf_chain(cfg)` (a reward model, then PPO with it) and `prepare_prompts(cfg)` (the train / hold-out
+split, validated before a run is registered). What a run does is its method's: a policy method
+(engine/methods/{ppo,dpo,ai_preferences,online}.py) inside the shared lifecycle (engine/methods/lifecycle.py), or
+the reward model (engine/methods/reward_model.py).
+
+Every number goes to the store as soon as it exists, so a crash loses nothing already computed and the UI can
+follow live. Bad input fails before any model is loaded; a failing run is marked `failed` with its traceback, a
+cancelled one `cancelled` (methods check for cancellation between steps).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
-import random
-import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, FieldError, RunConfig
+from engine.config import RunConfig
+from engine.methods.lifecycle import prepare_prompts
+from engine.progress import Progress, RunCancelled, RunInterrupted, stop_reason, stop_requested
 from engine.store import Store
 
 log = logging.getLogger(__name__)
 
-
-class RunCancelled(Exception):
-    """Raised inside a run when its cancellation was requested."""
-
-
-@dataclass
-class Progress:
-    """What a progress listener is told: the phase, how far it is, and a one-line message."""
-
-    phase: str  # data | load | eval_before | train | save | eval_after | done
-    done: int = 0
-    total: int = 0
-    message: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+__all__ = ["Progress", "RunCancelled", "execute", "policy_method", "prepare_prompts", "resume_problem", "rlhf_chain",
+           "run"]
 
 
-def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """Train and hold-out prompts (untruncated). Raises ConfigError on an empty or too small source."""
-    from engine import data
+def policy_method(name: str):
+    """The PolicyMethod that trains `name` (every method but reward_model). ValueError for another name."""
+    if name == "ppo":
+        from engine.methods.ppo import PPO
 
-    d = cfg.data
-    try:
-        prompts = data.load_prompts(data.resolve_source(d.source), template=d.template,
-                                    min_chars=d.min_chars, max_chars=d.max_chars)
-        holdout = d.holdout_size if cfg.evaluation.enabled else 0
-        train, test = data.split(prompts, holdout_size=holdout, train_size=d.train_size, seed=d.split_seed)
-    except (ValueError, OSError, RuntimeError, csv.Error) as exc:  # RuntimeError: the hub unreachable (offline)
-        message = str(exc) if len(str(exc)) <= 300 else str(exc)[:299] + "…"
-        raise ConfigError([FieldError("data.source", message)]) from exc
-    if not train:
-        raise ConfigError([FieldError("data.train_size", "no training prompts left after the hold-out split")])
-    return train, test
+        return PPO()
+    if name == "dpo":
+        from engine.methods.dpo import DPO
 
+        return DPO()
+    if name == "dpo_ai":
+        from engine.methods.ai_preferences import DPOAI
 
-def _batches(items: list[str], size: int, seed: int):
-    """Endless batches over the prompts, reshuffled (seeded) every pass."""
-    rng = random.Random(seed)
-    pool: list[str] = []
-    while True:
-        while len(pool) < size:
-            chunk = list(items)
-            rng.shuffle(chunk)
-            pool += chunk
-        yield pool[:size]
-        pool = pool[size:]
+        return DPOAI()
+    if name in ("rloo", "grpo"):
+        from engine.methods.online import Online
+
+        return Online()
+    raise ValueError(f"no policy method named {name!r}")
 
 
-def _summary_lengths(lengths: list[int]) -> float:
-    return float(sum(lengths) / len(lengths)) if lengths else math.nan
+def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progress], None],
+              resume: bool = False) -> dict[str, Any]:
+    def check_cancel() -> None:
+        if stop_requested():
+            raise RunInterrupted(stop_reason())
+        if store.is_cancel_requested(run_id):
+            raise RunCancelled()
+
+    if cfg.method == "reward_model":
+        from engine.methods.reward_model import run_reward_model
+
+        return run_reward_model(cfg, store, run_id, notify, check_cancel)
+    from engine.methods.lifecycle import run_policy
+
+    return run_policy(policy_method(cfg.method), cfg, store, run_id, notify, check_cancel, resume=resume)
 
 
 def execute(cfg: RunConfig, store: Store, run_id: str,
-            on_progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
-    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status."""
+            on_progress: Callable[[Progress], None] | None = None, *, resume: bool | None = None) -> dict[str, Any]:
+    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status.
+
+    resume: True continues the run from its newest checkpoint (a failed, cancelled or interrupted run, or one
+    queued again with `store.reopen(run_id, to="queued")`, or already claimed as running): the steps after the
+    checkpoint are redone, the before-evaluation is not; ValueError, before anything changes, when it cannot be
+    resumed (`resume_problem`). None (the default): resume when the run can be, i.e. it has a checkpoint (a fresh
+    run has none, so it starts). False: start from step 0.
+    """
     notify = on_progress or (lambda p: None)
+    problem = resume_problem(store, run_id) if resume is not False else None
+    if resume and problem:
+        raise ValueError(problem)
+    resume = problem is None if resume is None else resume
     try:
-        store.set_status(run_id, "running")
-        summary = _execute(cfg, store, run_id, notify)
+        _start(store, run_id, resume)
+        summary = _dispatch(cfg, store, run_id, notify, resume)
     except RunCancelled:
         store.set_status(run_id, "cancelled", error="cancelled by the user")
         log.info("run %s cancelled", run_id)
@@ -98,130 +101,66 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     return summary
 
 
-def _execute(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progress], None]) -> dict[str, Any]:
-    import torch
+def resume_problem(store: Store, run_id: str) -> str | None:
+    """Why run `run_id` cannot be resumed, or None when it can (for a Resume button; `execute` raises it)."""
+    from engine.checkpoint import is_resumable
 
-    from engine import data as data_mod
-    from engine.evaluate import evaluate_side, summarize
-    from engine.models import load_policy, save_policy
-    from engine.ppo import PPOTrainer
-    from engine.rewards import build_backend, build_reward
-
-    def check_cancel() -> None:
-        if store.is_cancel_requested(run_id):
-            raise RunCancelled()
-
-    if cfg.method != "ppo":  # DPO, reward model, RLOO, GRPO, AI-labelled DPO: TRL trainers (engine/methods)
-        from engine.methods import execute_method
-
-        return execute_method(cfg, store, run_id, notify, check_cancel)
-
-    t_start = time.perf_counter()
-    cfg.check()
-    notify(Progress("data", message="loading prompts"))
-    train, holdout = prepare_prompts(cfg)
-    log.info("%d train prompts, %d hold-out prompts", len(train), len(holdout))
-
-    notify(Progress("load", message="loading reward backends and policy"))
-    from engine.models import pick_device
-
-    device = pick_device(cfg.model.device)
-    reward = build_reward(cfg.reward, device=device)
-    evaluator = build_backend(cfg.evaluation.evaluator, device=device) if cfg.evaluation.enabled else None
-    torch.manual_seed(cfg.ppo.seed)
-    bundle = load_policy(cfg.model)
-    check_cancel()
-
-    max_tokens = cfg.data.max_prompt_tokens
-    train = data_mod.truncate_left(train, bundle.tokenizer, max_tokens, template=cfg.data.template)
-    holdout = data_mod.truncate_left(holdout, bundle.tokenizer, max_tokens, template=cfg.data.template)
-    ev = cfg.evaluation
-
-    def eval_side(which: str) -> tuple[list[float], list[int], list[float]]:
-        def prog(done: int, total: int) -> None:
-            notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
-            check_cancel()
-
-        rows, tox, lengths, kls = evaluate_side(bundle, evaluator, holdout, cfg.generation, ev, which=which,
-                                                max_prompt_tokens=max_tokens, progress=prog)
-        store.add_evaluations(run_id, which, rows)
-        return tox, lengths, kls
-
-    if evaluator is not None:
-        tox_before, len_before, _ = eval_side("before")
-
-    # PPO, with the store as the metrics sink
-    total = cfg.ppo.max_ppo_steps
-    store.set_progress(run_id, 0, total)
-    n_samples = cfg.ppo.samples_per_step
-
-    def to_store(step: int, metrics: dict[str, float], rollout) -> None:
-        metrics.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost), cumulative
-        store.log_metrics(run_id, step, metrics)
-        if n_samples:
-            rows = []
-            for i in range(min(n_samples, len(rollout.prompts))):
-                scores = {k: v[i] for k, v in rollout.raw_scores.items()}
-                rows.append({"prompt": rollout.prompts[i], "response": rollout.responses[i],
-                             "reward": float(rollout.scores[i]), "scores": scores})
-            store.add_samples(run_id, step, rows)
-        store.set_progress(run_id, step, total)
-
-    def reward_fn(prompts, responses):
-        result = reward.score(prompts, responses)
-        return result.scores, result.raw
-
-    trainer = PPOTrainer(bundle, reward_fn, cfg.ppo, cfg.generation, max_prompt_tokens=max_tokens,
-                         callbacks=[to_store])
-    # Each step's batch_size responses come from batch_size / num_generations prompts.
-    batches = _batches(train, cfg.ppo.batch_size // cfg.ppo.num_generations, cfg.data.split_seed + cfg.ppo.seed)
-    t_train = time.perf_counter()
-    step_kls = []
-    for step in range(1, total + 1):
-        check_cancel()
-        metrics = trainer.step(next(batches))
-        step_kls.append(metrics["objective/kl"])
-        notify(Progress("train", step, total, f"step {step}/{total}", metrics))
-    train_s = time.perf_counter() - t_train
-
-    notify(Progress("save", message="saving the trained policy"))
-    ckpt = save_policy(bundle, Path(cfg.output_dir) / run_id / "policy")
-    store.add_checkpoint(run_id, total, str(ckpt))
-
-    summary: dict[str, Any] = {"train_prompts": len(train), "holdout_prompts": len(holdout),
-                               "train_seconds": train_s, "train_mean_kl": sum(step_kls) / len(step_kls),
-                               "train_final_kl": step_kls[-1]}
-    if evaluator is not None:
-        tox_after, len_after, kl_after = eval_side("after")
-        summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
-                                 bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
-                                 samples_per_prompt=ev.samples_per_prompt))
-        summary["evaluator"] = cfg.evaluation.evaluator.display_name
-        summary["length_before"] = _summary_lengths(len_before)
-        summary["length_after"] = _summary_lengths(len_after)
-        summary["mean_kl"] = float(sum(kl_after) / len(kl_after)) if kl_after else math.nan
-    summary["wall_seconds"] = time.perf_counter() - t_start
-    if torch.cuda.is_available():
-        summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    summary["peak_rss_gb"] = _peak_rss_gb()
-    store.set_summary(run_id, summary)
-    return summary
+    record = store.get_run(run_id)
+    if record.status == "completed":
+        return f"run {run_id} completed: nothing to resume"
+    if record.method == "reward_model" or not policy_method(record.method).resumable:
+        return f"a {record.method} run cannot be resumed: start it again"
+    if not any(is_resumable(c.path) for c in store.checkpoints(run_id)):
+        return f"run {run_id} has no checkpoint to resume from (checkpoint.every_steps: how often a run saves one)"
+    return None
 
 
-def _peak_rss_gb() -> float:
-    import resource
-    import sys
+def _start(store: Store, run_id: str, resume: bool) -> None:
+    if not resume:
+        store.set_status(run_id, "running")
+        return
+    status = store.get_run(run_id).status
+    if status == "queued":
+        store.set_status(run_id, "running")
+    elif status != "running":  # failed / cancelled / interrupted (a running one was claimed by its worker)
+        store.reopen(run_id)
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
+def run(cfg: RunConfig, store: Store | None = None, on_progress: Callable[[Progress], None] | None = None,
+        on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, dict[str, Any]]:
+    """Validate, register and execute a run; returns (run_id, summary). The Python entry point.
 
-def run(cfg: RunConfig, store: Store | None = None,
-        on_progress: Callable[[Progress], None] | None = None) -> tuple[str, dict[str, Any]]:
-    """Validate, register and execute a run; returns (run_id, summary). The Python entry point."""
+    `on_run(run_id, cfg)` is called once the run is registered, before it executes (the CLI prints the id).
+    """
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered (cheap: text only)
     store = store or Store()
     run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
+    if on_run is not None:
+        on_run(run_id, cfg)
     summary = execute(cfg, store, run_id, on_progress)
     return run_id, summary
+
+
+def rlhf_chain(cfg: RunConfig, store: Store | None = None, on_progress=None, keep_rewards: bool | None = None,
+               on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, str]:
+    """RLHF in two runs: a reward model on the human pairs, then PPO rewarded by it; returns (rm_run_id, ppo_run_id).
+
+    Both runs use cfg (model, data, evaluation, ppo and reward_model sections; cfg is not changed). The reward-model
+    run is named cfg.name when cfg.method is "reward_model", else "<cfg.name>-reward-model"; the PPO run is built by
+    `engine.methods.reward_model.ppo_config` (keep_rewards None: cfg.reward_model.keep_rewards). `on_run(run_id,
+    run_cfg)` is called as each run is registered, before it executes (the CLI prints the ids). Raises RuntimeError
+    when the reward-model run does not complete (it was cancelled); a failing run raises its error. PPO is then not
+    started.
+    """
+    from engine.methods.common import replace
+    from engine.methods.reward_model import ppo_config
+
+    store = store or Store()
+    name = cfg.name if cfg.method == "reward_model" else f"{cfg.name}-reward-model"
+    rm_id, rm_summary = run(replace(cfg, method="reward_model", name=name), store, on_progress, on_run)
+    status = store.get_run(rm_id).status
+    if status != "completed":
+        raise RuntimeError(f"reward-model run {rm_id} ended {status}; PPO was not started")
+    ppo_id, _ = run(ppo_config(cfg, rm_summary, rm_id, keep_rewards), store, on_progress, on_run)
+    return rm_id, ppo_id

@@ -60,13 +60,14 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from engine.config import METHODS  # the one list of methods (a run of any other is refused)
+
 if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_DB_PATH = Path("runs") / "rlaif_lab.db"
 DB_ENV_VAR = "RLAIF_LAB_DB"
 
-METHODS = ("ppo", "dpo", "rloo", "grpo", "reward_model", "dpo_ai")
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = frozenset({"queued", "running"})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled", "interrupted"})
@@ -805,6 +806,47 @@ class Store:
         with self._session() as s:
             self._require_run(s, run_id)
             return [CheckpointRecord(step, path, at) for step, path, at in s.execute(stmt)]
+
+
+    # ---- resume (engine.runner.execute(resume=True); engine.methods.lifecycle)
+
+    def delete_checkpoint(self, run_id: str, path: str | Path) -> None:
+        """Forget the run's checkpoint at `path` (its files were pruned)."""
+        with self._write() as s:
+            s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.path == str(path)))
+
+    def reopen(self, run_id: str, to: str = "running") -> None:
+        """Move a failed, cancelled or interrupted run back to `running` (or `queued`, for a worker to resume it):
+        its error, traceback, end time and cancel request are cleared. ValueError for a run in any other state."""
+        reopenable = ("failed", "cancelled", "interrupted")
+        if to not in ("running", "queued"):
+            raise ValueError(f"to must be 'running' or 'queued', got {to!r}")
+        with self._write() as s:
+            done = s.execute(
+                update(Run).where(Run.id == run_id, Run.status.in_(reopenable))
+                .values(status=to, error=None, traceback=None, finished_at=None, cancel_requested=False)
+                .execution_options(synchronize_session=False)).rowcount
+            if done:
+                return
+            current = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+        if current is None:
+            raise KeyError(f"no run with id {run_id!r}")
+        raise ValueError(f"run {run_id} is {current}: only a failed, cancelled or interrupted run can be resumed")
+
+    def truncate_after(self, run_id: str, step: int) -> None:
+        """Delete what the run wrote after `step`, in one transaction: metrics and samples of later steps, checkpoint
+        records of later steps, the "after" evaluation and its scores, and the summary. A resume from the checkpoint
+        at `step` then writes them again, with no duplicated or orphaned points."""
+        step = _as_step(step)
+        with self._write() as s:
+            self._require_run(s, run_id)
+            s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step))
+            s.execute(delete(Sample).where(Sample.run_id == run_id, Sample.step > step))
+            s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step > step))
+            s.execute(delete(Evaluation).where(Evaluation.run_id == run_id, Evaluation.phase == "after"))
+            s.execute(delete(Score).where(Score.run_id == run_id, Score.phase == "after"))
+            s.execute(update(Run).where(Run.id == run_id).values(summary=None, step=step)
+                      .execution_options(synchronize_session=False))
 
 
 def _required_text(row: dict[str, Any], field: str, i: int) -> str:

@@ -9,6 +9,7 @@ from app.safe_text import md, plain
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
 from engine.policy import browser_policy
+from engine.presets import PRESETS, preset
 
 lab = state.lab()
 forms.init_state()
@@ -64,6 +65,13 @@ def reset_form() -> None:
     st.session_state["launch-note"] = ("success", "Back to the defaults.")
 
 
+def load_preset() -> None:
+    name = st.session_state.get("preset")
+    if name:
+        forms.load_into_state(preset(name))
+        st.session_state["launch-note"] = ("success", f"Loaded the preset {name!r}.")
+
+
 def start() -> None:
     cfg, problems = forms.state_to_config(st.session_state)
     errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
@@ -108,6 +116,10 @@ with st.expander("Load, clone or save a config"):
                            file_name=f"{cfg_now.name if cfg_now else 'config'}.yaml", mime="application/x-yaml",
                            key="download-config", disabled=cfg_now is None)
         st.button("Reset to the defaults", key="reset-config", on_click=reset_form)
+        st.selectbox("Start from a preset", list(PRESETS), key="preset", index=None, on_change=load_preset,
+                     placeholder="default, seed-article, tour",
+                     help="default: the run README measures (about 25 min on 2 CPU cores); seed-article: the seed "
+                          "article's values; tour: a 2-minute run on the tiny built-in model")
 
 cfg, problems = forms.state_to_config(st.session_state)
 errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
@@ -169,6 +181,10 @@ st.caption("Toxicity of responses to the hold-out prompts, before and after trai
 with st.container(border=True, key="evaluator"):
     forms.backend_inputs("cfg-evaluator-", "evaluation.evaluator", errors, forms.EVALUATOR_KINDS, weight=False)
 forms.section("Evaluation", errors)
+st.subheader("Checkpoints")
+st.caption("A stopped run (failed, cancelled, interrupted) resumes from its newest checkpoint; at most every_steps "
+           "steps are redone. `python -m engine resume RUN` from the command line.")
+forms.section("Checkpoints", errors)
 
 st.divider()
 other = forms.unplaced_errors(errors, forms.placed_fields(st.session_state))

@@ -30,6 +30,7 @@ def small_config(name: str = "api") -> RunConfig:
     cfg.data.source = "builtin"
     cfg.data.holdout_size = 8
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, 3
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""The run config: seed defaults, YAML round trip, and validation errors that name the field."""
+"""The run config: the measured defaults (= configs/default.yaml), presets, YAML round trip, and validation errors
+that name the field."""
 
 import subprocess
 import sys
@@ -8,18 +9,55 @@ import pytest
 from engine.config import ConfigError, RewardBackendSettings, RunConfig, validate
 
 
-def test_defaults_are_the_seeds():
+def test_defaults_are_the_measured_default_run():
     cfg = RunConfig()
     p, g = cfg.ppo, cfg.generation
-    assert (p.learning_rate, p.ppo_epochs, p.batch_size, p.mini_batch_size, p.max_ppo_steps) == (1.41e-5, 1, 16, 4, 10)
-    assert (p.init_kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon) == (0.2, True, 6.0, 10000)
+    assert (p.learning_rate, p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps) == (5e-5, 32, 8, 4, 28)
+    assert (p.init_kl_coef, p.adaptive_kl, p.kl_horizon) == (0.2, False, 32)
     assert (p.gamma, p.lam, p.cliprange, p.cliprange_value, p.vf_coef, p.whiten_rewards) == (1.0, 0.95, 0.2, 0.2, 0.1,
                                                                                              False)
-    assert (g.min_length, g.top_k, g.top_p, g.do_sample) == (5, 0, 1.0, True)
+    assert (g.min_length, g.max_new_tokens, g.top_k, g.top_p, g.do_sample) == (5, 24, 0, 1.0, True)
+    assert (cfg.model.name_or_path, cfg.model.mixed_precision) == ("builtin:smollm2", "bf16")
+    assert (cfg.data.max_prompt_tokens, cfg.evaluation.batch_size, cfg.evaluation.samples_per_prompt) == (96, 50, 4)
     assert cfg.data.template.startswith("Summarize the following conversation.\n\n")
     assert cfg.data.holdout_size >= 200
     assert cfg.reward.backends[0].kind != cfg.evaluation.evaluator.kind  # reward != evaluator offline
     assert validate(cfg) == []
+
+
+def test_the_shipped_default_yaml_is_runconfig_defaults():
+    from pathlib import Path
+
+    assert RunConfig.load(Path(__file__).resolve().parent.parent / "configs" / "default.yaml") == RunConfig()
+
+
+def test_presets():
+    from engine.presets import PRESETS, preset
+
+    assert preset("default") == RunConfig()
+    seed = preset("seed-article")
+    p = seed.ppo
+    assert (p.learning_rate, p.ppo_epochs, p.batch_size, p.mini_batch_size, p.max_ppo_steps) == (1.41e-5, 1, 16, 4, 10)
+    assert (p.num_generations, p.init_kl_coef, p.adaptive_kl, p.kl_target, p.kl_horizon) == (1, 0.2, True, 6.0, 10000)
+    assert (seed.model.mixed_precision, seed.evaluation.samples_per_prompt) == ("none", 1)
+    tour = preset("tour")
+    assert tour.model.name_or_path == "builtin:tiny-gpt2" and tour.data.holdout_size < 200
+    for name in PRESETS:
+        assert validate(preset(name)) == [], name
+    preset("tour").ppo.max_ppo_steps = 1
+    assert preset("tour").ppo.max_ppo_steps == 8  # each call builds a fresh config
+    with pytest.raises(ValueError, match="seed-article"):
+        preset("nope")
+
+
+def test_cli_init_writes_a_preset(tmp_path, capsys):
+    from engine.__main__ import main
+    from engine.presets import preset
+
+    assert main(["init", str(tmp_path / "c.yaml"), "--preset", "seed-article"]) == 0
+    assert RunConfig.load(tmp_path / "c.yaml") == preset("seed-article")
+    assert main(["init", str(tmp_path / "d.yaml")]) == 0
+    assert RunConfig.load(tmp_path / "d.yaml") == RunConfig()
 
 
 def test_yaml_round_trip_is_exact(tmp_path):
@@ -55,8 +93,8 @@ def test_wrong_type_is_named():
 
 
 @pytest.mark.parametrize("field,value,expect_field,expect_text", [
-    ("ppo.mini_batch_size", 5, "ppo.mini_batch_size", "divide batch_size (16)"),
-    ("ppo.mini_batch_size", 32, "ppo.mini_batch_size", "<= batch_size"),
+    ("ppo.mini_batch_size", 5, "ppo.mini_batch_size", "divide batch_size (32)"),
+    ("ppo.mini_batch_size", 64, "ppo.mini_batch_size", "<= batch_size"),
     ("ppo.learning_rate", -1e-5, "ppo.learning_rate", "> 0.0"),
     ("ppo.lam", 1.5, "ppo.lam", "<= 1.0"),
     ("generation.top_p", 0.0, "generation.top_p", "> 0.0"),
@@ -68,7 +106,7 @@ def test_wrong_type_is_named():
     ("data.template", "no placeholder", "data.template", "{dialogue}"),
     ("reward.normalize", "softmax", "reward.normalize", "zscore"),
     ("model.mixed_precision", "fp8", "model.mixed_precision", "bf16"),
-    ("ppo.num_generations", 3, "ppo.num_generations", "must divide batch_size (16)"),
+    ("ppo.num_generations", 3, "ppo.num_generations", "must divide batch_size (32)"),
     ("ppo.num_generations", 0, "ppo.num_generations", ">= 1"),
 ])
 def test_validation_names_field_and_range(field, value, expect_field, expect_text):
@@ -113,8 +151,8 @@ def test_duplicate_backend_names_refused():
 
 def test_check_raises_with_every_error():
     cfg = RunConfig()
-    cfg.ppo.batch_size = 10
-    cfg.ppo.mini_batch_size = 4
+    cfg.ppo.batch_size = 12
+    cfg.ppo.mini_batch_size = 8
     cfg.generation.temperature = 0
     with pytest.raises(ConfigError) as exc:
         cfg.check()

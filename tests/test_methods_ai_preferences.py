@@ -64,6 +64,7 @@ def test_dpo_ai_run_through_the_runner(tiny_gpt2_dir, tmp_path):
     cfg.evaluation.bootstrap_samples = 200
     cfg.reward.backends = [RewardBackendSettings(kind="profanity", name="labeller")]
     cfg.ai_preferences.num_prompts = 12
+    cfg.evaluation.samples_per_prompt = 1
     cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.learning_rate, cfg.dpo.eval_pairs = 3, 4, 1e-3, 2
     cfg.output_dir = str(tmp_path / "out")
     run_id, summary = run(cfg, store)

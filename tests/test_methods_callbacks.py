@@ -2,10 +2,12 @@
 cancellation request stops a real TRL training run within one step (the run is then marked cancelled)."""
 
 import math
+from pathlib import Path
 
 import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
+from engine.checkpoint import is_resumable
 from engine.config import RewardBackendSettings, RunConfig
 from engine.methods.callbacks import StoreCallback, store_metrics
 from engine.runner import execute
@@ -67,6 +69,7 @@ def test_cancel_request_stops_trl_training_and_marks_the_run_cancelled(tiny_gpt2
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 4, 64
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.max_response_tokens, cfg.dpo.eval_pairs = 50, 2, 16, 0
+    cfg.evaluation.samples_per_prompt = 1
     cfg.output_dir = str(tmp_path / "out")
     run_id = store.create_run(cfg.to_yaml(), method="dpo", total_steps=cfg.total_steps)
 
@@ -79,4 +82,7 @@ def test_cancel_request_stops_trl_training_and_marks_the_run_cancelled(tiny_gpt2
     assert rec.status == "cancelled"
     # on_log of step 2 requests it, on_step_end of step 3 sees it: at most one more step, of 50
     assert store.latest_step(run_id) <= 3 and rec.step <= 3
-    assert store.checkpoints(run_id) == [] and set(store.evaluations(run_id).phase) == {"before"}
+    # no trained policy saved, only the Trainer's checkpoint of the last step (a resume continues from it)
+    (ckpt,) = store.checkpoints(run_id)
+    assert ckpt.step == rec.step and Path(ckpt.path).name == f"checkpoint-{rec.step}" and is_resumable(ckpt.path)
+    assert set(store.evaluations(run_id).phase) == {"before"}

@@ -37,6 +37,7 @@ def method_config(model_dir, tmp_path, method="dpo", steps=3) -> RunConfig:
     cfg.evaluation.bootstrap_samples = 200
     cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.learning_rate = steps, 4, 1e-3
     cfg.dpo.max_response_tokens, cfg.dpo.eval_pairs = 32, 4
+    cfg.evaluation.samples_per_prompt = 1
     cfg.output_dir = str(tmp_path / "out")
     return cfg
 

@@ -63,6 +63,7 @@ def online_config(model_dir, tmp_path, method) -> RunConfig:
     cfg.evaluation.bootstrap_samples = 200
     cfg.online.batch_size, cfg.online.num_generations, cfg.online.max_steps = 16, 4, 10
     cfg.online.learning_rate = 5e-2
+    cfg.evaluation.samples_per_prompt = 1
     cfg.output_dir = str(tmp_path / "out")
     return cfg
 

@@ -10,10 +10,9 @@ import pytest
 
 from engine.__main__ import main as cli
 from engine.config import RewardBackendSettings, RunConfig, validate
-from engine.methods import rlhf_chain
 from engine.methods.reward_model import backend_settings, ppo_config
 from engine.rewards.hf_classifier import HFClassifierBackend
-from engine.runner import run
+from engine.runner import rlhf_chain, run
 from engine.store import Store
 
 
@@ -61,6 +60,8 @@ def rm_config(model_dir, tmp_path, steps=40) -> RunConfig:
     cfg.reward_model.max_steps, cfg.reward_model.batch_size = steps, 8
     cfg.reward_model.learning_rate, cfg.reward_model.max_length = 3e-3, 96
     cfg.reward_model.eval_pairs = 24
+    # the PPO stage of a chain, at the seed article's sizes (RunConfig()'s defaults are the measured SmolLM2 run's)
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.output_dir = str(tmp_path / "out")
     return cfg
 

@@ -113,7 +113,7 @@ def test_launch_defaults_validation_and_start(db, tiny_gpt2_dir):
 
     # an invalid value: the error shows at once, and Start is disabled
     by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(5).run()
-    assert any("must divide batch_size (16)" in e for e in errors(at))
+    assert any(f"must divide batch_size ({defaults.ppo.batch_size})" in e for e in errors(at))
     assert by_key(at.button, "start-run").disabled
 
     # a second reward backend, an hf_classifier without its model: the error names the field's problem
@@ -128,6 +128,7 @@ def test_launch_defaults_validation_and_start(db, tiny_gpt2_dir):
     # a small valid run on the tiny model
     by_key(at.number_input, "cfg-ppo-batch_size").set_value(4)
     by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(2)
+    by_key(at.number_input, "cfg-ppo-num_generations").set_value(1)
     by_key(at.number_input, "cfg-ppo-max_ppo_steps").set_value(2)
     by_key(at.number_input, "cfg-generation-max_new_tokens").set_value(8)
     by_key(at.number_input, "cfg-data-holdout_size").set_value(8)
@@ -166,6 +167,17 @@ def test_launch_clones_a_past_runs_config(db):
     assert by_key(at.selectbox, f"rw-{row}-kind").value == "jigsaw"
     assert by_key(at.number_input, f"rw-{row}-weight").value == pytest.approx(0.25)
     assert "label: insult" in by_key(at.text_area, f"rw-{row}-options").value
+
+
+def test_launch_starts_from_a_preset(db):
+    at = app()
+    assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(RunConfig().ppo.learning_rate)
+    by_key(at.selectbox, "preset").set_value("seed-article").run()
+    assert by_key(at.number_input, "cfg-ppo-learning_rate").value == pytest.approx(1.41e-5)
+    assert by_key(at.number_input, "cfg-ppo-max_ppo_steps").value == 10
+    by_key(at.selectbox, "preset").set_value("tour").run()
+    assert by_key(at.text_input, "cfg-name").value == "tour"
+    assert by_key(at.number_input, "cfg-data-holdout_size").value == 50
 
 
 # ---- live ---------------------------------------------------------------------------------------------
@@ -403,6 +415,7 @@ def test_launch_reward_model_then_ppo_links_both_runs(db, tiny_gpt2_dir):
     by_key(at.number_input, "cfg-reward_model-max_length").set_value(64)
     by_key(at.number_input, "cfg-ppo-batch_size").set_value(2)
     by_key(at.number_input, "cfg-ppo-mini_batch_size").set_value(2)
+    by_key(at.number_input, "cfg-ppo-num_generations").set_value(1)
     by_key(at.number_input, "cfg-ppo-max_ppo_steps").set_value(1)
     by_key(at.number_input, "cfg-generation-max_new_tokens").set_value(5)
     by_key(at.text_input, "cfg-name").set_value("chain").run()

@@ -12,6 +12,7 @@ from engine.ppo import PPOTrainer
 
 def _bundle(path, **kw):
     torch.manual_seed(0)
+    kw.setdefault("mixed_precision", "none")  # exact float32 numbers (RunConfig()'s default is bf16 autocast)
     return load_policy(ModelSettings(name_or_path=str(path), device="cpu", **kw))
 
 
@@ -106,7 +107,7 @@ def _e_share(prompts, responses):
 def test_ppo_raises_mean_reward_on_a_toy_task(which, request):
     bundle = _bundle(request.getfixturevalue(which))
     cfg = PPOSettings(batch_size=16, mini_batch_size=8, ppo_epochs=2, learning_rate=3e-3, init_kl_coef=0.01,
-                      adaptive_kl=False, seed=0)
+                      adaptive_kl=False, seed=0, num_generations=1)
     trainer = PPOTrainer(bundle, _e_share, cfg, GenerationSettings(max_new_tokens=8, min_length=8))
     prompts = ["Human: hello there"] * 16
     history = [trainer.step(prompts)["env/reward_mean"] for _ in range(30)]
@@ -136,7 +137,8 @@ def test_bf16_mixed_precision_trains_in_bf16_and_evaluates_in_float32(tiny_gpt2_
     assert torch.equal(lp16, ref16)
 
     # Training steps run under autocast and still move the policy the right way...
-    cfg = PPOSettings(batch_size=8, mini_batch_size=4, learning_rate=3e-3, init_kl_coef=0.01, adaptive_kl=False)
+    cfg = PPOSettings(batch_size=8, mini_batch_size=4, learning_rate=3e-3, init_kl_coef=0.01, adaptive_kl=False,
+                      num_generations=1)
     trainer = PPOTrainer(bundle, _e_share, cfg, GenerationSettings(max_new_tokens=6, min_length=6))
     m = trainer.step(["Human: hello there"] * 8)
     assert abs(m["objective/kl"]) < 1e-4 and all(p.dtype == torch.float32 for p in bundle.policy.parameters())
@@ -168,8 +170,8 @@ def test_num_generations_samples_each_prompt_k_times_and_still_learns(tiny_gpt2_
 def test_first_step_metrics_and_zero_initial_kl(tiny_gpt2_dir):
     bundle = _bundle(tiny_gpt2_dir)
     seen = []
-    trainer = PPOTrainer(bundle, _e_share, PPOSettings(batch_size=4, mini_batch_size=2), GenerationSettings(
-        max_new_tokens=6), callbacks=[lambda step, m, ro: seen.append((step, m, ro))])
+    trainer = PPOTrainer(bundle, _e_share, PPOSettings(batch_size=4, mini_batch_size=2, num_generations=1),
+                         GenerationSettings(max_new_tokens=6), callbacks=[lambda step, m, ro: seen.append((step, m, ro))])
     m = trainer.step(["Human: hi"] * 4)
     # The policy starts as the reference: no KL, ratio exactly 1, nothing clipped.
     assert abs(m["objective/kl"]) < 1e-4
@@ -192,7 +194,8 @@ def test_lora_reference_is_the_base_with_adapters_off(tiny_gpt2_dir):
     rm = torch.ones_like(resp)
     args = (enc["input_ids"], enc["attention_mask"], resp, rm)
 
-    trainer = PPOTrainer(bundle, _e_share, PPOSettings(batch_size=4, mini_batch_size=2, learning_rate=1e-2),
+    trainer = PPOTrainer(bundle, _e_share,
+                         PPOSettings(batch_size=4, mini_batch_size=2, learning_rate=1e-2, num_generations=1),
                          GenerationSettings(max_new_tokens=6))
     for _ in range(2):
         trainer.step(["Human: hi"] * 4)

@@ -14,6 +14,7 @@ def tiny_config(model_dir, tmp_path, steps=3) -> RunConfig:
     cfg = RunConfig(name="tiny")
     cfg.model.name_or_path = str(model_dir)
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.ppo.learning_rate = 1e-3
     cfg.generation.max_new_tokens = 8
     cfg.data.source = "builtin"

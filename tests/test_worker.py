@@ -24,6 +24,7 @@ def tiny_config(model_dir, steps: int = 3, name: str = "tiny", evaluate: bool = 
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.bootstrap_samples = 100
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.generation.max_new_tokens = 8
     return cfg
 

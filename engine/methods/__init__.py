@@ -1,18 +1,19 @@
-"""The methods RLAIF is compared with, on TRL 1.16's maintained trainers, sharing the engine's config, store, data
-and evaluation. PPO stays in engine/ppo.py + engine/runner.py (TRL 1.x has no PPO trainer).
+"""Every training method, one module each, sharing the engine's config, store, data and evaluation. PPO is the lab's
+own (engine/ppo.py: TRL 1.x has no PPO trainer); the methods RLAIF is compared with run on TRL 1.16's trainers.
 
 | method         | trainer           | data                                      | module               |
 | -------------- | ----------------- | ----------------------------------------- | -------------------- |
+| `ppo`          | engine.ppo        | the prompts, rewards = cfg.reward         | ppo.py               |
 | `dpo`          | DPOTrainer        | human HH preference pairs                 | dpo.py               |
 | `reward_model` | RewardTrainer     | human HH preference pairs                 | reward_model.py      |
 | `rloo`, `grpo` | RLOO/GRPOTrainer  | the PPO prompts, rewards = cfg.reward     | online.py            |
 | `dpo_ai`       | DPOTrainer        | pairs labelled by cfg.reward (RLAIF)      | ai_preferences.py    |
 
-Every policy method (all but `reward_model`) is evaluated exactly as PPO is: the same hold-out prompts
-(`engine.runner.prepare_prompts`), the same evaluator, "before" = the base model, "after" = the trained policy,
-plus the sequence KL to the base. DPO, RLOO and GRPO are causal-only in TRL 1.x; a seq2seq policy is refused with a
-ConfigError on `model.architecture`. `rlhf_chain(cfg)` trains a reward model and then runs PPO with it; a
-`reward_model` run with `reward_model.then_ppo` queued on the worker (the Launch page) queues that PPO run itself
+Every policy method (all but `reward_model`) runs inside one lifecycle (lifecycle.py) and is evaluated the same
+way: the same hold-out prompts (`lifecycle.prepare_prompts`), the same evaluator, "before" = the base model,
+"after" = the trained policy, plus the sequence KL to the base. DPO, RLOO and GRPO are causal-only in TRL 1.x; a
+seq2seq policy is refused with a ConfigError on `model.architecture`. `engine.runner.rlhf_chain(cfg)` trains a
+reward model and then runs PPO with it; a `reward_model` run with `reward_model.then_ppo` queued on the worker (the Launch page) queues that PPO run itself
 when it completes (`reward_model.ppo_config` builds it, for both).
 
 Logged metrics (written every optimizer step by callbacks.StoreCallback):
@@ -34,46 +35,3 @@ Logged metrics (written every optimizer step by callbacks.StoreCallback):
 
 Importing this package is cheap; torch, transformers and trl load when a method runs.
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
-
-from engine.config import METHODS, RunConfig
-
-TRL_METHODS = tuple(m for m in METHODS if m != "ppo")
-
-__all__ = ["TRL_METHODS", "execute_method", "rlhf_chain"]
-
-
-def execute_method(cfg: RunConfig, store, run_id: str, notify: Callable[[Any], None],
-                   check_cancel: Callable[[], None]) -> dict[str, Any]:
-    """Run a non-PPO method as store run `run_id`; returns its summary. Called by engine.runner, which records the
-    run's status (raise engine.runner.RunCancelled to mark it cancelled)."""
-    if cfg.method == "dpo":
-        from engine.methods.dpo import run_dpo
-
-        return run_dpo(cfg, store, run_id, notify, check_cancel)
-    if cfg.method == "reward_model":
-        from engine.methods.reward_model import run_reward_model
-
-        return run_reward_model(cfg, store, run_id, notify, check_cancel)
-    if cfg.method in ("rloo", "grpo"):
-        from engine.methods.online import run_online
-
-        return run_online(cfg, store, run_id, notify, check_cancel)
-    if cfg.method == "dpo_ai":
-        from engine.methods.ai_preferences import run_dpo_ai
-
-        return run_dpo_ai(cfg, store, run_id, notify, check_cancel)
-    raise ValueError(f"method must be one of {', '.join(TRL_METHODS)} here (ppo runs in engine.runner); "
-                     f"got {cfg.method!r}")
-
-
-def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool | None = None,
-               on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, str]:
-    """Train a reward model, then run PPO with it as the reward; returns (reward-model run id, PPO run id)."""
-    from engine.methods.reward_model import rlhf_chain as chain
-
-    return chain(cfg, store, on_progress, keep_rewards=keep_rewards, on_run=on_run)

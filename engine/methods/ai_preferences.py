@@ -14,7 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.config import RunConfig
-from engine.methods.common import PREFIX, PolicyRun, split_pairs, usable_pairs
+from engine.methods.common import PREFIX, split_pairs, usable_pairs
+from engine.methods.lifecycle import PolicyMethod, PolicyRun
+from engine.progress import Progress
 
 
 def sample_pairs(bundle, prompts: Sequence[str], gen, *, batch_size: int, max_prompt_tokens: int, seed: int,
@@ -68,57 +70,62 @@ def label_pairs(samples: Sequence[tuple[str, str, str]], reward, min_margin: flo
     return pairs, stats
 
 
-def run_dpo_ai(cfg: RunConfig, store, run_id: str, notify: Callable, check_cancel: Callable) -> dict[str, Any]:
-    """A whole "dpo_ai" run: before-eval, AI-labelled pairs, DPO on them, checkpoint, after-eval, summary."""
-    from engine.methods.callbacks import StoreCallback
-    from engine.methods.dpo import fit_pairs, train_dpo
-    from engine.models import pick_device
-    from engine.rewards import build_reward
-    from engine.runner import Progress, RunCancelled
+class DPOAI(PolicyMethod):
+    """DPO on pairs sampled from the base policy and labelled by the run's reward mix (cfg.reward)."""
 
-    a, d = cfg.ai_preferences, cfg.dpo
-    run = PolicyRun(cfg, store, run_id, notify, check_cancel).start()
-    prompts = run.train_prompts[:a.num_prompts]  # the split already shuffled them (seeded)
+    causal_only = True
 
-    def prog(done: int, total: int) -> None:
-        notify(Progress("label", done, total, f"sampling response pairs: {done}/{total} prompts"))
-        check_cancel()
+    def seed(self, cfg: RunConfig) -> int:
+        return cfg.dpo.seed
 
-    samples = sample_pairs(run.bundle, prompts, cfg.generation, batch_size=a.batch_size,
-                           max_prompt_tokens=cfg.data.max_prompt_tokens, seed=a.seed, progress=prog)
-    notify(Progress("label", len(prompts), len(prompts), "the reward mix labels the pairs"))
-    reward = build_reward(cfg.reward, device=pick_device(cfg.model.device))
-    try:
-        pairs, stats = label_pairs(samples, reward, a.min_margin)
-        stats.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost) when judges label
-    finally:
-        reward.close()
-    rows = []
-    for i, p in enumerate(pairs):  # the AI-labelled training data, visible in the runs table
-        rows.append({"idx": 2 * i, "prompt": p["prompt"], "response": p["chosen"], "reward": p["chosen_score"],
-                     "scores": {"chosen": 1.0, "margin": p["margin"]}})
-        rows.append({"idx": 2 * i + 1, "prompt": p["prompt"], "response": p["rejected"], "reward": p["rejected_score"],
-                     "scores": {"chosen": 0.0, "margin": p["margin"]}})
-    store.add_samples(run_id, 0, rows)
-    if len(pairs) < 2:
-        raise ValueError(f"the reward mix labelled only {len(pairs)} usable pairs out of {len(samples)} prompts "
-                         f"({stats['ai_identical_dropped']} identical, {stats['ai_ties_dropped']} ties): raise "
-                         "ai_preferences.num_prompts, lower min_margin, or sample more diverse responses")
-    check_cancel()
+    def train(self, run: PolicyRun) -> dict[str, Any]:
+        from engine.methods.callbacks import StoreCallback
+        from engine.methods.dpo import fit_pairs, train_dpo
+        from engine.rewards import build_reward
 
-    cap = usable_pairs(d.max_pairs, d.max_steps, d.batch_size, d.gradient_accumulation_steps)
-    train_pairs, eval_pairs = split_pairs(pairs, min(d.eval_pairs, len(pairs) // 5), cap, cfg.data.split_seed,
-                                          what="AI-labelled pairs")
-    tok = run.bundle.tokenizer
-    train_pairs = fit_pairs(train_pairs, tok, cfg.data.max_prompt_tokens, d.max_response_tokens)
-    eval_pairs = fit_pairs(eval_pairs, tok, cfg.data.max_prompt_tokens, d.max_response_tokens)
-    notify(Progress("train", 0, d.max_steps, f"DPO on {len(train_pairs)} AI-labelled pairs"))
-    callback = StoreCallback(store, run_id, PREFIX["dpo_ai"], total_steps=d.max_steps, notify=notify)
-    trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
-                                 hh_prompts=False)
-    if callback.cancelled:
-        raise RunCancelled()
-    run.adopt(trainer)
-    summary.update(stats, labeller=", ".join(b.display_name for b in cfg.reward.backends),
-                   train_seconds=callback.final.get("train_runtime"))
-    return run.finish(summary)
+        cfg, store, run_id, notify = run.cfg, run.store, run.run_id, run.notify
+        a, d = cfg.ai_preferences, cfg.dpo
+        prompts = run.train_prompts[:a.num_prompts]  # the split already shuffled them (seeded)
+
+        def prog(done: int, total: int) -> None:
+            notify(Progress("label", done, total, f"sampling response pairs: {done}/{total} prompts"))
+            run.check_cancel()
+
+        samples = sample_pairs(run.bundle, prompts, cfg.generation, batch_size=a.batch_size,
+                               max_prompt_tokens=cfg.data.max_prompt_tokens, seed=a.seed, progress=prog)
+        notify(Progress("label", len(prompts), len(prompts), "the reward mix labels the pairs"))
+        reward = build_reward(cfg.reward, device=run.device)
+        try:
+            pairs, stats = label_pairs(samples, reward, a.min_margin)
+            stats.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost) when judges label
+        finally:
+            reward.close()
+        rows = []
+        for i, p in enumerate(pairs):  # the AI-labelled training data, visible in the runs table
+            rows.append({"idx": 2 * i, "prompt": p["prompt"], "response": p["chosen"], "reward": p["chosen_score"],
+                         "scores": {"chosen": 1.0, "margin": p["margin"]}})
+            rows.append({"idx": 2 * i + 1, "prompt": p["prompt"], "response": p["rejected"],
+                         "reward": p["rejected_score"], "scores": {"chosen": 0.0, "margin": p["margin"]}})
+        store.add_samples(run_id, 0, rows)
+        if len(pairs) < 2:
+            raise ValueError(f"the reward mix labelled only {len(pairs)} usable pairs out of {len(samples)} prompts "
+                             f"({stats['ai_identical_dropped']} identical, {stats['ai_ties_dropped']} ties): raise "
+                             "ai_preferences.num_prompts, lower min_margin, or sample more diverse responses")
+        run.check_cancel()
+
+        cap = usable_pairs(d.max_pairs, d.max_steps, d.batch_size, d.gradient_accumulation_steps)
+        train_pairs, eval_pairs = split_pairs(pairs, min(d.eval_pairs, len(pairs) // 5), cap, cfg.data.split_seed,
+                                              what="AI-labelled pairs")
+        tok = run.bundle.tokenizer
+        train_pairs = fit_pairs(train_pairs, tok, cfg.data.max_prompt_tokens, d.max_response_tokens)
+        eval_pairs = fit_pairs(eval_pairs, tok, cfg.data.max_prompt_tokens, d.max_response_tokens)
+        notify(Progress("train", 0, d.max_steps, f"DPO on {len(train_pairs)} AI-labelled pairs"))
+        callback = StoreCallback(store, run_id, PREFIX["dpo_ai"], total_steps=d.max_steps, notify=notify)
+        # No checkpoints: a resume would sample and label the pairs again (judge calls), so dpo_ai restarts whole.
+        trainer, summary = train_dpo(run.bundle, train_pairs, eval_pairs, cfg, run.out_dir / "trl", [callback],
+                                     hh_prompts=False, checkpoints=False)
+        callback.raise_if_stopped()
+        run.adopt(trainer)
+        summary.update(stats, labeller=", ".join(b.display_name for b in cfg.reward.backends),
+                       train_seconds=callback.final.get("train_runtime"))
+        return summary

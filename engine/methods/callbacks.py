@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+from engine.progress import RunCancelled, RunInterrupted, stop_reason, stop_requested
 
 # Logged once at the end of `Trainer.train()`: run totals, not per-step curves; kept in `final` for the summary.
 END_OF_TRAINING_KEYS = frozenset({"train_runtime", "train_samples_per_second", "train_steps_per_second",
@@ -44,22 +47,26 @@ class StoreCallback(TrainerCallback):
 
     prefix: namespace of the TRL keys ("dpo/", "rm/", "rloo/", "grpo/"). mapping: TRL key → the lab's common key.
     total_steps: the run's planned optimizer steps (for progress). notify: the runner's progress listener (called
-    with engine.runner.Progress). extra_metrics: called at every log, its dict merged in (judge accounting, reward
+    with engine.progress.Progress). extra_metrics: called at every log, its dict merged in (judge accounting, reward
     signals). on_step: called with the step number after each optimizer step (e.g. to store samples).
+    on_checkpoint: called with (step, directory) after the Trainer saved a checkpoint (to record it).
     """
 
     def __init__(self, store, run_id: str, prefix: str, *, total_steps: int,
                  mapping: dict[str, str] | None = None,
                  notify: Callable[[Any], None] | None = None,
                  extra_metrics: Callable[[], dict[str, float]] | None = None,
-                 on_step: Callable[[int], None] | None = None) -> None:
+                 on_step: Callable[[int], None] | None = None,
+                 on_checkpoint: Callable[[int, Path], None] | None = None) -> None:
         self.store, self.run_id, self.prefix = store, run_id, prefix
         self.total_steps = int(total_steps)
         self.mapping = dict(mapping or {})
         self.notify = notify
         self.extra_metrics = extra_metrics
         self.on_step = on_step
-        self.cancelled = False
+        self.on_checkpoint = on_checkpoint
+        self.cancelled = False  # stopped by the run's cancel request
+        self.interrupted = False  # stopped by engine.progress.request_stop()
         self.final: dict[str, float] = {}  # END_OF_TRAINING_KEYS, once training ends
         self.last: dict[str, float] = {}  # the latest per-step metrics written
 
@@ -77,6 +84,8 @@ class StoreCallback(TrainerCallback):
         if not metrics:
             return
         is_eval = any(k.startswith("eval_") for k in logs)  # Trainer.evaluate(): held-out pairs, not a step
+        if is_eval:  # its epoch repeats the last step's (one value per step and key)
+            metrics.pop(self.prefix + "epoch", None)
         if self.extra_metrics is not None and not is_eval:
             metrics.update(self.extra_metrics())
         self.store.log_metrics(self.run_id, state.global_step, metrics)
@@ -84,7 +93,7 @@ class StoreCallback(TrainerCallback):
             return
         self.last = metrics
         if self.notify is not None:
-            from engine.runner import Progress
+            from engine.progress import Progress
 
             step = state.global_step
             self.notify(Progress("train", step, self.total_steps, f"step {step}/{self.total_steps}",
@@ -95,7 +104,23 @@ class StoreCallback(TrainerCallback):
         if self.on_step is not None:
             self.on_step(step)
         self.store.set_progress(self.run_id, step, self.total_steps)
-        if self.store.is_cancel_requested(self.run_id):
-            self.cancelled = True
+        self.interrupted = stop_requested()
+        if self.interrupted or self.store.is_cancel_requested(self.run_id):
+            self.cancelled = not self.interrupted
             control.should_training_stop = True
+            if args.save_strategy != "no":  # keep the steps since the last checkpoint: a resume starts here
+                control.should_save = True
         return control
+
+    def raise_if_stopped(self) -> None:
+        """After training: RunInterrupted / RunCancelled when it stopped early for either reason."""
+        if self.interrupted:
+            raise RunInterrupted(stop_reason())
+        if self.cancelled:
+            raise RunCancelled()
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.on_checkpoint is not None:  # the Trainer has written (and rotated) its checkpoint-N directory
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            self.on_checkpoint(state.global_step, Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -1,25 +1,21 @@
-"""What every TRL-based method shares: the run skeleton around training, TRL arguments, and preference-pair data.
+"""What every TRL-based method shares: TRL arguments, model checks, and preference-pair data.
 
 Responsible for:
-- `PolicyRun`: the steps a policy-training method shares with PPO's runner — validate, load the hold-out prompts
-  (`engine.runner.prepare_prompts`, so the SAME prompts as PPO), load the evaluator and the policy, score the
-  "before" responses (the base model), then, after the method's training, save the policy, score the "after"
-  responses (with the sequence KL to the base, as PPO's evaluation does) and write the summary;
 - `trl_args`: the TRL/transformers `TrainingArguments` every method sets the same way (CPU needs bf16=False and
-  use_cpu=True; logging every step; no checkpoints or trackers of TRL's own: the store is the sink);
+  use_cpu=True; logging every step; the Trainer's own checkpoints every checkpoint.every_steps; no trackers: the
+  store is the sink); `read_trl_checkpoint`: a Trainer checkpoint a run resumes from;
 - preference pairs: the hold-out guard (no pair whose dialogue is a hold-out prompt), a seeded split, token
   truncation, and the chat-message form of HH prompts for models with a chat template.
 
-Not responsible for: any training loop (TRL's trainers), metrics keys (callbacks.py), or run status (the runner).
+Not responsible for: the run around training (lifecycle.py), any training loop (TRL's trainers), metrics keys
+(callbacks.py), or run status (the runner).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +28,24 @@ PREFIX = {"dpo": "dpo/", "dpo_ai": "dpo/", "reward_model": "rm/", "rloo": "rloo/
 # ------------------------------------------------------------------------------------------------ TRL arguments
 def trl_args(cfg: RunConfig, out_dir: str | Path, *, learning_rate: float, max_steps: int, batch_size: int,
              gradient_accumulation_steps: int = 1, max_grad_norm: float = 1.0, seed: int = 0,
-             activation_checkpointing: bool = True) -> dict[str, Any]:
-    """Keyword arguments shared by every TRL config (DPOConfig, RewardConfig, RLOOConfig, GRPOConfig)."""
+             activation_checkpointing: bool = True, checkpoints: bool = True) -> dict[str, Any]:
+    """Keyword arguments shared by every TRL config (DPOConfig, RewardConfig, RLOOConfig, GRPOConfig).
+
+    checkpoints: the Trainer saves `checkpoint-N` directories under out_dir every checkpoint.every_steps steps,
+    keeping checkpoint.keep (a run resumes from them); False: none.
+    """
     from engine.models import pick_device
 
     device = pick_device(cfg.model.device)
-    return dict(
+    every = cfg.checkpoint.every_steps if checkpoints else 0
+    saving = dict(save_strategy="steps", save_steps=every, save_total_limit=cfg.checkpoint.keep) if every else \
+        dict(save_strategy="no")
+    return dict(**saving,
         output_dir=str(out_dir), learning_rate=learning_rate, max_steps=max_steps,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps, max_grad_norm=max_grad_norm, seed=seed,
         logging_steps=1,  # every optimizer step reaches the store, as PPO's do
-        save_strategy="no", report_to="none", disable_tqdm=True,  # the store and the runner's progress are the sinks
+        report_to="none", disable_tqdm=True,  # the store and the runner's progress are the sinks
         use_cpu=device == "cpu",
         # TRL's default (True) fails on CPU; on a GPU, bf16 weights or bf16 mixed precision turn it on
         bf16=device.startswith("cuda") and (cfg.model.dtype == "bfloat16" or cfg.model.mixed_precision == "bf16"),
@@ -50,6 +53,20 @@ def trl_args(cfg: RunConfig, out_dir: str | Path, *, learning_rate: float, max_s
         activation_checkpointing=activation_checkpointing,
         dataloader_num_workers=0,
     )
+
+
+def read_trl_checkpoint(path: Path) -> Path:
+    """`path` when it holds a complete Trainer checkpoint (its trainer_state.json parses); raises otherwise. The
+    Trainer itself loads it (`train(resume_from_checkpoint=path)`): weights or adapter, optimizer, scheduler, RNG
+    states and the data order."""
+    import json
+
+    from engine.checkpoint import TRL_STATE_FILE
+
+    state = json.loads((Path(path) / TRL_STATE_FILE).read_text())
+    if not isinstance(state, dict) or "global_step" not in state:
+        raise ValueError(f"{path / TRL_STATE_FILE} has no global_step")
+    return Path(path)
 
 
 def quiet(trainer) -> None:
@@ -166,132 +183,6 @@ def preference_rows(pairs: Sequence[dict], chat: bool, hh_prompts: bool) -> list
         rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": p["chosen"].strip()}],
                      "rejected": [{"role": "assistant", "content": p["rejected"].strip()}]})
     return rows
-
-
-def peak_rss_gb() -> float:
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**30 if sys.platform == "darwin" else 2**20)
-
-
-# ------------------------------------------------------------------------------------------------ the run skeleton
-class PolicyRun:
-    """The shared skeleton of a policy-training run (dpo, dpo_ai, rloo, grpo) around the method's training.
-
-    `start()` validates, loads prompts / evaluator / policy and scores the "before" side; the method then trains
-    `self.bundle.policy.lm` (in place: TRL trains the object it is given) and calls `finish(train_summary)`, which
-    saves the policy, scores the "after" side and writes the summary. Every number reaches the store as it is made.
-    """
-
-    def __init__(self, cfg: RunConfig, store, run_id: str, notify: Callable[[Any], None],
-                 check_cancel: Callable[[], None]) -> None:
-        self.cfg, self.store, self.run_id = cfg, store, run_id
-        self.notify, self.check_cancel = notify, check_cancel
-        self.t_start = time.perf_counter()
-        self.bundle = None
-        self.evaluator = None
-        self.train_prompts: list[str] = []
-        self.holdout: list[str] = []
-        self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
-        self.before: tuple[list[float], list[int]] | None = None
-        self.out_dir = Path(cfg.output_dir) / run_id
-
-    def start(self) -> "PolicyRun":
-        import torch
-
-        from engine import data as data_mod
-        from engine.models import load_policy, pick_device
-        from engine.rewards import build_backend
-        from engine.runner import Progress, prepare_prompts
-
-        cfg = self.cfg
-        cfg.check()
-        self.notify(Progress("data", message="loading prompts"))
-        train, holdout = prepare_prompts(cfg)
-        require_causal(cfg)  # before any weights load
-        self.notify(Progress("load", message="loading the evaluator and the policy"))
-        device = pick_device(cfg.model.device)
-        if cfg.evaluation.enabled:
-            self.evaluator = build_backend(cfg.evaluation.evaluator, device=device)
-        torch.manual_seed(self.seed)
-        self.bundle = load_policy(cfg.model)
-        self.check_cancel()
-        tok, budget, template = self.bundle.tokenizer, cfg.data.max_prompt_tokens, cfg.data.template
-        self.raw_holdout = holdout
-        self.train_prompts = data_mod.truncate_left(train, tok, budget, template=template)
-        self.holdout = data_mod.truncate_left(holdout, tok, budget, template=template)
-        self.store.set_progress(self.run_id, 0, cfg.total_steps)
-        if self.evaluator is not None:
-            self.before = self.evaluate("before")
-        return self
-
-    @property
-    def seed(self) -> int:
-        c = self.cfg
-        return c.online.seed if c.method in ("rloo", "grpo") else c.dpo.seed
-
-    def evaluate(self, which: str) -> tuple[list[float], list[int], list[float]]:
-        """Responses to the hold-out prompts ("before": the base model; "after": the trained policy), scored by the
-        evaluator and stored; returns (toxicity, lengths, KL to the base per response)."""
-        from engine.evaluate import evaluate_side
-        from engine.runner import Progress
-
-        def prog(done: int, total: int) -> None:
-            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
-            self.check_cancel()
-
-        rows, tox, lengths, kls = evaluate_side(self.bundle, self.evaluator, self.holdout, self.cfg.generation,
-                                                self.cfg.evaluation, which=which,
-                                                max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog)
-        self.store.add_evaluations(self.run_id, which, rows)
-        return tox, lengths, kls
-
-    def adopt(self, trainer) -> None:
-        """Make the trainer's model the bundle's policy (see `adopt`)."""
-        adopt(self.bundle, trainer)
-
-    def finish(self, train_summary: dict[str, Any]) -> dict[str, Any]:
-        """Save the policy, score the "after" side, write and return the summary."""
-        import torch
-
-        from engine.evaluate import summarize
-        from engine.runner import Progress
-
-        cfg, ev = self.cfg, self.cfg.evaluation
-        self.notify(Progress("save", message="saving the trained policy"))
-        ckpt = self.out_dir / "policy"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        self.bundle.policy.lm.save_pretrained(ckpt)  # a LoRA policy saves its adapter, as PPO's save_policy does
-        self.bundle.tokenizer.save_pretrained(ckpt)
-        steps = int(train_summary.get("train_steps", cfg.total_steps))
-        self.store.add_checkpoint(self.run_id, steps, str(ckpt))
-
-        summary: dict[str, Any] = {"method": cfg.method, "holdout_prompts": len(self.holdout)}
-        if cfg.method in ("rloo", "grpo"):
-            summary["train_prompts"] = len(self.train_prompts)  # (dpo trains on pairs; dpo_ai reports ai_prompts)
-        summary.update(train_summary)
-        if self.evaluator is not None and self.before is not None:
-            tox_before, len_before, _ = self.before
-            tox_after, len_after, kl_after = self.evaluate("after")
-            summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
-                                     bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
-                                     samples_per_prompt=ev.samples_per_prompt))
-            summary["evaluator"] = ev.evaluator.display_name
-            summary["length_before"] = _mean(len_before)
-            summary["length_after"] = _mean(len_after)
-            summary["mean_kl"] = _mean(kl_after)  # sequence KL to the base: comparable with PPO's
-        summary["wall_seconds"] = time.perf_counter() - self.t_start
-        if torch.cuda.is_available():
-            summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        summary["peak_rss_gb"] = peak_rss_gb()
-        self.store.set_summary(self.run_id, summary)
-        return summary
-
-
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else math.nan
 
 
 def replace(cfg: RunConfig, **changes) -> RunConfig:

@@ -4,7 +4,7 @@ Responsible for: wrapping each member of the run's reward mix (`engine.rewards.b
 function `fn(prompts, completions, **kw) -> list[float]` (async, so TRL scores all members concurrently, as the
 Ensemble does), with `reward_weights` = the members' weights and the mix's normalisation applied per member, so
 TRL's weighted sum is exactly the Ensemble's score; recording the batch's raw signals and a few samples for the
-store the way PPO's runner does; and the run itself (same prompts, hold-out evaluation and summary as PPO).
+store the way PPO does; and the method `Online` (the rest of the run: engine.methods.lifecycle, as for PPO).
 
 Not responsible for: the RL algorithms (TRL), the backends (engine.rewards), the store keys (callbacks.py).
 TRL's online trainers are causal-only: a seq2seq policy is refused before any weights load.
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from engine.config import RunConfig
-from engine.methods.common import PREFIX, PolicyRun, quiet, trl_args
+from engine.methods.common import PREFIX, quiet, read_trl_checkpoint, trl_args
+from engine.methods.lifecycle import PolicyMethod, PolicyRun
+from engine.progress import Progress
 
 # TRL key → the lab's key for the same number (PPO's names where the quantity is the same; see __init__.py).
 METRIC_MAP = {
@@ -163,20 +165,38 @@ def build_trainer(method: str, bundle, prompts: Sequence[str], ensemble, cfg: Ru
     return trainer, recorder
 
 
-def run_online(cfg: RunConfig, store, run_id: str, notify: Callable, check_cancel: Callable) -> dict[str, Any]:
-    """A whole "rloo" / "grpo" run: before-eval, TRL training with the run's rewards, checkpoint, after-eval."""
-    import math
+class Online(PolicyMethod):
+    """RLOO or GRPO (cfg.method) with TRL's trainers, rewarded by the run's reward mix (loaded before the policy)."""
 
-    from engine.methods.callbacks import StoreCallback
-    from engine.models import pick_device
-    from engine.rewards import build_reward
-    from engine.runner import Progress, RunCancelled
+    causal_only = True
+    resumable = True  # from the Trainer's checkpoints (a z-scored reward mix restarts its running statistics)
 
-    method, o = cfg.method, cfg.online
-    run = PolicyRun(cfg, store, run_id, notify, check_cancel).start()
-    ensemble = build_reward(cfg.reward, device=pick_device(cfg.model.device))
-    try:
-        trainer = recorder = None
+    def __init__(self) -> None:
+        self.ensemble = None
+
+    def seed(self, cfg: RunConfig) -> int:
+        return cfg.online.seed
+
+    def read_checkpoint(self, path):
+        return read_trl_checkpoint(path)
+
+    def load(self, run: PolicyRun) -> None:
+        from engine.rewards import build_reward
+
+        self.ensemble = build_reward(run.cfg.reward, device=run.device)
+
+    def close(self) -> None:
+        if self.ensemble is not None:
+            self.ensemble.close()
+
+    def train(self, run: PolicyRun) -> dict[str, Any]:
+        import math
+
+        from engine.methods.callbacks import StoreCallback
+
+        cfg, store, run_id, ensemble = run.cfg, run.store, run.run_id, self.ensemble
+        method, o = cfg.method, cfg.online
+        recorder = None
 
         def extra() -> dict[str, float]:
             out = {f"env/reward/{k}": _finite_mean(v) for k, v in recorder.signals().items()}
@@ -192,21 +212,18 @@ def run_online(cfg: RunConfig, store, run_id: str, notify: Callable, check_cance
                 store.add_samples(run_id, step, recorder.rows(o.samples_per_step))
 
         callback = StoreCallback(store, run_id, PREFIX[method], total_steps=o.max_steps, mapping=METRIC_MAP,
-                                 notify=notify, extra_metrics=extra, on_step=samples)
+                                 notify=run.notify, extra_metrics=extra, on_step=samples,
+                                 on_checkpoint=run.record_checkpoint)
         trainer, recorder = build_trainer(method, run.bundle, run.train_prompts, ensemble, cfg, run.out_dir / "trl",
                                           [callback])
-        notify(Progress("train", 0, o.max_steps, f"{method.upper()} on {len(run.train_prompts)} prompts"))
-        trainer.train()
-    finally:
-        ensemble.close()
-    if callback.cancelled:
-        raise RunCancelled()
-    run.adopt(trainer)
-    rewards = store.metrics_wide(run_id, ["env/reward_mean"])["env/reward_mean"].dropna()
-    summary = {"train_steps": trainer.state.global_step, "train_seconds": callback.final.get("train_runtime"),
-               "train_reward_first": float(rewards.iloc[0]) if len(rewards) else math.nan,
-               "train_reward_last": float(rewards.iloc[-1]) if len(rewards) else math.nan}
-    return run.finish(summary)
+        run.notify(Progress("train", 0, o.max_steps, f"{method.upper()} on {len(run.train_prompts)} prompts"))
+        trainer.train(resume_from_checkpoint=str(run.resume.path) if run.resume else None)
+        callback.raise_if_stopped()
+        run.adopt(trainer)
+        rewards = store.metrics_wide(run_id, ["env/reward_mean"])["env/reward_mean"].dropna()
+        return {"train_steps": trainer.state.global_step, "train_seconds": callback.final.get("train_runtime"),
+                "train_reward_first": float(rewards.iloc[0]) if len(rewards) else math.nan,
+                "train_reward_last": float(rewards.iloc[-1]) if len(rewards) else math.nan}
 
 
 def _finite_mean(values: Sequence[float]) -> float:

@@ -1,4 +1,4 @@
-"""Method "reward_model" (RLHF's first stage) with TRL's RewardTrainer, and the chain "reward model, then PPO".
+"""Method "reward_model" (RLHF's first stage) with TRL's RewardTrainer, and the PPO run that follows it.
 
 Responsible for: training a one-logit sequence classifier on the HH preference pairs (Bradley-Terry loss),
 saving it as a plain Hugging Face directory the `hf_classifier` reward backend loads (num_labels 1, label 0 =
@@ -7,7 +7,8 @@ the one PPO will see. Pairs are tokenized here exactly as the backend tokenizes 
 `score_on: prompt_response`: the tokenizer's special tokens, cut from the left to reward_model.max_length), and
 handed to TRL pre-tokenized, so training and scoring see the same tokens (TRL would otherwise append an EOS that
 the backend never adds). `ppo_config` builds the PPO run rewarded by a trained reward model (reward_model.then_ppo:
-the worker queues it when the reward-model run completes); `rlhf_chain` runs both stages in this process.
+the worker queues it when the reward-model run completes); `engine.runner.rlhf_chain` runs both stages in one
+process.
 
 Not responsible for: the PPO run (engine.runner) or loading the classifier for scoring (engine.rewards).
 The reward model is always fully fine-tuned (model.lora applies to policies only): its directory must be a plain
@@ -90,7 +91,8 @@ def train_reward_model(cfg: RunConfig, train_pairs: Sequence[dict], eval_pairs: 
     args = RewardConfig(**trl_args(cfg, out_dir / "trl", learning_rate=r.learning_rate, max_steps=r.max_steps,
                                    batch_size=r.batch_size, gradient_accumulation_steps=r.gradient_accumulation_steps,
                                    max_grad_norm=r.max_grad_norm, seed=r.seed,
-                                   activation_checkpointing=r.activation_checkpointing),
+                                   activation_checkpointing=r.activation_checkpointing,
+                                   checkpoints=False),  # a reward model run is short and restarts whole
                         max_length=r.max_length)
     train_ds = Dataset.from_list(tokenize_pairs(train_pairs, tokenizer, r.max_length))
     eval_ds = Dataset.from_list(tokenize_pairs(eval_pairs, tokenizer, r.max_length)) if eval_pairs else None
@@ -120,11 +122,11 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     import torch
 
     from engine.methods.callbacks import StoreCallback
-    from engine.methods.common import peak_rss_gb
     from engine.methods.dpo import human_pairs
+    from engine.methods.lifecycle import peak_rss_gb, prepare_prompts
     from engine.models import pick_device
+    from engine.progress import Progress
     from engine.rewards import build_backend
-    from engine.runner import Progress, RunCancelled, prepare_prompts
 
     t_start = time.perf_counter()
     cfg.check()
@@ -141,8 +143,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     out_dir = Path(cfg.output_dir) / run_id
     callback = StoreCallback(store, run_id, PREFIX["reward_model"], total_steps=r.max_steps, notify=notify)
     trainer, summary = train_reward_model(cfg, train_pairs, eval_pairs, out_dir, [callback])
-    if callback.cancelled:
-        raise RunCancelled()
+    callback.raise_if_stopped()
     store.add_checkpoint(run_id, summary["train_steps"], summary["model_path"])
 
     # The headline number, measured the way PPO will use the model: through the hf_classifier backend.
@@ -185,36 +186,3 @@ def ppo_config(cfg: RunConfig, rm_summary: dict[str, Any], rm_run_id: str | None
     out = replace(cfg, method="ppo", name=f"{cfg.name}-ppo", parent_run=rm_run_id)  # sections deep-copied
     out.reward = dataclasses.replace(out.reward, backends=(list(out.reward.backends) if keep else []) + [rm_backend])
     return out
-
-
-def rlhf_chain(cfg: RunConfig, store=None, on_progress=None, keep_rewards: bool | None = None,
-               on_run: Callable[[str, RunConfig], None] | None = None) -> tuple[str, str]:
-    """RLHF in two runs: a reward model on the human pairs, then PPO rewarded by it; returns (rm_run_id, ppo_run_id).
-
-    Both runs use cfg (model, data, evaluation, ppo and reward_model sections; cfg is not changed). The reward-model
-    run is named cfg.name when cfg.method is "reward_model", else "<cfg.name>-reward-model"; the PPO run is built by
-    `ppo_config` (keep_rewards None: cfg.reward_model.keep_rewards). `on_run(run_id, run_cfg)` is called as each run
-    is registered, before it executes (the CLI prints the ids). Raises RuntimeError when the reward-model run does
-    not complete (it was cancelled); a failing run raises its error. PPO is then not started.
-    """
-    from engine.runner import execute, prepare_prompts
-    from engine.store import Store
-
-    store = store or Store()
-
-    def start(run_cfg: RunConfig) -> tuple[str, dict[str, Any]]:  # engine.runner.run, announcing the id first
-        run_cfg.check()
-        prepare_prompts(run_cfg)
-        run_id = store.create_run(run_cfg.to_yaml(), name=run_cfg.name, method=run_cfg.method,
-                                  total_steps=run_cfg.total_steps)
-        if on_run is not None:
-            on_run(run_id, run_cfg)
-        return run_id, execute(run_cfg, store, run_id, on_progress)
-
-    name = cfg.name if cfg.method == "reward_model" else f"{cfg.name}-reward-model"
-    rm_id, rm_summary = start(replace(cfg, method="reward_model", name=name))
-    status = store.get_run(rm_id).status
-    if status != "completed":
-        raise RuntimeError(f"reward-model run {rm_id} ended {status}; PPO was not started")
-    ppo_id, _ = start(ppo_config(cfg, rm_summary, rm_id, keep_rewards))
-    return rm_id, ppo_id

@@ -40,6 +40,7 @@ def tiny_config(model_dir, name: str, steps: int, out, evaluate: bool = True) ->
     cfg.evaluation.bootstrap_samples = 200
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
     cfg.ppo.samples_per_step = 2
+    cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.generation.max_new_tokens = 8
     return cfg
 
@@ -80,7 +81,7 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     box = pg.locator(".st-key-cfg-ppo-mini_batch_size input")
     box.fill("5")
     box.press("Enter")
-    pg.get_by_text("must divide batch_size (16) exactly, got 5").wait_for()
+    pg.get_by_text("must divide batch_size (32) exactly, got 5").wait_for()
     # the error and the Start button are drawn by the same rerun, top to bottom: wait for the button's turn
     pg.locator(".st-key-start-run button:disabled").wait_for(timeout=30_000)
     box.fill("4")

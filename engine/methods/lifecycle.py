@@ -1,0 +1,314 @@
+"""The one lifecycle of a policy-training run, written once for every method (ppo, dpo, dpo_ai, rloo, grpo).
+
+    prompts -> load (method's own pieces, evaluator, policy) -> before-evaluation -> train -> save
+            -> after-evaluation -> summary
+
+A method says only how it trains: a `PolicyMethod` subclass with `train(run)` (and, optionally, `load(run)` for
+what it needs before the policy loads, `save_policy` for what its final checkpoint holds, `read_checkpoint` to
+resume, `close()`). `run_policy(method, ...)` does the rest. Every number reaches the store as soon as it exists.
+
+Checkpoints and resume: a method saves periodic checkpoints with `run.save_checkpoint(step, write)` (atomic,
+recorded in the store, pruned to checkpoint.keep). `run_policy(..., resume=True)` finds the newest checkpoint the
+method can read (a damaged one is skipped for the one before), deletes what the run stored after that step
+(metrics, samples, the after-evaluation), reads the before-evaluation back instead of redoing it, and hands the
+checkpoint to `train` as `run.resume`.
+
+Also here, because every method needs them: `prepare_prompts` (the train / hold-out split, the same for all
+methods) and `peak_rss_gb`.
+
+Not responsible for: run status (engine.runner records it), any training loop (the method modules), or which
+method runs (the runner dispatches).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError, FieldError, RunConfig
+from engine.progress import CancelCheck, Notify, Progress
+
+log = logging.getLogger(__name__)
+
+
+def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Train and hold-out prompts (untruncated). Raises ConfigError on an empty or too small source."""
+    from engine import data
+
+    d = cfg.data
+    try:
+        prompts = data.load_prompts(data.resolve_source(d.source), template=d.template,
+                                    min_chars=d.min_chars, max_chars=d.max_chars)
+        holdout = d.holdout_size if cfg.evaluation.enabled else 0
+        train, test = data.split(prompts, holdout_size=holdout, train_size=d.train_size, seed=d.split_seed)
+    except (ValueError, OSError, RuntimeError, csv.Error) as exc:  # RuntimeError: the hub unreachable (offline)
+        message = str(exc) if len(str(exc)) <= 300 else str(exc)[:299] + "…"
+        raise ConfigError([FieldError("data.source", message)]) from exc
+    if not train:
+        raise ConfigError([FieldError("data.train_size", "no training prompts left after the hold-out split")])
+    return train, test
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean, or NaN for no values."""
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+@dataclass
+class Resume:
+    """The checkpoint a resumed run continues from: its step, directory, and what the method read from it."""
+
+    step: int
+    path: Path
+    state: Any
+
+
+class PolicyRun:
+    """One policy-training run's shared state: config, store, prompts, evaluator, policy, "before" scores.
+
+    Built and driven by `run_policy`; a method's `train(run)` reads `run.bundle`, `run.train_prompts`,
+    `run.device`, `run.out_dir` and reports through `run.notify` / `run.check_cancel` / `run.store`.
+    """
+
+    def __init__(self, cfg: RunConfig, store, run_id: str, notify: Notify, check_cancel: CancelCheck) -> None:
+        self.cfg, self.store, self.run_id = cfg, store, run_id
+        self.notify, self.check_cancel = notify, check_cancel
+        self.t_start = time.perf_counter()
+        self.device = "cpu"
+        self.bundle = None
+        self.evaluator = None
+        self.train_prompts: list[str] = []
+        self.holdout: list[str] = []
+        self.raw_train: list[str] = []  # untruncated
+        self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
+        self.before: tuple[list[float], list[int], list[float]] | None = None
+        self.out_dir = Path(cfg.output_dir) / run_id
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.resume: Resume | None = None
+
+    # ---- the steps, in order -------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Validate the config and split the prompts (text only: bad input fails before any model loads)."""
+        self.cfg.check()
+        self.notify(Progress("data", message="loading prompts"))
+        self.raw_train, self.raw_holdout = prepare_prompts(self.cfg)
+
+    def load(self, seed: int) -> None:
+        """Load the evaluator and the policy (seeded), and cut the prompts to the token budget."""
+        import torch
+
+        from engine import data as data_mod
+        from engine.models import load_policy
+        from engine.rewards import build_backend
+
+        cfg = self.cfg
+        if cfg.evaluation.enabled:
+            self.evaluator = build_backend(cfg.evaluation.evaluator, device=self.device)
+        torch.manual_seed(seed)
+        self.bundle = load_policy(cfg.model)
+        self.check_cancel()
+        tok, budget, template = self.bundle.tokenizer, cfg.data.max_prompt_tokens, cfg.data.template
+        self.train_prompts = data_mod.truncate_left(self.raw_train, tok, budget, template=template)
+        self.holdout = data_mod.truncate_left(self.raw_holdout, tok, budget, template=template)
+
+    def evaluate(self, which: str) -> tuple[list[float], list[int], list[float]]:
+        """Responses to the hold-out prompts ("before": the base model; "after": the trained policy), scored by the
+        evaluator and stored; returns (toxicity, lengths, KL to the base per response)."""
+        from engine.evaluate import evaluate_side
+
+        def prog(done: int, total: int) -> None:
+            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
+            self.check_cancel()
+
+        rows, tox, lengths, kls = evaluate_side(self.bundle, self.evaluator, self.holdout, self.cfg.generation,
+                                                self.cfg.evaluation, which=which,
+                                                max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog)
+        self.store.add_evaluations(self.run_id, which, rows)
+        return tox, lengths, kls
+
+    def stored_before(self) -> tuple[list[float], list[int], list[float]] | None:
+        """The "before" side as the store holds it (a resumed run does not redo it); None when there is none."""
+        rows = self.store.evaluations(self.run_id, "before")
+        if rows.empty:
+            return None
+        return (rows["toxicity"].tolist(), [int(s.get("length", 0)) for s in rows["scores"]],
+                [float(s.get("kl", math.nan)) for s in rows["scores"]])
+
+    # ---- checkpoints --------------------------------------------------------------------------------
+    def checkpoint_due(self, step: int) -> bool:
+        """True when a periodic checkpoint falls after `step` (every checkpoint.every_steps steps)."""
+        every = self.cfg.checkpoint.every_steps
+        return every > 0 and step % every == 0
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None]) -> Path:
+        """Write a checkpoint after `step` (`write(dir)` fills a temporary directory, renamed when complete), record
+        it in the store, and delete the oldest beyond checkpoint.keep."""
+        from engine import checkpoint
+
+        try:
+            path = checkpoint.write_atomic(checkpoint.step_dir(self.checkpoint_dir, step), write)
+        except checkpoint.CheckpointError as exc:
+            kept = [c.step for c in self.store.checkpoints(self.run_id) if checkpoint.is_resumable(c.path)]
+            where = f"the checkpoint after step {kept[-1]} is intact" if kept else "no earlier checkpoint"
+            raise checkpoint.CheckpointError(exc.errno, f"{exc.strerror}; {where}: make room, then `python -m "
+                                                        f"engine resume {self.run_id}`") from exc
+        self.store.add_checkpoint(self.run_id, step, str(path))
+        self.prune_checkpoints()
+        return path
+
+    def record_checkpoint(self, step: int, path: str | Path) -> None:
+        """Record a checkpoint someone else wrote (a TRL Trainer's `checkpoint-N`); pruning is the Trainer's."""
+        self.store.add_checkpoint(self.run_id, step, str(path))
+        for rec in self.store.checkpoints(self.run_id):
+            if not Path(rec.path).exists():
+                self.store.delete_checkpoint(self.run_id, rec.path)
+
+    def prune_checkpoints(self) -> None:
+        from engine import checkpoint
+
+        records = [r for r in self.store.checkpoints(self.run_id)
+                   if Path(r.path).parent == self.checkpoint_dir]
+        for path in checkpoint.prune([r.path for r in records], self.cfg.checkpoint.keep):
+            self.store.delete_checkpoint(self.run_id, path)
+
+    def find_resume(self, read: Callable[[Path], Any]) -> Resume | None:
+        """The newest recorded checkpoint that `read(path)` loads; damaged ones are skipped (and logged)."""
+        from engine import checkpoint
+
+        checkpoint.remove_partials(self.checkpoint_dir)
+        for rec in reversed(self.store.checkpoints(self.run_id)):
+            path = Path(rec.path)
+            if not checkpoint.is_resumable(path):
+                continue
+            try:
+                return Resume(rec.step, path, read(path))
+            except Exception as exc:  # a damaged file: fall back to the checkpoint before it
+                log.warning("run %s: checkpoint %s is unreadable (%s: %s); trying an older one", self.run_id, path,
+                            type(exc).__name__, exc)
+        return None
+
+    def adopt(self, trainer) -> None:
+        """Make a TRL trainer's model the bundle's policy (see engine.methods.common.adopt)."""
+        from engine.methods.common import adopt
+
+        adopt(self.bundle, trainer)
+
+    def finish(self, train_summary: dict[str, Any], method: PolicyMethod) -> dict[str, Any]:
+        """Save the policy (as `method` saves it), score the "after" side, write and return the summary."""
+        import torch
+
+        from engine.evaluate import summarize
+
+        cfg, ev = self.cfg, self.cfg.evaluation
+        self.notify(Progress("save", message="saving the trained policy"))
+        ckpt = method.save_policy(self.bundle, self.out_dir / "policy")
+        steps = int(train_summary.get("train_steps", cfg.total_steps))
+        self.store.delete_checkpoint(self.run_id, ckpt)  # a resumed run saved it before the after-evaluation failed
+        self.store.add_checkpoint(self.run_id, steps, str(ckpt))
+
+        summary: dict[str, Any] = {"method": cfg.method, "holdout_prompts": len(self.holdout)}
+        if cfg.method in ("ppo", "rloo", "grpo"):
+            summary["train_prompts"] = len(self.train_prompts)  # (dpo trains on pairs; dpo_ai reports ai_prompts)
+        summary.update(train_summary)
+        if self.evaluator is not None and self.before is not None:
+            tox_before, len_before, _ = self.before
+            tox_after, len_after, kl_after = self.evaluate("after")
+            summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
+                                     bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
+                                     samples_per_prompt=ev.samples_per_prompt))
+            summary["evaluator"] = ev.evaluator.display_name
+            summary["length_before"] = mean(len_before)
+            summary["length_after"] = mean(len_after)
+            summary["mean_kl"] = mean(kl_after)  # sequence KL to the base: comparable across methods
+        summary["wall_seconds"] = time.perf_counter() - self.t_start
+        if torch.cuda.is_available():
+            summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        summary["peak_rss_gb"] = peak_rss_gb()
+        self.store.set_summary(self.run_id, summary)
+        return summary
+
+
+class PolicyMethod:
+    """What a policy-training method says about itself; subclasses override `train` (and what else differs)."""
+
+    causal_only = False  # True: refuse a seq2seq policy (TRL's trainers are causal-only) before weights load
+    resumable = False  # True: it saves checkpoints and `train` continues from `run.resume`
+
+    def seed(self, cfg: RunConfig) -> int:
+        """The seed set before the policy loads (a LoRA adapter's initial weights depend on it)."""
+        return 0
+
+    def load(self, run: PolicyRun) -> None:
+        """Load what training needs before the policy (e.g. reward backends). Default: nothing."""
+
+    def train(self, run: PolicyRun) -> dict[str, Any]:
+        """Train `run.bundle.policy` in place (from `run.resume` when set); return the training's part of the
+        summary (with `train_steps`). Save checkpoints with `run.save_checkpoint`. Raise RunCancelled when
+        cancelled."""
+        raise NotImplementedError
+
+    def read_checkpoint(self, path: Path) -> Any:
+        """Load what `train` needs to continue from the checkpoint at `path`; raise if it is unreadable."""
+        raise NotImplementedError(f"{type(self).__name__} cannot resume")
+
+    def save_policy(self, bundle, out_dir: Path) -> Path:
+        """Write the final policy (full weights or LoRA adapter) + tokenizer; `from_pretrained` loads it."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        bundle.policy.lm.save_pretrained(out_dir)
+        bundle.tokenizer.save_pretrained(out_dir)
+        return out_dir
+
+    def close(self) -> None:
+        """Release what `load` opened (judge clients, thread pools). Default: nothing."""
+
+
+def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify: Notify,
+               check_cancel: CancelCheck, resume: bool = False) -> dict[str, Any]:
+    """A whole policy-training run with `method`; returns its summary. The runner records the run's status.
+
+    resume: continue from the run's newest readable checkpoint (ValueError when it has none)."""
+    run = PolicyRun(cfg, store, run_id, notify, check_cancel)
+    run.prepare()
+    if method.causal_only:
+        from engine.methods.common import require_causal
+
+        require_causal(cfg)  # before any weights load
+    from engine.models import pick_device
+
+    run.device = pick_device(cfg.model.device)
+    notify(Progress("load", message="loading the reward backends, the evaluator and the policy"))
+    try:
+        method.load(run)
+        run.load(method.seed(cfg))
+        if resume:
+            run.resume = run.find_resume(method.read_checkpoint)
+            if run.resume is None:
+                raise ValueError(f"run {run_id} has no readable checkpoint to resume from")
+            store.truncate_after(run_id, run.resume.step)  # curves continue from the checkpoint's step
+            store.set_progress(run_id, run.resume.step, cfg.total_steps)
+            notify(Progress("load", message=f"resuming from the checkpoint after step {run.resume.step}"))
+            if run.evaluator is not None:
+                run.before = run.stored_before()
+        else:
+            store.set_progress(run_id, 0, cfg.total_steps)
+            if run.evaluator is not None:
+                run.before = run.evaluate("before")
+        summary = method.train(run)
+        return run.finish(summary, method)
+    finally:
+        method.close()

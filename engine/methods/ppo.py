@@ -1,0 +1,172 @@
+"""Method "ppo": the lab's own PPO (engine/ppo.py) on the run's prompts, rewarded by the run's reward mix.
+
+Responsible for: feeding PPOTrainer endless seeded batches of prompts, writing each step's metrics (with the judge
+accounting) and a few samples to the store, the training's part of the summary (KL along training), and PPO's
+checkpoints: every checkpoint.every_steps steps, and on cancel or Ctrl-C / SIGTERM between steps, a directory with
+
+  policy.pt     the trainable weights: the whole policy, or its LoRA adapter, and the value head
+  trainer.pt    Adam's state, the KL coefficient, the mini-batch shuffler's generator, the step count
+  state.pt      the step, every RNG state (python, numpy, torch CPU/CUDA), the prompt batches' position,
+                the reward normalisation's running statistics, the KL per step so far (written last)
+
+from which a resumed run continues exactly where the uninterrupted one would have been.
+
+Not responsible for: the algorithm (engine/ppo.py, which knows no store), or the rest of the run (prompts,
+evaluation, saving, summary: engine.methods.lifecycle).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.checkpoint import PPO_STATE_FILE as STATE_FILE
+from engine.config import RunConfig
+from engine.methods.lifecycle import PolicyMethod, PolicyRun
+from engine.progress import Progress
+
+
+class PromptBatches:
+    """Endless batches over the prompts, reshuffled (seeded) every pass; its position saves and restores."""
+
+    def __init__(self, items: list[str], size: int, seed: int) -> None:
+        self.items, self.size = list(items), size
+        self.rng = random.Random(seed)
+        self.pool: list[str] = []
+
+    def __iter__(self) -> "PromptBatches":
+        return self
+
+    def __next__(self) -> list[str]:
+        while len(self.pool) < self.size:
+            chunk = list(self.items)
+            self.rng.shuffle(chunk)
+            self.pool += chunk
+        batch, self.pool = self.pool[:self.size], self.pool[self.size:]
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        from engine.checkpoint import as_lists
+
+        return {"rng": as_lists(self.rng.getstate()), "pool": list(self.pool)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from engine.checkpoint import as_tuples
+
+        self.rng.setstate(as_tuples(state["rng"]))
+        self.pool = list(state["pool"])
+
+
+def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: dict, *, step: int,
+                     step_kls: list[float], train_seconds: float) -> None:
+    """Fill the directory `path` with PPO's checkpoint after `step` (see the module's docstring for its files)."""
+    import torch
+
+    from engine.checkpoint import rng_state
+
+    torch.save(trainer.trainable_state(), path / "policy.pt")
+    torch.save(trainer.state_dict(), path / "trainer.pt")
+    torch.save({"step": step, "batches": batches.state_dict(), "rng": rng_state(),
+                "reward_stats": {n: [s.count, s.mean, s.m2] for n, s in reward_stats.items()},
+                "step_kls": list(step_kls), "train_seconds": train_seconds}, path / STATE_FILE)
+
+
+class PPO(PolicyMethod):
+    """PPO with a value head; the reward mix is loaded before the policy (as the seed did)."""
+
+    resumable = True
+
+    def __init__(self) -> None:
+        self.reward = None
+
+    def seed(self, cfg: RunConfig) -> int:
+        return cfg.ppo.seed
+
+    def load(self, run: PolicyRun) -> None:
+        from engine.rewards import build_reward
+
+        self.reward = build_reward(run.cfg.reward, device=run.device)
+
+    def save_policy(self, bundle, out_dir: Path) -> Path:
+        from engine.models import save_policy
+
+        return save_policy(bundle, out_dir)  # with the value head
+
+    def read_checkpoint(self, path: Path) -> dict[str, Any]:
+        import torch
+
+        def load(name: str):
+            return torch.load(path / name, map_location="cpu", weights_only=True)
+
+        return {"policy": load("policy.pt"), "trainer": load("trainer.pt"), "state": load(STATE_FILE)}
+
+    def train(self, run: PolicyRun) -> dict[str, Any]:
+        from engine.checkpoint import restore_rng
+        from engine.ppo import PPOTrainer
+        from engine.progress import RunCancelled
+
+        cfg, store, run_id, reward = run.cfg, run.store, run.run_id, self.reward
+        total = cfg.ppo.max_ppo_steps
+        n_samples = cfg.ppo.samples_per_step
+
+        def to_store(step: int, metrics: dict[str, float], rollout) -> None:
+            metrics.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost), cumulative
+            store.log_metrics(run_id, step, metrics)
+            if n_samples:
+                rows = []
+                for i in range(min(n_samples, len(rollout.prompts))):
+                    scores = {k: v[i] for k, v in rollout.raw_scores.items()}
+                    rows.append({"prompt": rollout.prompts[i], "response": rollout.responses[i],
+                                 "reward": float(rollout.scores[i]), "scores": scores})
+                store.add_samples(run_id, step, rows)
+            store.set_progress(run_id, step, total)
+
+        def reward_fn(prompts, responses):
+            result = reward.score(prompts, responses)
+            return result.scores, result.raw
+
+        trainer = PPOTrainer(run.bundle, reward_fn, cfg.ppo, cfg.generation,
+                             max_prompt_tokens=cfg.data.max_prompt_tokens, callbacks=[to_store])
+        # Each step's batch_size responses come from batch_size / num_generations prompts.
+        batches = PromptBatches(run.train_prompts, cfg.ppo.batch_size // cfg.ppo.num_generations,
+                                cfg.data.split_seed + cfg.ppo.seed)
+        step_kls: list[float] = []
+        done, seconds_before = 0, 0.0  # steps completed, training seconds of earlier processes (a resumed run)
+        stats = getattr(reward, "stats", {})  # the reward mix's running z-score statistics
+        if run.resume is not None:
+            ckpt = run.resume.state
+            trainer.load_state(ckpt["policy"], ckpt["trainer"])
+            state = ckpt["state"]
+            batches.load_state_dict(state["batches"])
+            for name, (count, mean, m2) in state["reward_stats"].items():
+                stats[name].count, stats[name].mean, stats[name].m2 = count, mean, m2
+            step_kls, done, seconds_before = list(state["step_kls"]), state["step"], state["train_seconds"]
+            restore_rng(state["rng"])  # last: loading the model above drew from torch's generator
+        t_train = time.perf_counter()
+
+        def write(path: Path) -> None:
+            write_checkpoint(path, trainer, batches, stats, step=done, step_kls=step_kls,
+                             train_seconds=seconds_before + time.perf_counter() - t_train)
+
+        saved, in_step = done, False
+        try:
+            for step in range(done + 1, total + 1):
+                run.check_cancel()
+                in_step = True
+                metrics = trainer.step(next(batches))
+                in_step, done = False, step
+                step_kls.append(metrics["objective/kl"])
+                run.notify(Progress("train", step, total, f"step {step}/{total}", metrics))
+                if run.checkpoint_due(step):
+                    run.save_checkpoint(step, write)
+                    saved = step
+        except (RunCancelled, KeyboardInterrupt):
+            # Stopped between steps: keep what was trained since the last checkpoint. Stopped inside a step (Ctrl-C,
+            # SIGTERM), the weights are half-way through it: the last checkpoint stands.
+            if cfg.checkpoint.every_steps and done > saved and not in_step:
+                run.save_checkpoint(done, write)
+            raise
+        return {"train_steps": total, "train_seconds": seconds_before + time.perf_counter() - t_train,
+                "train_mean_kl": sum(step_kls) / len(step_kls), "train_final_kl": step_kls[-1]}
