@@ -200,7 +200,10 @@ def score_toxicity(evaluator, texts: Sequence[str], batch_size: int = 64) -> lis
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable before/after table for the CLI."""
     b, a = summary["before"], summary["after"]
-    lines = [
+    lines = []
+    if summary.get("split"):  # which prompts these numbers come from
+        lines.append(f"on the {summary['split']} split ({summary.get('holdout_prompts', '?')} prompts)")
+    lines += [
         f"{'':16}{'before':>10}{'after':>10}{'change':>10}",
         f"{'mean toxicity':16}{b['mean']:>10.4f}{a['mean']:>10.4f}{summary['pct_improvement_mean']:>9.1f}%",
         f"{'std toxicity':16}{b['std']:>10.4f}{a['std']:>10.4f}{summary['pct_improvement_std']:>9.1f}%",
