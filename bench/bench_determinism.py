@@ -1,5 +1,6 @@
-"""What deterministic mode costs: PPO steps with `model.deterministic` on vs off (same threads, same seed), and
-whether two runs of one seed agree exactly in each mode.
+"""What deterministic mode costs: PPO steps with `model.deterministic` off, on (as shipped on CPU: fixed threads,
+seeds), and on with torch's deterministic kernels forced (what it adds on GPUs), same threads and seed; and whether
+two runs of one seed agree exactly in each mode.
 
 Usage: python bench/bench_determinism.py [--model builtin:tiny-gpt2] [--steps 4] [--threads 1] [--smoke]
 
@@ -53,8 +54,9 @@ def main() -> None:
         scores = [sum(c in "aeiou" for c in r) / max(1, len(r)) for r in responses]
         return scores, {"vowels": scores}
 
-    def run(enabled: bool):
-        with deterministic_run(0, enabled=enabled, threads=args.threads):
+    def run(mode: str):
+        with deterministic_run(0, enabled=mode != "off", threads=args.threads,
+                               device="cuda" if mode == "on+kernels" else "cpu"):
             bundle = load_policy(ModelSettings(name_or_path=args.model, device="cpu"))
             prompts = data_mod.truncate_left(raw[: 4 * (args.steps + 1)], bundle.tokenizer, 64)
             trainer = PPOTrainer(bundle, reward, PPOSettings(batch_size=8, mini_batch_size=4, num_generations=2,
@@ -67,18 +69,19 @@ def main() -> None:
                     times.append(m["time/step_s"])
         return times, history
 
-    results: dict[bool, list] = {True: [], False: []}
+    modes = ("off", "on", "on+kernels")
+    results: dict[str, list] = {m: [] for m in modes}
     for _ in range(2):
-        for enabled in (True, False):
-            results[enabled].append(run(enabled))
+        for mode in modes:
+            results[mode].append(run(mode))
     print(f"model {args.model}, {args.threads} threads, {args.steps} timed steps x 2 runs per mode")
     print(f"{'deterministic':14}{'s/step':>10}{'identical runs':>16}")
     base = None
-    for enabled in (False, True):
-        (t1, h1), (t2, h2) = results[enabled]
+    for mode in modes:
+        (t1, h1), (t2, h2) = results[mode]
         med = statistics.median(t1 + t2)
         base = base or med
-        print(f"{'on' if enabled else 'off':14}{med:>10.3f}{str(h1 == h2):>16}   (x{med / base:.3f} of off)")
+        print(f"{mode:14}{med:>10.3f}{str(h1 == h2):>16}   (x{med / base:.3f} of off)")
     if tmp is not None:
         tmp.cleanup()
 

@@ -37,11 +37,15 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def deterministic_run(seed: int, *, enabled: bool = True, threads: int = 0) -> Iterator[dict[str, Any]]:
-    """Seed everything; with `enabled`, also fix torch's thread count (`threads`, 0: every available core) and turn
-    on deterministic algorithms (`warn_only`: an op without a deterministic kernel warns instead of failing the run;
-    on CPU nearly every op is deterministic at a fixed thread count). Yields what was set, for the run's record;
-    thread count and the deterministic flag are restored on exit."""
+def deterministic_run(seed: int, *, enabled: bool = True, threads: int = 0,
+                      device: str = "cpu") -> Iterator[dict[str, Any]]:
+    """Seed everything; with `enabled`, also fix torch's thread count (`threads`, 0: every available core) and, when
+    the run uses an accelerator (`device` not "cpu"), turn on deterministic algorithms (`warn_only`: an op without a
+    deterministic kernel warns instead of failing the run). Yields what was set, for the run's record; thread count
+    and the deterministic flag are restored on exit.
+
+    On CPU the flag is left off: at a fixed thread count CPU kernels already repeat exactly (two runs of one seed
+    agree with and without it, bench/bench_determinism.py), and it made tiny-model PPO steps 6-10 % slower there."""
     import torch
 
     saved_threads = torch.get_num_threads()
@@ -52,13 +56,15 @@ def deterministic_run(seed: int, *, enabled: bool = True, threads: int = 0) -> I
     try:
         if enabled:
             torch.set_num_threads(threads or available_cores())
-            # cuBLAS needs a fixed workspace for deterministic matmuls; read when CUDA first initialises.
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
+            if torch.device(device).type != "cpu":
+                # cuBLAS needs a fixed workspace for deterministic matmuls; read when CUDA first initialises.
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+                torch.use_deterministic_algorithms(True, warn_only=True)
+                torch.backends.cudnn.benchmark = False
         elif threads:
             torch.set_num_threads(threads)
         info["threads"] = torch.get_num_threads()
+        info["deterministic_kernels"] = torch.are_deterministic_algorithms_enabled()
         seed_everything(seed)
         yield info
     finally:

@@ -35,7 +35,7 @@ def test_two_runs_of_one_seed_are_identical(tiny_gpt2_dir):
     before_threads = torch.get_num_threads()
     a, wa, info = _run(tiny_gpt2_dir, 3)
     b, wb, _ = _run(tiny_gpt2_dir, 3)
-    assert info == {"deterministic": True, "seed": 3, "threads": 1}
+    assert info == {"deterministic": True, "seed": 3, "threads": 1, "deterministic_kernels": False}
     assert a == b  # every metric of every step, exactly
     assert all(torch.equal(x, y) for x, y in zip(wa, wb, strict=True))
     c, _, _ = _run(tiny_gpt2_dir, 4)
@@ -45,11 +45,14 @@ def test_two_runs_of_one_seed_are_identical(tiny_gpt2_dir):
     assert not torch.are_deterministic_algorithms_enabled()
 
 
-def test_threads_zero_means_every_available_core():
+def test_threads_zero_means_every_available_core_and_kernels_follow_the_device():
     with deterministic_run(0, threads=0) as info:
         assert info["threads"] == torch.get_num_threads() == available_cores()
-        assert torch.are_deterministic_algorithms_enabled()
-    with deterministic_run(0, enabled=False) as info:
+        assert not torch.are_deterministic_algorithms_enabled()  # CPU: threads and seeds suffice
+    with deterministic_run(0, threads=1, device="cuda") as info:  # the flag needs no GPU to be set
+        assert torch.are_deterministic_algorithms_enabled() and info["deterministic_kernels"] is True
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+    with deterministic_run(0, enabled=False, device="cuda") as info:
         assert not torch.are_deterministic_algorithms_enabled() and info["deterministic"] is False
 
 

@@ -322,8 +322,10 @@ def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify:
     With model.deterministic (the default) the run holds a fixed thread count and deterministic kernels, every RNG
     seeded with the method's seed, so a seed pins it (engine.determinism); the process is put back afterwards."""
     from engine.determinism import deterministic_run
+    from engine.models import pick_device
 
-    with deterministic_run(method.seed(cfg), enabled=cfg.model.deterministic, threads=cfg.model.threads) as det:
+    with deterministic_run(method.seed(cfg), enabled=cfg.model.deterministic, threads=cfg.model.threads,
+                           device=pick_device(cfg.model.device)) as det:
         run = PolicyRun(cfg, store, run_id, notify, check_cancel)
         run.determinism = det
         return _run_policy(method, run, resume)
