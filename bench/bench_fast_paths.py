@@ -14,7 +14,9 @@ Parts:
 - generate          policy sampling of 8 x 4 responses (prefill sharing)
 - reference         the reference's log-probs of those responses (reference reuse: each prompt once)
 - policy stats      the policy's old log-probs and values (the rollout's prompt states reused: prompt not rerun)
-- PPO step          engine.ppo.PPOTrainer.step with share_prompt_states True / False (1 warm-up each)
+- PPO step          engine.ppo.PPOTrainer.step with share_prompt_states True / False (1 warm-up each, then
+                    alternating), and its parts: rollout (sampling + reward), stats (old log-probs, values,
+                    reference, GAE), update (the mini-batches: fast = whole prompts, each run once per mini-batch)
 - evaluation        engine.evaluate.generate_responses("after": sampling, the policy's and the reference's log-probs)
                     of the same prompts, k per prompt, batch 32; then responses/s at each of --eval-batches
 
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="timed repetitions of each part (medians)")
     ap.add_argument("--eval-batches", default="16,32,64", help="evaluation batch sizes to time (responses)")
     ap.add_argument("--no-ppo", action="store_true", help="skip the whole PPO step")
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation parts")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--smoke", action="store_true", help="every part once on a tiny random model (seconds)")
     args = ap.parse_args()
@@ -139,19 +142,25 @@ def main() -> None:
             scores = [float(len(x)) / 100 for x in rs]
             return scores, {"length": scores}
 
-        step_times = {}
-        for share in (False, True):
+        trainers = {}
+        for share in (False, True):  # both in memory, so their steps can alternate (the load changes over time)
             torch.manual_seed(0)
-            b2 = load_policy(cfg.model)
-            trainer = PPOTrainer(b2, reward_fn, cfg.ppo, gen, max_prompt_tokens=cfg.data.max_prompt_tokens,
-                                 share_prompt_states=share)
-            trainer.step(prompts[n:2 * n])  # warm-up
-            step_times[share] = [trainer.step(prompts[(2 + i) * n:(3 + i) * n])["time/step_s"]
-                                 for i in range(max(1, min(args.reps, 2)))]
-            del b2, trainer
-        p, f = statistics.median(step_times[False]), statistics.median(step_times[True])
-        rows.append(("PPO step", p, f))
-        print(f"{'PPO step':18}plain {p:7.2f} s   fast {f:7.2f} s   x{p / f:.2f}", flush=True)
+            trainers[share] = PPOTrainer(load_policy(cfg.model), reward_fn, cfg.ppo, gen,
+                                         max_prompt_tokens=cfg.data.max_prompt_tokens, share_prompt_states=share)
+            trainers[share].step(prompts[n:2 * n])  # warm-up
+        parts = ("time/step_s", "time/rollout_s", "time/stats_s", "time/update_s")
+        seen: dict[bool, list[dict]] = {False: [], True: []}
+        for i in range(max(1, args.reps)):
+            for share in (False, True):
+                m = trainers[share].step(prompts[(2 + i) * n:(3 + i) * n])
+                seen[share].append({p: m[p] for p in parts})
+        for part in parts:
+            p = statistics.median(x[part] for x in seen[False])
+            f = statistics.median(x[part] for x in seen[True])
+            name = "PPO step" if part == "time/step_s" else f"  {part[5:-2]}"
+            rows.append((name, p, f))
+            print(f"{name:18}plain {p:7.2f} s   fast {f:7.2f} s   x{p / f:.2f}", flush=True)
+        del trainers
 
     def evaluation(share, batch, count=n):
         return generate_responses(bundle, prompts[:count], gen, which="after", batch_size=batch,
@@ -159,7 +168,8 @@ def main() -> None:
                                   share_prompt_states=share)
 
     eval_batch = n * k if args.smoke else cfg.evaluation.batch_size
-    pair("evaluation", lambda: evaluation(False, eval_batch), lambda: evaluation(True, eval_batch))
+    if not args.no_eval:
+        pair("evaluation", lambda: evaluation(False, eval_batch), lambda: evaluation(True, eval_batch))
 
     print(f"\nmodel {args.model}, {n} prompts x {k} responses, prompts {q.shape[1]} tokens (padded), "
           f"{gen.max_new_tokens} new tokens, PPO passes: mixed_precision {cfg.model.mixed_precision}, "
@@ -169,9 +179,10 @@ def main() -> None:
         print(f"{name:18}{p:>10.2f}{f:>10.2f}{p / f:>11.2f}x")
 
     # evaluation throughput by batch size (fast path), on 2 x the largest batch's responses
-    sizes = [int(s) for s in args.eval_batches.split(",") if s.strip()]
-    count = max(1, min(len(prompts), 2 * max(sizes) // k))
-    print(f"\nevaluation batch size ({count} prompts x {k}, fast path): responses/s")
+    sizes = [] if args.no_eval else [int(s) for s in args.eval_batches.split(",") if s.strip()]
+    count = max(1, min(len(prompts), 2 * max(sizes or [1]) // k))
+    if sizes:
+        print(f"\nevaluation batch size ({count} prompts x {k}, fast path): responses/s")
     for size in sizes:
         evaluation(True, size, count=max(1, size // k))  # warm-up at this size
         t, out = _timed(lambda size=size: evaluation(True, size, count))

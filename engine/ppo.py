@@ -396,6 +396,8 @@ class PPOTrainer:
                                                          cfg.whiten_rewards)
 
         # 6. optimise: ppo_epochs passes of shuffled mini-batches
+        t_update = time.perf_counter()
+        t_stats = t_update - t0 - t_rollout
         self.bundle.policy.train()
         batch = len(ro.prompts)
         mb = min(cfg.mini_batch_size, batch)
@@ -437,6 +439,7 @@ class PPOTrainer:
                                 ref_logprobs=ref_logprobs, old_values=old_values, advantages=advantages,
                                 returns=returns, entropy=entropy, mask=mask, kl_coef=kl_coef, minibatches=minibatches)
 
+        t_update = time.perf_counter() - t_update
         elapsed = time.perf_counter() - t0
         lengths = mask.sum(1)
         n_tokens = float(lengths.sum() + qm.sum())
@@ -453,6 +456,8 @@ class PPOTrainer:
             "env/response_length_mean": float(lengths.mean()),
             "time/step_s": elapsed,
             "time/rollout_s": t_rollout,
+            "time/stats_s": t_stats,  # old log-probs, values, the reference's log-probs, rewards, GAE
+            "time/update_s": t_update,  # the mini-batch updates
             "time/tokens_per_s": n_tokens / elapsed if elapsed > 0 else math.nan,
             "time/samples_per_s": batch / elapsed if elapsed > 0 else math.nan,
         }
