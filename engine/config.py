@@ -236,7 +236,9 @@ class EvaluationSettings:
 
     enabled: bool = True
     evaluator: RewardBackendSettings = field(default_factory=lambda: RewardBackendSettings(kind="jigsaw"))
-    batch_size: int = 50  # responses generated and scored together (memory vs speed; 800 a side at the default)
+    # responses generated and scored together (whole prompts: 64 = 16 prompts x 4). 64 measured fastest of 16 / 32 / 64
+    # on 2 busy cores (bench/README.md, bench_fast_paths.py): 1.7-1.9 vs 0.9-1.3 responses/s
+    batch_size: int = 64
     # Responses sampled per hold-out prompt, before and after. A few responses above 0.5 carry the mean toxicity,
     # so one sample per prompt is noisy; the 95 % interval resamples prompts, each with its k responses.
     samples_per_prompt: int = 4  # 4 x 200 prompts = 800 responses a side: a tighter interval, 4x the eval time
