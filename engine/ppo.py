@@ -11,6 +11,11 @@ One PPO step, as in Ziegler et al. 2019 / the old TRL PPOTrainer the seed used:
   5. GAE          advantages and returns over the response tokens (gamma, lambda); returns from the raw
                   advantages, then the advantages whitened
   6. optimise     ppo_epochs x mini-batches of the clipped policy loss + vf_coef * clipped value loss
+
+Shared work (on by default, `share_prompt_states`): a prompt's k responses share its states. Sampling runs the
+prompt once and copies its KV cache k times; the same states give the old log-probs and values; the reference runs
+each prompt once; a mini-batch holds whole prompts (when k divides it), each run once, forward and backward. Same
+sampling distribution and the same numbers within float rounding (tests/test_fast_paths.py).
   7. KL control   the adaptive controller moves kl_coef toward the target KL
 
 Two baselines when num_generations k > 1: the leave-one-out mean of step 2 is subtracted from the score, and the
