@@ -33,7 +33,10 @@ MODELS = ["tiny_gpt2_dir", "tiny_t5_dir"]
 
 
 def _bundle(path, **kw):
+    # float32 passes: the paths must agree to 1e-5. Under bf16 autocast (the default run's training passes) they
+    # differ by bf16 rounding (~1e-3 on a logit), as any two batch shapes do; evaluation always runs in float32.
     torch.manual_seed(0)
+    kw.setdefault("mixed_precision", "none")
     return load_policy(ModelSettings(name_or_path=str(path), device="cpu", **kw))
 
 
@@ -194,7 +197,10 @@ def test_a_ppo_update_on_whole_prompts_matches_the_plain_update(which, request):
     moved = max(float((fast[name] - start[name]).abs().max()) for name in start)
     assert moved > 1e-4  # the update did something
     for name in plain:
-        assert float((fast[name] - plain[name]).abs().max()) <= 1e-5, name
+        # Adam turns a gradient that is float noise on both paths (a key bias: softmax ignores it) into a step of
+        # about lr either way, so the weights are compared against the size of the update: within 1 % of it
+        update = float((plain[name] - start[name]).abs().max())
+        assert float((fast[name] - plain[name]).abs().max()) <= 1e-2 * update + 1e-7, name
     for a, b in zip(trainers[0].last.minibatches, trainers[1].last.minibatches, strict=True):
         assert a["ppo/loss/total"] == pytest.approx(b["ppo/loss/total"], rel=1e-4, abs=1e-6)
     # mini-batches of 4 from 3 prompts x 2: whole prompts, every response once per epoch
