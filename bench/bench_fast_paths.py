@@ -94,7 +94,7 @@ def main() -> None:
     tok, lm, dev = bundle.tokenizer, bundle.policy.lm, bundle.policy.device
     raw = data_mod.load_prompts(data_mod.resolve_source(prompt_source()), template=cfg.data.template,
                                 min_chars=cfg.data.min_chars, max_chars=cfg.data.max_chars)
-    prompts = data_mod.truncate_left(raw[: n * 4], tok, cfg.data.max_prompt_tokens, template=cfg.data.template)
+    prompts = data_mod.truncate_left(raw[: n * (4 + args.reps)], tok, cfg.data.max_prompt_tokens, template=cfg.data.template)
     q, qm = encode_queries(bundle, prompts[:n], cfg.data.max_prompt_tokens, dev)
     qr, qmr = q.repeat_interleave(k, 0), qm.repeat_interleave(k, 0)
     n_min, eos, temp = min_new_tokens(gen), tok.eos_token_id, gen.temperature
