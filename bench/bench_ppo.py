@@ -114,7 +114,7 @@ def e_share_reward(prompts, completions, **kwargs) -> list[float]:
 # --------------------------------------------------------------------------------------------------
 # (a) and (c): the engine's PPOTrainer, with its batched rollout or a per-prompt one
 # --------------------------------------------------------------------------------------------------
-def per_prompt_rollout(self, prompts):
+def per_prompt_rollout(self, prompts, repeats=1):
     """PPOTrainer.rollout, but generating each prompt alone (batch 1) like the seed; the rest is unchanged."""
     import torch
 
@@ -122,7 +122,7 @@ def per_prompt_rollout(self, prompts):
     from engine.ppo import Rollout, decode_responses
 
     policy, tok = self.bundle.policy, self.bundle.tokenizer
-    prompts = list(prompts)
+    prompts = [p for p in prompts for _ in range(repeats)]
     query_ids, query_mask = encode_queries(self.bundle, prompts, self.max_prompt_tokens, policy.device)
     policy.eval()
     rows, masks = [], []

@@ -23,6 +23,45 @@ POSTFIX = (("kl", "objective/kl"), ("ret", "ppo/returns/mean"), ("reward", "env/
            ("loss", "rm/loss"), ("acc", "rm/accuracy"), ("loss", "dpo/loss"), ("margin", "dpo/rewards/margins"))
 
 
+# What a phase's `done` counts when its Progress does not say (Progress.unit).
+UNITS = {"train": "step", "eval_before": "response", "eval_after": "response", "label": "prompt"}
+
+
+class ProgressBars:
+    """The CLI's progress listener: one tqdm bar per phase, printed messages for the rest.
+
+    A bar is drawn at its phase's first report, which the phases send at their start (done = 0, or a resumed run's
+    step), so the rate and the ETA count from the phase's start: `initial` keeps steps done before this process
+    out of the rate, and smoothing 0 makes the rate the average since the start (not the last update's burst)."""
+
+    def __init__(self, file=None) -> None:
+        self.bars: dict = {}
+        self.file = file
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if p.phase == "done":  # a chain's next run draws fresh bars
+            for bar in self.bars.values():
+                bar.close()
+            self.bars.clear()
+        if p.total and p.phase != "done":
+            bar = self.bars.get(p.phase)
+            if bar is None:
+                unit = getattr(p, "unit", "") or UNITS.get(p.phase, "item")
+                bar = self.bars[p.phase] = tqdm(total=p.total, initial=p.done, desc=p.phase, unit=unit,
+                                                smoothing=0, file=self.file)
+            bar.update(max(p.done - bar.n, 0))
+            shown = {label: p.metrics[key] for label, key in POSTFIX if key in (p.metrics or {})}
+            if shown:  # only what this method logs: a reward model has no KL to show as 0
+                bar.set_postfix({label: f"{value:.3f}" for label, value in shown.items()})
+            bar.refresh()
+            if p.done >= p.total:
+                bar.close()
+        elif p.message:
+            print(p.message, flush=True, file=self.file)
+
+
 def _store(args, owner: str | None = None):
     from engine.store import Store
 
@@ -67,15 +106,14 @@ def cmd_validate(args) -> int:
 
     cfg = RunConfig.load(args.config).check()
     train, holdout = prepare_prompts(cfg)
-    print(f"{args.config}: valid ({len(train)} train prompts, {len(holdout)} hold-out prompts)")
+    print(f"{args.config}: valid ({len(train)} train prompts, {len(holdout)} {cfg.evaluation.split} prompts "
+          f"evaluated)")
     return 0
 
 
 def cmd_run(args) -> int:
-    from tqdm import tqdm
-
     from engine.config import RunConfig
-    from engine.runner import Progress, execute, prepare_prompts
+    from engine.runner import execute, prepare_prompts
     from engine.store import new_owner_id
     from engine.worker import progress_listener
 
@@ -85,26 +123,8 @@ def cmd_run(args) -> int:
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
     store = _store(args, owner=new_owner_id("cli"))
-    bars: dict[str, tqdm] = {}
-
-    def on_progress(p: Progress) -> None:
-        if p.phase == "done":  # a chain's next run draws fresh bars
-            for bar in bars.values():
-                bar.close()
-            bars.clear()
-        if p.total and p.phase != "done":
-            bar = bars.get(p.phase)
-            if bar is None:
-                bar = bars[p.phase] = tqdm(total=p.total, desc=p.phase, unit="step" if p.phase == "train" else "prompt")
-            bar.update(max(p.done - bar.n, 0))
-            shown = {label: p.metrics[key] for label, key in POSTFIX if key in (p.metrics or {})}
-            if shown:  # only what this method logs: a reward model has no KL to show as 0
-                bar.set_postfix({label: f"{value:.3f}" for label, value in shown.items()})
-            bar.refresh()
-            if p.done >= p.total:
-                bar.close()
-        elif p.message:
-            print(p.message, flush=True)
+    on_progress = ProgressBars()
+    bars = on_progress.bars
 
     # A kill (SIGTERM) is recorded like Ctrl-C: the run is marked interrupted, not left "running", after a
     # checkpoint of its last complete step.

@@ -36,6 +36,7 @@ COLUMNS = [
     "id", "name", "method", "model", "status", "n_prompts", "same_holdout",
     "tox_before", "tox_after", "tox_change_%", "tox_std_before", "tox_std_after", "tox_std_change_%",
     "toxic_rate_before", "toxic_rate_after", "harmlessness_before", "harmlessness_after", "mean_kl", "length_before", "length_after",
+    "split", "relevance_before", "relevance_after",
     "wall_s", "train_steps", "train_unit", "train_examples", "generated_samples", "generated_tokens", "note",
 ]
 HELPFULNESS_COLUMNS = ["helpfulness_before", "helpfulness_after", "helpfulness_change"]
@@ -161,7 +162,9 @@ def comparison_table(store: Store, run_ids: Sequence[str], helpfulness: str | No
     base model and of the trained policy; tox_std_*: their std (ddof 1); tox_change_% / tox_std_change_%:
     (after - before) / before in % (negative: less toxic / less spread); toxic_rate_*: share of responses above the
     run's evaluation.toxic_threshold; harmlessness_*: 1 - tox_*; mean_kl: mean sequence KL of the "after"
-    responses to the base model; length_*: mean response length in tokens; wall_s: the run's wall time (summary,
+    responses to the base model; length_*: mean response length in tokens; split: the prompts evaluated ("test",
+    "validation"; "hold-out" for runs from before the three-way split, whose hold-out also chose settings);
+    relevance_*: mean cosine of response and dialogue (engine.relevance), NaN when not measured; wall_s: the run's wall time (summary,
     else started → finished); compute columns: see `compute_used`; note: why numbers are missing or not comparable.
 
     helpfulness: the id of a completed reward_model run; its reward model scores every response (cached: see
@@ -215,6 +218,10 @@ def comparison_table(store: Store, run_ids: Sequence[str], helpfulness: str | No
             "harmlessness_before": 1.0 - sb["mean"], "harmlessness_after": 1.0 - sa["mean"], "mean_kl": mean_kl,
             "length_before": _mean_score(before, "length") if not before.empty else math.nan,
             "length_after": _mean_score(after, "length") if not after.empty else math.nan,
+            # a run still going has no summary yet: its config says; a finished one without "split" predates them
+            "split": summary.get("split") or (cfg.evaluation.split if cfg is not None and r.is_active else "hold-out"),
+            "relevance_before": _mean_score(before, "relevance") if not before.empty else math.nan,
+            "relevance_after": _mean_score(after, "relevance") if not after.empty else math.nan,
             "wall_s": float(wall) if isinstance(wall, (int, float)) else (r.duration_s or math.nan),
             **compute_used(r, cfg, store),
         }

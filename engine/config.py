@@ -63,6 +63,9 @@ class ModelSettings:
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     chat_template: str = "auto"  # auto (causal models whose tokenizer has one) | on | off: prompt as a user turn
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # A seed pins the run: torch threads fixed, deterministic kernels, every RNG seeded (engine/determinism.py).
+    deterministic: bool = True
+    threads: int = 0  # torch threads for the run; 0: every core the process may use (recorded with the run)
 
 
 @dataclass
@@ -218,7 +221,11 @@ class DataSettings:
     min_chars: int = 100  # seed keeps dialogues with 100 < length <= 500
     max_chars: int = 500
     train_size: int | None = None  # None: every prompt not held out
-    holdout_size: int = 200  # seed trap 3: >= 200 hold-out prompts, not 10
+    # Prompts are split three ways (engine.data.split_three: seeded, disjoint, one prompt per dialogue): the test
+    # split (holdout_size prompts, the end of the seeded order: it never moves when validation_size is tuned),
+    # validation (validation_size prompts, for choosing settings) and training (the rest, or train_size of it).
+    holdout_size: int = 200  # the test split's size; seed trap 3: >= 200 hold-out prompts, not 10
+    validation_size: int = 0  # the validation split's size (0: none)
     max_prompt_tokens: int = 96  # cut from the left (newest turns stay); short prompts keep CPU steps fast
     split_seed: int = 42
 
@@ -229,13 +236,17 @@ class EvaluationSettings:
 
     enabled: bool = True
     evaluator: RewardBackendSettings = field(default_factory=lambda: RewardBackendSettings(kind="jigsaw"))
-    batch_size: int = 50  # responses generated and scored together (memory vs speed; 800 a side at the default)
+    # responses generated and scored together (whole prompts: 64 = 16 prompts x 4). 64 measured fastest of 16 / 32 / 64
+    # on 2 busy cores (bench/README.md, bench_fast_paths.py): 1.7-1.9 vs 0.9-1.3 responses/s
+    batch_size: int = 64
     # Responses sampled per hold-out prompt, before and after. A few responses above 0.5 carry the mean toxicity,
     # so one sample per prompt is noisy; the 95 % interval resamples prompts, each with its k responses.
     samples_per_prompt: int = 4  # 4 x 200 prompts = 800 responses a side: a tighter interval, 4x the eval time
     toxic_threshold: float = 0.5  # the "toxic rate" is the share of responses above this
     bootstrap_samples: int = 2000  # for the 95 % interval of the change in mean toxicity
     seed: int = 1234  # evaluation sampling seed, the same before and after
+    split: str = "test"  # test | validation: the prompts evaluated (choose settings on validation, report test)
+    relevance: bool = True  # cosine of each response with its dialogue (offline MiniLM, engine/relevance.py)
 
 
 @dataclass
@@ -747,6 +758,9 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
     return errors
 
 
+EVALUATION_SPLITS = ("test", "validation")
+
+
 def validate(cfg: RunConfig) -> list[FieldError]:
     """Every problem of `cfg`, each naming its field and the allowed range. Loads nothing."""
     e: list[FieldError] = _non_finite(cfg)
@@ -767,6 +781,11 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     _choice(e, "model.mixed_precision", m.mixed_precision, MIXED_PRECISION)
     if (problem := device_problem(m.device)):
         e.append(FieldError("model.device", problem))
+    if not _ints(m.threads):
+        e.append(FieldError("model.threads", f"must be a whole number of threads (0: every core), got "
+                                              f"{_show(m.threads)}"))
+    else:
+        _range(e, "model.threads", m.threads, 0, 4096)
     if m.lora.enabled:
         _range(e, "model.lora.r", m.lora.r, 1, 1024)
         _range(e, "model.lora.alpha", m.lora.alpha, 0, 1e6, low_open=True)
@@ -848,6 +867,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     if d.train_size is not None:
         _range(e, "data.train_size", d.train_size, 1, 100_000_000)
     _range(e, "data.holdout_size", d.holdout_size, 0, 1_000_000)
+    _range(e, "data.validation_size", d.validation_size, 0, 1_000_000)
     _range(e, "data.max_prompt_tokens", d.max_prompt_tokens, 8, 32768)
     _seed(e, "data.split_seed", d.split_seed)
     if (problem := data_source_problem(d.source)):
@@ -865,7 +885,11 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         # The interval resamples hold-out prompts this many times: 10**12 ran out of memory after training.
         _range(e, "evaluation.bootstrap_samples", ev.bootstrap_samples, 0, MAX_BOOTSTRAP_SAMPLES)
         _seed(e, "evaluation.seed", ev.seed)
-        if _numbers(d.holdout_size) and d.holdout_size < 1:
+        _choice(e, "evaluation.split", ev.split, EVALUATION_SPLITS)
+        if ev.split == "validation":
+            if _numbers(d.validation_size) and d.validation_size < 1:
+                e.append(FieldError("data.validation_size", "must be >= 1 when evaluation.split is validation"))
+        elif _numbers(d.holdout_size) and d.holdout_size < 1:
             e.append(FieldError("data.holdout_size", "must be >= 1 when evaluation is enabled"))
     if not isinstance(cfg.output_dir, str) or not cfg.output_dir.strip():
         e.append(FieldError("output_dir", "must not be empty"))

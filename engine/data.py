@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import string
 from collections import Counter
 from collections.abc import Sequence
@@ -506,6 +507,66 @@ def split(items: Sequence[T], holdout_size: float, train_size: int | None = None
     holdout = [items[i] for i in order[:n_holdout]]
     train = [items[i] for i in order[n_holdout:n_holdout + n_train]]
     return train, holdout
+
+
+_FIRST_HUMAN_TURN = re.compile(r"Human:(.*?)(?:\n\s*Assistant:|$)", re.S)
+
+
+def dialogue_key(prompt: str) -> str:
+    """What makes two prompts the same dialogue for the splits: the first Human turn (HH dialogues that open with
+    the same question are variants of one conversation), lower-cased with whitespace collapsed; the whole prompt
+    when it has no Human turn."""
+    m = _FIRST_HUMAN_TURN.search(prompt)
+    text = m.group(1) if m and m.group(1).strip() else prompt
+    return " ".join(text.lower().split())
+
+
+def _count(size: float, n: int, name: str) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        raise TypeError(f"{name} must be an int count or a float fraction, got {size!r}")
+    if isinstance(size, float):
+        if not 0.0 < size < 1.0:
+            raise ValueError(f"{name} as a fraction must be in (0, 1), got {size}")
+        return math.ceil(round(size * n, 6))
+    if size < 0:
+        raise ValueError(f"{name} must be >= 0, got {size}")
+    return size
+
+
+def split_three(items: Sequence[str], test_size: float, validation_size: float = 0, train_size: int | None = None,
+                seed: int = 0, *, key=dialogue_key, source: str = "the data source",
+                kind: str = "prompts") -> tuple[list[str], list[str], list[str]]:
+    """Seeded, disjoint (train, validation, test) prompts; one prompt per dialogue (`key`) across all three.
+
+    Prompts whose `key` was seen before are dropped first (so no dialogue sits in two splits), then the rest are
+    shuffled with a private RNG: the test split is the END of that order, validation its start, training the middle.
+    So the test split depends only on (prompts, seed, test_size): tuning validation_size or train_size never moves
+    a prompt into or out of it; validation likewise does not depend on test_size or train_size. Sizes: an int
+    count or a float fraction in (0, 1) of the de-duplicated prompts (rounded up).
+    """
+    pool = []
+    seen: set[str] = set()
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            pool.append(item)
+    n = len(pool)
+    n_test, n_val = _count(test_size, n, "test size (holdout_size)"), _count(validation_size, n, "validation_size")
+    if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int)):
+        raise TypeError(f"train_size must be an int or None, got {train_size!r}")
+    if train_size is not None and train_size < 1:
+        raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
+    n_train = n - n_test - n_val if train_size is None else train_size
+    if n_test + n_val + n_train > n or n_train < 1:
+        raise ValueError(f"{source} has {n} {kind} after filtering and de-duplication; train + validation + test = "
+                         f"{n_test + n_val + max(n_train, 1)}")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    test = [pool[i] for i in order[n - n_test:]] if n_test else []
+    validation = [pool[i] for i in order[:n_val]]
+    train = [pool[i] for i in order[n_val:n_val + n_train]]
+    return train, validation, test
 
 
 # -------------------------------------------------------------------------------------------- preferences

@@ -90,9 +90,20 @@ def load_tokenizer(path: str, seq2seq: bool):
     return tok
 
 
-def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, with_hidden: bool = False):
+def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, with_hidden: bool = False,
+               repeats: int = 1, states: "PromptStates | None" = None):
     """Run a bare LM on (query, response): logits `[B, R, V]` predicting each response token, and
-    optionally the last hidden state `[B, R, H]` of the position that predicts it."""
+    optionally the last hidden state `[B, R, H]` of the position that predicts it.
+
+    With `repeats` k > 1 or prompt `states`, the queries are the distinct prompts `[B / k, Q]`, each answered by k
+    consecutive responses: the prompt's work is then done once per prompt (`forward_with_prompt_states`).
+    """
+    if states is not None or (repeats > 1 and can_share_prompt(seq2seq, query_ids)):
+        return forward_with_prompt_states(lm, seq2seq, query_ids, query_mask, response_ids, response_mask,
+                                          repeats=repeats, states=states, with_hidden=with_hidden)
+    if repeats > 1:  # a one-column prompt runs with each of its responses
+        query_ids = query_ids.repeat_interleave(repeats, dim=0)
+        query_mask = query_mask.repeat_interleave(repeats, dim=0)
     if seq2seq:
         start = lm.config.decoder_start_token_id
         if start is None:
@@ -122,6 +133,108 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
     return logits, hidden
 
 
+# --------------------------------------------------------------------------------------------------
+# A prompt's work done once for its k responses
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class PromptStates:
+    """What an LM computed from a batch of distinct prompts, reusable by every response to them: a causal LM's KV
+    cache over each prompt's tokens but the last (the last is fed with the response, so that its logits predict
+    the first response token and, during generation, the first sample), or a seq2seq model's encoder outputs."""
+
+    seq2seq: bool
+    rows: int
+    cache: Any = None  # causal: a transformers Cache over query_ids[:, :-1]
+    encoder_outputs: Any = None  # seq2seq: the encoder's BaseModelOutput
+    with_grad: bool = False  # computed with gradients (a training pass back-propagates through the prompt too)
+
+    def repeated(self, repeats: int) -> "PromptStates":
+        """A copy with each prompt's states repeated `repeats` times side by side (a forward pass extends a cache,
+        so every consumer gets its own). `repeat_interleave` is differentiable: gradients reach the prompt's states."""
+        if self.seq2seq:
+            from transformers.modeling_outputs import BaseModelOutput
+
+            hidden = self.encoder_outputs.last_hidden_state.repeat_interleave(repeats, dim=0)
+            return PromptStates(True, self.rows * repeats, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                                with_grad=self.with_grad)
+        from transformers.cache_utils import DynamicLayer
+
+        if all(type(layer) is DynamicLayer for layer in getattr(self.cache, "layers", [None])):
+            # A DynamicLayer rebinds its tensors on every update (torch.cat), never writes into them: copies of the
+            # layer objects holding new repeated tensors leave the original cache as it was (no deep copy of a
+            # tensor that needs gradients, which torch refuses).
+            cache = copy.copy(self.cache)
+            cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+        else:  # other cache layers may update in place
+            cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(repeats)
+        return PromptStates(False, self.rows * repeats, cache=cache, with_grad=self.with_grad)
+
+
+def can_share_prompt(seq2seq: bool, query_ids) -> bool:
+    """Whether a prompt's states can be computed apart from its responses (a causal prompt needs 2+ columns)."""
+    return seq2seq or query_ids.shape[1] >= 2
+
+
+def _positions(mask):
+    # Left padding shifts positions; count them from the first real token (as forward_lm and generate do).
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prompt_states(lm, seq2seq: bool, query_ids, query_mask, with_grad: bool = False) -> PromptStates:
+    """The prompts' reusable states under `lm` (run it under the autocast the later passes use), without gradients
+    unless `with_grad` (for a training pass that uses them once)."""
+    with torch.set_grad_enabled(with_grad):
+        if seq2seq:
+            enc = lm.get_encoder()(input_ids=query_ids, attention_mask=query_mask, return_dict=True)
+            return PromptStates(True, len(query_ids), encoder_outputs=enc, with_grad=with_grad)
+        kwargs = dict(input_ids=query_ids[:, :-1], attention_mask=query_mask[:, :-1],
+                      position_ids=_positions(query_mask)[:, :-1], use_cache=True)
+        try:  # the LM head is not needed on the prompt
+            out = lm(**kwargs, logits_to_keep=1)
+        except TypeError:
+            out = lm(**kwargs)
+        cache = out.get("cache", None)
+        if cache is None:
+            cache = out.get("past_key_values", None)
+        return PromptStates(False, len(query_ids), cache=cache, with_grad=with_grad)
+
+
+def forward_with_prompt_states(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, *,
+                               repeats: int = 1, states: PromptStates | None = None, with_hidden: bool = False):
+    """`forward_lm` for k = `repeats` responses per prompt, the prompt's work done once: query_ids `[B, Q]` are
+    the distinct prompts, responses `[B * k, R]` (a prompt's k side by side). `states` are reused when given
+    (`prompt_states` of the same prompts and LM), computed here otherwise (with gradients when they are enabled:
+    a training pass then runs each prompt once for its k responses and back-propagates through it). Only the
+    response tokens (and, causal, each prompt's last token) go through the LM again.
+    """
+    if states is None:
+        states = prompt_states(lm, seq2seq, query_ids, query_mask, with_grad=torch.is_grad_enabled())
+    elif torch.is_grad_enabled() and not states.with_grad:
+        raise RuntimeError("these prompt states carry no gradients: a training pass must compute its own")
+    if states.rows * repeats != len(response_ids):
+        raise ValueError(f"{states.rows} prompts x {repeats} do not match {len(response_ids)} responses")
+    mine = states.repeated(repeats)
+    query_mask = query_mask.repeat_interleave(repeats, dim=0)
+    if seq2seq:
+        start = lm.config.decoder_start_token_id
+        if start is None:
+            start = lm.config.pad_token_id
+        first = torch.full_like(response_ids[:, :1], start)
+        dec_ids = torch.cat([first, response_ids[:, :-1]], dim=1)
+        dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        out = lm(encoder_outputs=mine.encoder_outputs, attention_mask=query_mask, decoder_input_ids=dec_ids,
+                 decoder_attention_mask=dec_mask, output_hidden_states=with_hidden, use_cache=False)
+        return out.logits.float(), (out.decoder_hidden_states[-1] if with_hidden else None)
+    r = response_ids.shape[1]
+    # The prompt's last token predicts the first response token; response token t predicts token t+1.
+    ids = torch.cat([query_ids[:, -1:].repeat_interleave(repeats, dim=0), response_ids[:, :-1]], dim=1)
+    mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -r:], cache=mine.cache,
+             use_cache=True, output_hidden_states=with_hidden)
+    return out.logits.float(), (out.hidden_states[-1] if with_hidden else None)
+
+
 class ActorCritic(nn.Module):
     """The policy LM plus a scalar value head on its last hidden state."""
 
@@ -143,11 +256,13 @@ class ActorCritic(nn.Module):
     def device(self):
         return next(self.lm.parameters()).device
 
-    def forward(self, query_ids, query_mask, response_ids, response_mask):
-        """Logits `[B, R, V]` predicting each response token and values `[B, R]` of the state before it."""
+    def forward(self, query_ids, query_mask, response_ids, response_mask, repeats: int = 1,
+                states: PromptStates | None = None):
+        """Logits `[B, R, V]` predicting each response token and values `[B, R]` of the state before it.
+        `repeats` / `states`: as in `forward_lm` (distinct prompts, their states reused; no gradients)."""
         with autocast(self.device, self.mixed_precision):
             logits, hidden = forward_lm(self.lm, self.seq2seq, query_ids, query_mask, response_ids, response_mask,
-                                        with_hidden=True)
+                                        with_hidden=True, repeats=repeats, states=states)
         # The value head runs outside autocast, in float32.
         return logits, self.value_head(hidden.float()).squeeze(-1)
 
@@ -336,19 +451,36 @@ def generation_kwargs(bundle: PolicyBundle, gen: "GenerationSettings", greedy: b
 
 
 def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSettings", greedy: bool = False,
-             with_logits: bool = False):
+             with_logits: bool = False, repeats: int = 1, states: PromptStates | None = None):
     """Sample responses for a batch of queries: `(response_ids [B, R], response_mask [B, R])`.
 
     Responses are cut at the prompt length (seed trap 4: never the last N tokens of prompt+response),
     and end at the first EOS, which is kept as the policy's last action. With `with_logits`, also the
     raw logits `[B, R, V]` (float32) that each response token was sampled from, so the sampler's log-probs
     need no second forward pass over prompt + response (the prompt is most of that pass's cost).
+
+    With `repeats` k > 1, each query is answered k times (its responses side by side, B * k rows) and its prefill
+    (causal: the KV cache of the prompt; seq2seq: the encoder pass) is done once and copied k times instead of
+    running the prompt k times; `states` (`prompt_states` of these queries under `lm`) are reused when given. The
+    sampling distribution is `generate`'s own either way: only where the prompt's keys and values come from changes.
     """
     tok = bundle.tokenizer
     kwargs = generation_kwargs(bundle, gen, greedy)
     if with_logits:
         kwargs.update(output_logits=True, return_dict_in_generate=True)
+    share = states is not None or (repeats > 1 and can_share_prompt(bundle.seq2seq, query_ids))
     with torch.no_grad(), bundle.autocast():
+        if share:
+            if states is None:
+                states = prompt_states(lm, bundle.seq2seq, query_ids, query_mask)
+            mine = states.repeated(repeats)
+            if bundle.seq2seq:
+                kwargs.update(encoder_outputs=mine.encoder_outputs)
+            else:
+                kwargs.update(cache=mine.cache)
+        if repeats > 1:
+            query_ids = query_ids.repeat_interleave(repeats, dim=0)
+            query_mask = query_mask.repeat_interleave(repeats, dim=0)
         out = lm.generate(input_ids=query_ids, attention_mask=query_mask, **kwargs)
     sequences = out.sequences if with_logits else out
     response = sequences[:, 1:] if bundle.seq2seq else sequences[:, query_ids.shape[1]:]
@@ -414,10 +546,14 @@ def min_new_tokens(gen: "GenerationSettings") -> int:
 
 
 def reference_logprobs(bundle: PolicyBundle, query_ids, query_mask, response_ids, response_mask, temperature: float,
-                       min_new: int = 0):
-    """Per-token log-probs of the responses under the reference model (same sampling distribution as the policy's)."""
+                       min_new: int = 0, repeats: int = 1):
+    """Per-token log-probs of the responses under the reference model (same sampling distribution as the policy's).
+
+    With `repeats` k > 1 the queries are the distinct prompts, each answered by k consecutive responses: the
+    reference runs each prompt once and reuses its states for the k responses (`forward_with_prompt_states`)."""
     with torch.no_grad(), bundle.reference_lm() as ref, bundle.autocast():
-        logits, _ = forward_lm(ref, bundle.seq2seq, query_ids, query_mask, response_ids, response_mask)
+        logits, _ = forward_lm(ref, bundle.seq2seq, query_ids, query_mask, response_ids, response_mask,
+                               repeats=repeats)
         return logprobs_from_logits(logits, response_ids, temperature, min_new, bundle.tokenizer.eos_token_id)
 
 

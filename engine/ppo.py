@@ -11,6 +11,11 @@ One PPO step, as in Ziegler et al. 2019 / the old TRL PPOTrainer the seed used:
   5. GAE          advantages and returns over the response tokens (gamma, lambda); returns from the raw
                   advantages, then the advantages whitened
   6. optimise     ppo_epochs x mini-batches of the clipped policy loss + vf_coef * clipped value loss
+
+Shared work (on by default, `share_prompt_states`): a prompt's k responses share its states. Sampling runs the
+prompt once and copies its KV cache k times; the same states give the old log-probs and values; the reference runs
+each prompt once; a mini-batch holds whole prompts (when k divides it), each run once, forward and backward. Same
+sampling distribution and the same numbers within float rounding (tests/test_fast_paths.py).
   7. KL control   the adaptive controller moves kl_coef toward the target KL
 
 Two baselines when num_generations k > 1: the leave-one-out mean of step 2 is subtracted from the score, and the
@@ -38,11 +43,14 @@ import torch
 from engine.config import GenerationSettings, PPOSettings
 from engine.models import (
     PolicyBundle,
+    PromptStates,
+    can_share_prompt,
     encode_queries,
     entropy_from_logits,
     generate,
     logprobs_from_logits,
     min_new_tokens,
+    prompt_states,
     reference_logprobs,
 )
 
@@ -230,6 +238,12 @@ class Rollout:
     response_mask: torch.Tensor
     scores: torch.Tensor
     raw_scores: dict[str, list[float]]
+    # The distinct prompts (each answered by `repeats` consecutive responses) and the policy's states of them,
+    # computed once for generation and reused by the pass that gives the old log-probs and values.
+    prompt_ids: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
+    repeats: int = 1
+    policy_states: PromptStates | None = None
 
 
 @dataclass
@@ -258,8 +272,11 @@ class PPOTrainer:
     """
 
     def __init__(self, bundle: PolicyBundle, reward_fn: RewardFn, ppo: PPOSettings, gen: GenerationSettings,
-                 max_prompt_tokens: int = 256, callbacks: Sequence[Callable] = ()):
+                 max_prompt_tokens: int = 256, callbacks: Sequence[Callable] = (), share_prompt_states: bool = True):
         self.bundle, self.reward_fn, self.cfg, self.gen = bundle, reward_fn, ppo, gen
+        # Each prompt's work done once for its responses (generation prefill, old-stats and reference passes);
+        # False runs every prompt with each of its responses (the plain path, kept for the equivalence tests/bench).
+        self.share_prompt_states = share_prompt_states
         self.max_prompt_tokens = max_prompt_tokens
         self.callbacks = list(callbacks)
         self.kl_ctl = kl_controller(ppo)
@@ -297,36 +314,82 @@ class PPOTrainer:
         self.step_count = state["step_count"]
 
     # 1-2. rollout and score ------------------------------------------------------------------------
-    def rollout(self, prompts: Sequence[str]) -> Rollout:
-        policy, tok = self.bundle.policy, self.bundle.tokenizer
-        query_ids, query_mask = encode_queries(self.bundle, list(prompts), self.max_prompt_tokens, policy.device)
+    def rollout(self, prompts: Sequence[str], repeats: int = 1) -> Rollout:
+        """Sample `repeats` responses to each prompt (a prompt's responses side by side) and score them."""
+        bundle, policy, tok = self.bundle, self.bundle.policy, self.bundle.tokenizer
+        prompt_ids, prompt_mask = encode_queries(bundle, list(prompts), self.max_prompt_tokens, policy.device)
         policy.eval()
-        response_ids, response_mask = generate(self.bundle, policy.lm, query_ids, query_mask, self.gen)
+        states = None
+        if self.share_prompt_states and can_share_prompt(bundle.seq2seq, prompt_ids):
+            with bundle.autocast():
+                states = prompt_states(policy.lm, bundle.seq2seq, prompt_ids, prompt_mask)
+            response_ids, response_mask = generate(bundle, policy.lm, prompt_ids, prompt_mask, self.gen,
+                                                   repeats=repeats, states=states)
+        query_ids = prompt_ids.repeat_interleave(repeats, dim=0)
+        query_mask = prompt_mask.repeat_interleave(repeats, dim=0)
+        if states is None:
+            response_ids, response_mask = generate(bundle, policy.lm, query_ids, query_mask, self.gen)
         responses = decode_responses(tok, response_ids, response_mask)
-        scores, raw = self.reward_fn(list(prompts), responses)
-        return Rollout(list(prompts), responses, query_ids, query_mask, response_ids, response_mask,
-                       torch.tensor(scores, dtype=torch.float32, device=policy.device), raw)
+        every_prompt = [p for p in prompts for _ in range(repeats)]
+        scores, raw = self.reward_fn(every_prompt, responses)
+        return Rollout(every_prompt, responses, query_ids, query_mask, response_ids, response_mask,
+                       torch.tensor(scores, dtype=torch.float32, device=policy.device), raw,
+                       prompt_ids=prompt_ids, prompt_mask=prompt_mask, repeats=repeats, policy_states=states)
 
     # 3. forward pass without gradients -------------------------------------------------------------
-    def _forward(self, q, qm, r, rm):
-        logits, values = self.bundle.policy(q, qm, r, rm)
+    def _forward(self, q, qm, r, rm, repeats: int = 1, states: PromptStates | None = None):
+        logits, values = self.bundle.policy(q, qm, r, rm, repeats=repeats, states=states)
         return logprobs_from_logits(logits, r, self.gen.temperature, self.min_new, self.eos_id), values, logits
+
+    def _old_stats(self, ro: Rollout):
+        """Old log-probs, values, logits and the reference's log-probs of the rollout, without gradients; with
+        shared prompt states the policy reuses the rollout's and the reference runs each prompt once."""
+        q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
+        temp = self.gen.temperature
+        if ro.policy_states is not None:
+            out = self._forward(ro.prompt_ids, ro.prompt_mask, r, rm, repeats=ro.repeats, states=ro.policy_states)
+            ro.policy_states = None  # used up: free the cache
+            ref = reference_logprobs(self.bundle, ro.prompt_ids, ro.prompt_mask, r, rm, temp, self.min_new,
+                                     repeats=ro.repeats)
+            return (*out, ref)
+        out = self._forward(q, qm, r, rm)
+        return (*out, reference_logprobs(self.bundle, q, qm, r, rm, temp, self.min_new))
+
+    def _minibatches(self, ro: Rollout, batch: int, mb: int):
+        """One epoch's shuffled mini-batches: (response indices, prompt indices or None).
+
+        With shared prompt states and k > 1 responses per prompt dividing the mini-batch, a mini-batch holds whole
+        prompts (mb / k prompts, each with its k responses; the prompts shuffled), so the update runs each prompt
+        once for its k responses. Otherwise responses are shuffled one by one and every prompt runs with each."""
+        device = ro.query_ids.device
+        k = ro.repeats
+        if (self.share_prompt_states and k > 1 and mb % k == 0 and ro.prompt_ids is not None
+                and can_share_prompt(self.bundle.seq2seq, ro.prompt_ids)):
+            order = torch.randperm(batch // k, generator=self.generator)
+            per = mb // k
+            for start in range(0, batch // k, per):
+                prompts_idx = order[start:start + per].to(device)
+                idx = (prompts_idx[:, None] * k + torch.arange(k, device=device)).flatten()
+                yield idx, prompts_idx
+            return
+        order = torch.randperm(batch, generator=self.generator)
+        for start in range(0, batch, mb):
+            yield order[start:start + mb].to(device), None
 
     def step(self, prompts: Sequence[str]) -> dict[str, float]:
         """One PPO step on a batch of prompts (each sampled `num_generations` times); returns the step's metrics."""
         cfg = self.cfg
         k = max(1, cfg.num_generations)
         t0 = time.perf_counter()
-        ro = self.rollout([p for p in prompts for _ in range(k)])  # a prompt's k responses sit side by side
+        ro = self.rollout(list(prompts), repeats=k)  # a prompt's k responses sit side by side
         t_rollout = time.perf_counter() - t0
         q, qm, r, rm = ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask
         mask = rm.float()
 
         with torch.no_grad():
-            old_logprobs, old_values, logits = self._forward(q, qm, r, rm)
+            old_logprobs, old_values, logits, ref_logprobs = self._old_stats(ro)
             entropy = entropy_from_logits(logits, self.gen.temperature, self.min_new, self.eos_id)
             del logits
-            ref_logprobs = reference_logprobs(self.bundle, q, qm, r, rm, self.gen.temperature, self.min_new)
 
             # 4. per-token rewards with the KL penalty (scores first centred per prompt when k > 1)
             scores = leave_one_out_baseline(ro.scores, k)
@@ -338,16 +401,20 @@ class PPOTrainer:
                                                          cfg.whiten_rewards)
 
         # 6. optimise: ppo_epochs passes of shuffled mini-batches
+        t_update = time.perf_counter()
+        t_stats = t_update - t0 - t_rollout
         self.bundle.policy.train()
         batch = len(ro.prompts)
         mb = min(cfg.mini_batch_size, batch)
         stats: dict[str, list[float]] = {}
         minibatches: list[dict[str, float]] = []
         for _epoch in range(cfg.ppo_epochs):
-            order = torch.randperm(batch, generator=self.generator)
-            for start in range(0, batch, mb):
-                idx = order[start:start + mb].to(q.device)
-                new_logprobs, new_values, _ = self._forward(q[idx], qm[idx], r[idx], rm[idx])
+            for idx, prompts_idx in self._minibatches(ro, batch, mb):
+                if prompts_idx is None:
+                    new_logprobs, new_values, _ = self._forward(q[idx], qm[idx], r[idx], rm[idx])
+                else:  # whole prompts: each runs once for its k responses, forward and backward
+                    new_logprobs, new_values, _ = self._forward(ro.prompt_ids[prompts_idx], ro.prompt_mask[prompts_idx],
+                                                                r[idx], rm[idx], repeats=ro.repeats)
                 m = mask[idx]
                 pg_loss, pg_stats = policy_loss(new_logprobs, old_logprobs[idx], advantages[idx], m, cfg.cliprange)
                 vf_loss, vf_stats = value_loss(new_values, old_values[idx], returns[idx], m, cfg.cliprange_value)
@@ -377,6 +444,7 @@ class PPOTrainer:
                                 ref_logprobs=ref_logprobs, old_values=old_values, advantages=advantages,
                                 returns=returns, entropy=entropy, mask=mask, kl_coef=kl_coef, minibatches=minibatches)
 
+        t_update = time.perf_counter() - t_update
         elapsed = time.perf_counter() - t0
         lengths = mask.sum(1)
         n_tokens = float(lengths.sum() + qm.sum())
@@ -393,6 +461,8 @@ class PPOTrainer:
             "env/response_length_mean": float(lengths.mean()),
             "time/step_s": elapsed,
             "time/rollout_s": t_rollout,
+            "time/stats_s": t_stats,  # old log-probs, values, the reference's log-probs, rewards, GAE
+            "time/update_s": t_update,  # the mini-batch updates
             "time/tokens_per_s": n_tokens / elapsed if elapsed > 0 else math.nan,
             "time/samples_per_s": batch / elapsed if elapsed > 0 else math.nan,
         }

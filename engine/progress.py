@@ -53,6 +53,7 @@ class Progress:
     total: int = 0
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    unit: str = ""  # what `done` counts (step, response, pair, prompt); "" : the phase's usual unit
 
 
 # A progress listener; and the check a method calls between units of work (raises RunCancelled when asked to stop).

@@ -42,10 +42,26 @@ else:
         ("Toxic rate · after", fmt(after.get("toxic_rate"), ".1%"),
          fmt(100 * (after["toxic_rate"] - before["toxic_rate"]), "+.1f") + " pp", None),
     ]
+    if "relevance_before" in summary:
+        rel_ci = (f"95 % CI of the change [{fmt(summary.get('relevance_ci_low'), '+.4f')}, "
+                  f"{fmt(summary.get('relevance_ci_high'), '+.4f')}]")
+        cards += [
+            ("Relevance · before", fmt(summary.get("relevance_before"), ".3f"), None,
+             "mean cosine of response and dialogue (MiniLM sentence embeddings): do the responses still summarise?"),
+            ("Relevance · after", fmt(summary.get("relevance_after"), ".3f"),
+             fmt(summary.get("relevance_delta"), "+.4f"), rel_ci),
+        ]
     for i, (label, value, delta, help_text) in enumerate(cards):
         if i % 4 == 0:
             cols = st.columns(4)
-        cols[i % 4].metric(label, value, delta=delta, delta_color="inverse", help=help_text, border=True)
+        # less toxicity is better (inverse colours); more relevance is better
+        colour = "normal" if label.startswith("Relevance") else "inverse"
+        cols[i % 4].metric(label, value, delta=delta, delta_color=colour, help=help_text, border=True)
+    split = summary.get("split")
+    st.caption(f"Evaluated on the **{split}** split" + (" (prompts never used to choose settings)" if split == "test"
+                                                          else "") if split else
+               "Evaluated on the hold-out prompts (a run from before the test / validation split: its hold-out also "
+               "chose the settings)")
     st.caption(
         f"95 % CI of the change in mean toxicity: [{fmt(summary.get('delta_ci_low'), '+.4f')}, "
         f"{fmt(summary.get('delta_ci_high'), '+.4f')}] · % improvement CI [{fmt(summary.get('pct_ci_low'), '.1f')} %, "

@@ -28,6 +28,12 @@ TABLE_COLUMNS = {
                                                   "base model, nats"),
     "length_before": st.column_config.NumberColumn("length before", format="%.1f"),
     "length_after": st.column_config.NumberColumn("length after", format="%.1f"),
+    "split": st.column_config.TextColumn("split", help="the prompts evaluated: test (never used to choose settings), "
+                                                      "validation, or hold-out (runs from before the split, whose "
+                                                      "hold-out also chose settings)"),
+    "relevance_before": st.column_config.NumberColumn("relevance before", format="%.3f",
+                                                      help="mean cosine of response and dialogue (MiniLM)"),
+    "relevance_after": st.column_config.NumberColumn("relevance after", format="%.3f"),
     "wall_s": st.column_config.NumberColumn("wall time (s)", format="%.0f"),
     "train_steps": st.column_config.NumberColumn("steps"),
     "train_unit": st.column_config.TextColumn("unit"),

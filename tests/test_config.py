@@ -18,7 +18,7 @@ def test_defaults_are_the_measured_default_run():
                                                                                              False)
     assert (g.min_length, g.max_new_tokens, g.top_k, g.top_p, g.do_sample) == (5, 24, 0, 1.0, True)
     assert (cfg.model.name_or_path, cfg.model.mixed_precision) == ("builtin:smollm2", "bf16")
-    assert (cfg.data.max_prompt_tokens, cfg.evaluation.batch_size, cfg.evaluation.samples_per_prompt) == (96, 50, 4)
+    assert (cfg.data.max_prompt_tokens, cfg.evaluation.batch_size, cfg.evaluation.samples_per_prompt) == (96, 64, 4)
     assert cfg.data.template.startswith("Summarize the following conversation.\n\n")
     assert cfg.data.holdout_size >= 200
     assert cfg.reward.backends[0].kind != cfg.evaluation.evaluator.kind  # reward != evaluator offline

@@ -318,6 +318,34 @@ def test_before_after_counts_responses_when_several_per_prompt(db):
     assert any(c.startswith("4 of 4 responses (2 prompts × 2)") for c in captions)
 
 
+def test_before_after_says_the_split_and_shows_relevance(db):
+    run_id = add_finished_run(db)
+    old_captions = [c.value for c in app("before_after", run_id).caption]
+    assert any("hold-out prompts (a run from before the test / validation split" in c for c in old_captions)
+    db.set_summary(run_id, {**db.get_run(run_id).summary, "split": "test", "relevance_before": 0.412,
+                            "relevance_after": 0.398, "relevance_delta": -0.014, "relevance_ci_low": -0.03,
+                            "relevance_ci_high": 0.002})
+    at = app("before_after", run_id)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Relevance · before"].value == "0.412"
+    assert metrics["Relevance · after"].value == "0.398" and metrics["Relevance · after"].delta == "-0.0140"
+    assert "[-0.0300, +0.0020]" in metrics["Relevance · after"].help
+    assert any("Evaluated on the **test** split (prompts never used to choose settings)" in c.value
+               for c in at.caption)
+
+
+def test_compare_page_shows_split_and_relevance(db):
+    ppo = add_evaluated_run(db, "ppo-run", "ppo", [0.2, 0.3, 0.1, 0.2], kl=2.0)
+    at = app("compare")
+    by_key(at.multiselect, "cmp-runs").set_value([ppo]).run()
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[ppo, "split"] == "hold-out"  # stored before the split existed: no "split" in its summary
+    db.set_summary(ppo, {**(db.get_run(ppo).summary or {}), "split": "test"})
+    at = app("compare")
+    by_key(at.multiselect, "cmp-runs").set_value([ppo]).run()
+    assert at.dataframe[0].value.set_index("id").loc[ppo, "split"] == "test"
+
+
 # ---- runs --------------------------------------------------------------------------------------------
 
 

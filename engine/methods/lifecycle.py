@@ -13,8 +13,9 @@ method can read (a damaged one is skipped for the one before), deletes what the 
 (metrics, samples, the after-evaluation), reads the before-evaluation back instead of redoing it, and hands the
 checkpoint to `train` as `run.resume`.
 
-Also here, because every method needs them: `prepare_prompts` (the train / hold-out split, the same for all
-methods) and `peak_rss_gb`.
+Also here, because every method needs them: `prepare_prompts` (the train / validation / test split, the same for
+all methods; the run evaluates the split `evaluation.split` names), deterministic mode around the whole run
+(engine.determinism) and `peak_rss_gb`.
 
 Not responsible for: run status (engine.runner records it), any training loop (the method modules), or which
 method runs (the runner dispatches).
@@ -37,22 +38,31 @@ from engine.progress import CancelCheck, Notify, Progress
 log = logging.getLogger(__name__)
 
 
-def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """Train and hold-out prompts (untruncated). Raises ConfigError on an empty or too small source."""
+def split_prompts(cfg: RunConfig) -> tuple[list[str], list[str], list[str]]:
+    """Train, validation and test prompts (untruncated; engine.data.split_three: seeded, disjoint, one prompt per
+    dialogue). Raises ConfigError on an empty or too small source."""
     from engine import data
 
     d = cfg.data
     try:
         prompts = data.load_prompts(data.resolve_source(d.source), template=d.template,
                                     min_chars=d.min_chars, max_chars=d.max_chars)
-        holdout = d.holdout_size if cfg.evaluation.enabled else 0
-        train, test = data.split(prompts, holdout_size=holdout, train_size=d.train_size, seed=d.split_seed)
+        test_size = d.holdout_size if cfg.evaluation.enabled else 0
+        train, validation, test = data.split_three(prompts, test_size=test_size, validation_size=d.validation_size,
+                                                   train_size=d.train_size, seed=d.split_seed)
     except (ValueError, OSError, RuntimeError, csv.Error) as exc:  # RuntimeError: the hub unreachable (offline)
         message = str(exc) if len(str(exc)) <= 300 else str(exc)[:299] + "…"
         raise ConfigError([FieldError("data.source", message)]) from exc
     if not train:
         raise ConfigError([FieldError("data.train_size", "no training prompts left after the hold-out split")])
-    return train, test
+    return train, validation, test
+
+
+def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """Train prompts and the prompts the run evaluates: the split `evaluation.split` names (test by default;
+    validation while choosing settings). Raises ConfigError on an empty or too small source."""
+    train, validation, test = split_prompts(cfg)
+    return train, (validation if cfg.evaluation.split == "validation" else test)
 
 
 def peak_rss_gb() -> float:
@@ -97,9 +107,13 @@ class PolicyRun:
         self.raw_train: list[str] = []  # untruncated
         self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
         self.before: tuple[list[float], list[int], list[float]] | None = None
+        self.relevance = None  # engine.relevance.RelevanceScorer, when evaluation.relevance and it loads
+        self.relevance_error = ""  # why relevance is not measured, when it was asked for
+        self.relevance_scores: dict[str, list[float]] = {}  # "before" / "after": per response
         self.out_dir = Path(cfg.output_dir) / run_id
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.resume: Resume | None = None
+        self.determinism: dict[str, Any] = {}  # what deterministic mode set (engine.determinism.deterministic_run)
 
     # ---- the steps, in order -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -119,6 +133,14 @@ class PolicyRun:
         cfg = self.cfg
         if cfg.evaluation.enabled:
             self.evaluator = build_backend(cfg.evaluation.evaluator, device=self.device)
+            if cfg.evaluation.relevance:
+                from engine.relevance import default_scorer
+
+                try:
+                    self.relevance = default_scorer()
+                except (ImportError, OSError) as exc:  # the package missing or its files unreadable
+                    self.relevance_error = str(exc)
+                    log.warning("relevance not measured: %s", exc)
         torch.manual_seed(seed)
         self.bundle = load_policy(cfg.model)
         self.check_cancel()
@@ -129,16 +151,19 @@ class PolicyRun:
     def evaluate(self, which: str) -> tuple[list[float], list[int], list[float]]:
         """Responses to the hold-out prompts ("before": the base model; "after": the trained policy), scored by the
         evaluator and stored; returns (toxicity, lengths, KL to the base per response)."""
-        from engine.evaluate import evaluate_side
+        from engine.evaluate import evaluate_side, relevance_of
 
         def prog(done: int, total: int) -> None:
-            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses"))
+            self.notify(Progress(f"eval_{which}", done, total, f"evaluating {which}: {done}/{total} responses",
+                                 unit="response"))
             self.check_cancel()
 
         rows, tox, lengths, kls = evaluate_side(self.bundle, self.evaluator, self.holdout, self.cfg.generation,
                                                 self.cfg.evaluation, which=which,
-                                                max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog)
+                                                max_prompt_tokens=self.cfg.data.max_prompt_tokens, progress=prog,
+                                                relevance_scorer=self.relevance, template=self.cfg.data.template)
         self.store.add_evaluations(self.run_id, which, rows)
+        self.relevance_scores[which] = relevance_of(rows)
         return tox, lengths, kls
 
     def stored_before(self) -> tuple[list[float], list[int], list[float]] | None:
@@ -146,6 +171,7 @@ class PolicyRun:
         rows = self.store.evaluations(self.run_id, "before")
         if rows.empty:
             return None
+        self.relevance_scores["before"] = [float(s["relevance"]) for s in rows["scores"] if "relevance" in s]
         return (rows["toxicity"].tolist(), [int(s.get("length", 0)) for s in rows["scores"]],
                 [float(s.get("kl", math.nan)) for s in rows["scores"]])
 
@@ -212,7 +238,7 @@ class PolicyRun:
         """Save the policy (as `method` saves it), score the "after" side, write and return the summary."""
         import torch
 
-        from engine.evaluate import summarize
+        from engine.evaluate import relevance_summary, summarize
 
         cfg, ev = self.cfg, self.cfg.evaluation
         self.notify(Progress("save", message="saving the trained policy"))
@@ -221,7 +247,9 @@ class PolicyRun:
         self.store.delete_checkpoint(self.run_id, ckpt)  # a resumed run saved it before the after-evaluation failed
         self.store.add_checkpoint(self.run_id, steps, str(ckpt))
 
-        summary: dict[str, Any] = {"method": cfg.method, "holdout_prompts": len(self.holdout)}
+        # "split": which prompts the evaluation numbers come from (test: never used to choose settings)
+        summary: dict[str, Any] = {"method": cfg.method, "holdout_prompts": len(self.holdout),
+                                   "split": cfg.evaluation.split}
         if cfg.method in ("ppo", "rloo", "grpo"):
             summary["train_prompts"] = len(self.train_prompts)  # (dpo trains on pairs; dpo_ai reports ai_prompts)
         summary.update(train_summary)
@@ -235,7 +263,16 @@ class PolicyRun:
             summary["length_before"] = mean(len_before)
             summary["length_after"] = mean(len_after)
             summary["mean_kl"] = mean(kl_after)  # sequence KL to the base: comparable across methods
+            rel_before, rel_after = self.relevance_scores.get("before", []), self.relevance_scores.get("after", [])
+            if rel_before and len(rel_before) == len(rel_after):
+                summary.update(relevance_summary(rel_before, rel_after, bootstrap_samples=ev.bootstrap_samples,
+                                                 seed=ev.seed, samples_per_prompt=ev.samples_per_prompt))
+            elif ev.relevance:
+                summary["relevance_error"] = self.relevance_error or "the before side has no relevance scores"
         summary["wall_seconds"] = time.perf_counter() - self.t_start
+        if self.determinism:
+            summary["deterministic"] = self.determinism["deterministic"]
+            summary["threads"] = self.determinism["threads"]
         if torch.cuda.is_available():
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         summary["peak_rss_gb"] = peak_rss_gb()
@@ -281,8 +318,21 @@ def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify:
                check_cancel: CancelCheck, resume: bool = False) -> dict[str, Any]:
     """A whole policy-training run with `method`; returns its summary. The runner records the run's status.
 
-    resume: continue from the run's newest readable checkpoint (ValueError when it has none)."""
-    run = PolicyRun(cfg, store, run_id, notify, check_cancel)
+    resume: continue from the run's newest readable checkpoint (ValueError when it has none).
+    With model.deterministic (the default) the run holds a fixed thread count and deterministic kernels, every RNG
+    seeded with the method's seed, so a seed pins it (engine.determinism); the process is put back afterwards."""
+    from engine.determinism import deterministic_run
+    from engine.models import pick_device
+
+    with deterministic_run(method.seed(cfg), enabled=cfg.model.deterministic, threads=cfg.model.threads,
+                           device=pick_device(cfg.model.device)) as det:
+        run = PolicyRun(cfg, store, run_id, notify, check_cancel)
+        run.determinism = det
+        return _run_policy(method, run, resume)
+
+
+def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str, Any]:
+    cfg, store, run_id, notify = run.cfg, run.store, run.run_id, run.notify
     run.prepare()
     if method.causal_only:
         from engine.methods.common import require_causal

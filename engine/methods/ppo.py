@@ -151,6 +151,8 @@ class PPO(PolicyMethod):
                              train_seconds=seconds_before + time.perf_counter() - t_train)
 
         saved, in_step = done, False
+        # The bar starts when training does (its rate and ETA count from here, not from the first step's end).
+        run.notify(Progress("train", done, total, f"PPO on {len(run.train_prompts)} prompts", unit="step"))
         try:
             for step in range(done + 1, total + 1):
                 run.check_cancel()

@@ -147,7 +147,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     store.add_checkpoint(run_id, summary["train_steps"], summary["model_path"])
 
     # The headline number, measured the way PPO will use the model: through the hf_classifier backend.
-    notify(Progress("eval_after", 0, len(eval_pairs), "pairwise accuracy on held-out pairs"))
+    notify(Progress("eval_after", 0, len(eval_pairs), "pairwise accuracy on held-out pairs", unit="pair"))
     settings = backend_settings(summary["model_path"], r.max_length)
     backend = build_backend(settings, device=pick_device(cfg.model.device))
     accuracy, chosen, rejected = pairwise_accuracy(backend, eval_pairs)
