@@ -234,9 +234,12 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "tox_before": before.get("mean", math.nan), "tox_after": after.get("mean", math.nan),
             "improvement_%": s.get("pct_improvement_mean", math.nan), "mean_kl": s.get("mean_kl", math.nan),
             "error": r.error or "",
+            "owner": r.owner_user or "",
         })
     cols = ["id", "name", "status", "method", "chain", "model", "rewards", "step", "created", "tox_before",
             "tox_after", "improvement_%", "mean_kl", "error"]
+    if any(r.owner_user for r in records):  # with a login: who started each run (a lab without one is unchanged)
+        cols.append("owner")
     return pd.DataFrame(rows, columns=cols)
 
 

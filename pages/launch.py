@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import forms, state
+from app import auth, forms, state
 from app.safe_text import md, plain
 from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
@@ -79,7 +79,7 @@ def start() -> None:
         st.session_state["launch-note"] = ("error", "Not started: fix the problems marked below.")
         return
     try:
-        run_id = lab.start_run(cfg, policy=policy)
+        run_id = lab.start_run(cfg, policy=policy, user=auth.user())
     except ConfigError as exc:
         st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
             f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
