@@ -123,7 +123,7 @@ def as_user(chromium, name: str | None, headers: dict | None = None):
     ctx = chromium.new_context(viewport={"width": 1400, "height": 1000}, http_credentials=creds,
                                extra_http_headers=headers or {})
     pg = ctx.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(90_000)  # generous: the test machine may be busy
     return ctx, pg
 
 
@@ -158,6 +158,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     pg.locator(".st-key-start-run button").click()
     pg.wait_for_url("**/live?run=*", timeout=60_000)
     run_id = pg.url.split("run=")[1].split("&")[0]
+    pg.locator(".st-key-cancel-run button").wait_for()  # her live page is drawn (a queued run: no worker here)
     with Store(lab.db) as store:
         assert store.get_run(run_id).owner_user == "alice@example.org"
         assert store.get_run(run_id).status == "queued"
