@@ -1,7 +1,8 @@
 """Entry point of the lab, `streamlit run app/main.py`: a router over the pages in ../pages (st.navigation).
 
-Before any page it checks where the server listens: on anything but loopback, without the operator's explicit
-opt-out, every request gets an error page instead of the lab (engine.lab_settings.network_problem).
+Before any page it checks where the server listens: on anything but loopback, without a login ([auth]) or the
+operator's explicit opt-out, every request gets an error page instead of the lab (engine.lab_settings.
+network_problem); with the proxy login, a request that did not come through the proxy gets one too (app/auth.py).
 """
 
 import sys
@@ -13,18 +14,29 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts only app/ on sys.path; eng
 
 import streamlit as st  # noqa: E402
 
-from app import forms, state  # noqa: E402
-from engine.lab_settings import SettingsError, load_settings, network_problem  # noqa: E402
+from app import auth, forms, state  # noqa: E402
+from app.safe_text import md  # noqa: E402
+from engine.lab_settings import SettingsError, auth_problem, load_settings, network_problem, proxy_secret  # noqa: E402
+from engine.owners import LoginError  # noqa: E402
 
 st.set_page_config(page_title="RLAIF Lab", page_icon="🧪", layout="wide")
 try:
-    problem = shown = network_problem(st.get_option("server.address"), load_settings())
+    settings = load_settings()
+    problem = shown = (auth_problem(settings, proxy_secret(auth.secrets()))
+                       or network_problem(st.get_option("server.address"), settings))
 except SettingsError as exc:  # fail closed: a broken settings file must not widen what the browser may do
     problem, shown = str(exc), "The lab's settings file has a problem; the operator finds it in the server log."
 if problem:
     print(f"RLAIF Lab refuses to serve: {problem}", file=sys.stderr, flush=True)
     st.error(f"**The lab refuses to serve.** {shown}", icon="🔒")
     st.stop()
+try:
+    user = auth.user()
+except LoginError as exc:  # reached around the login proxy (or it named nobody): no page at all
+    st.error(f"**Sign in through the lab's login address.** {exc}.", icon=":material/lock:")
+    st.stop()
+if user is not None:
+    st.sidebar.caption(f"Signed in as **{md(user.name)}**" + (" · admin" if user.admin else ""))
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")
          for name, (_, title, icon) in state.PAGE_FILES.items()]

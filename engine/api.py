@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError, FieldError, RewardBackendSettings, RunConfig, validate
+from engine.owners import NotOwnerError, User, check_may_act, may_act  # noqa: F401 (NotOwnerError: for callers)
 from engine.worker import cancel, eta_seconds, submit
 
 if TYPE_CHECKING:
@@ -233,9 +234,12 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "tox_before": before.get("mean", math.nan), "tox_after": after.get("mean", math.nan),
             "improvement_%": s.get("pct_improvement_mean", math.nan), "mean_kl": s.get("mean_kl", math.nan),
             "error": r.error or "",
+            "owner": r.owner_user or "",
         })
     cols = ["id", "name", "status", "method", "chain", "model", "rewards", "step", "created", "tox_before",
             "tox_after", "improvement_%", "mean_kl", "error"]
+    if any(r.owner_user for r in records):  # with a login: who started each run (a lab without one is unchanged)
+        cols.append("owner")
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -401,29 +405,58 @@ class Lab:
         self.store.close()
 
     # runs
-    def start_run(self, cfg: RunConfig | dict[str, Any] | str, policy: BrowserPolicy | None = None) -> str:
+    def start_run(self, cfg: RunConfig | dict[str, Any] | str, policy: BrowserPolicy | None = None,
+                  user: User | None = None) -> str:
         """Validate and queue a run; ConfigError (field by field) before anything is stored.
 
-        `policy`: the operator's allow-list when the config comes from a browser (None: no limits)."""
+        `policy`: the operator's allow-list when the config comes from a browser (None: no limits).
+        `user`: the logged-in user, recorded as the run's owner (None: no login, no owner)."""
         cfg = as_config(cfg)
         if problems := policy_problems(cfg, policy):
             raise ConfigError(problems)
-        run_id = submit(self.store, cfg)
+        run_id = submit(self.store, cfg, user=user.name if user is not None else None)
         self.housekeeping(force=True)  # a worker to take it (one may have died since the last look)
         return run_id
 
-    def cancel_run(self, run_id: str) -> str:
-        """Cancel a queued run now or ask a running one to stop; returns the status after the call."""
+    def _check_owner(self, run_id: str, user: User | None, action: str) -> None:
+        # The check lives here, not only in the pages: a hidden button is not a permission.
+        check_may_act(run_id, self.store.get_run(run_id).owner_user, user, action)
+
+    def may_act(self, record: RunRecord, user: User | None) -> bool:
+        """Whether `user` may cancel / delete / resume `record` (for showing the buttons; the actions check too)."""
+        return may_act(record.owner_user, user)
+
+    def cancel_run(self, run_id: str, user: User | None = None) -> str:
+        """Cancel a queued run now or ask a running one to stop; returns the status after the call.
+
+        `user`: the logged-in user (None: no login); NotOwnerError unless it is the run's owner or an admin."""
+        self._check_owner(run_id, user, "cancel")
         return cancel(self.store, run_id)
 
-    def delete_run(self, run_id: str) -> None:
-        """Delete a finished (or queued) run and all its rows; a running run must be cancelled first."""
+    def delete_run(self, run_id: str, user: User | None = None) -> None:
+        """Delete a finished (or queued) run and all its rows; a running run must be cancelled first.
+
+        `user`: the logged-in user (None: no login); NotOwnerError unless it is the run's owner or an admin."""
+        self._check_owner(run_id, user, "delete")
         if self.store.get_run(run_id).status == "queued":
             try:
                 cancel(self.store, run_id)
             except ValueError:  # claimed meanwhile: delete_run refuses it below
                 pass
         self.store.delete_run(run_id)
+
+    def resume_run(self, run_id: str, user: User | None = None) -> None:
+        """Queue a failed, cancelled or interrupted run again; a worker continues it from its newest checkpoint.
+
+        ValueError (engine.runner.resume_problem) when it cannot be resumed; NotOwnerError unless `user` (None: no
+        login) is the run's owner or an admin."""
+        from engine.runner import resume_problem
+
+        self._check_owner(run_id, user, "resume")
+        if problem := resume_problem(self.store, run_id):
+            raise ValueError(problem)
+        self.store.reopen(run_id, to="queued")
+        self.housekeeping(force=True)
 
     def list_runs(self, status: str | Sequence[str] | None = None) -> list[RunRecord]:
         self.housekeeping()

@@ -26,8 +26,14 @@ The file (every key optional; see docs/security.md):
     endpoint_url = ""                       # "": AWS's own endpoint of the region
     models = ["anthropic.claude-3-haiku-20240307-v1:0"]
 
-No `[[judges.*]]` entry (the default) means no LLM judge from the browser at all. A later login mode will keep
-its settings here too (an `[auth]` table), so the rule "the operator decides, in a file" stays in one place.
+    [auth]                                  # serving a team: an authenticating proxy in front (docs/security.md)
+    mode = "proxy"                          # "none" (default: no login) or "proxy"
+    admins = ["lead@example.org"]           # users who may cancel / delete / resume any run
+    user_header = "X-Lab-User"              # the header in which the proxy names the logged-in user
+    secret_header = "X-Lab-Proxy-Secret"    # the header carrying the shared secret; its value comes from
+                                            # $RLAIF_LAB_PROXY_SECRET or lab_proxy_secret in .streamlit/secrets.toml
+
+No `[[judges.*]]` entry (the default) means no LLM judge from the browser at all.
 """
 
 from __future__ import annotations
@@ -40,11 +46,14 @@ from urllib.parse import urlsplit
 
 SETTINGS_ENV_VAR = "RLAIF_LAB_SETTINGS"
 NETWORK_OPT_OUT_ENV_VAR = "RLAIF_LAB_ALLOW_UNAUTHENTICATED_NETWORK"
+PROXY_SECRET_ENV_VAR = "RLAIF_LAB_PROXY_SECRET"  # the proxy's shared secret (or lab_proxy_secret in secrets.toml)
+AUTH_MODES = ("none", "proxy")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SETTINGS_PATH = REPO_ROOT / "lab_settings.toml"
 MAX_SETTINGS_BYTES = 1_000_000
 
-_TOP_KEYS = {"allow_unauthenticated_network", "paths", "judges"}
+_TOP_KEYS = {"allow_unauthenticated_network", "paths", "judges", "auth"}
+_AUTH_KEYS = {"mode", "admins", "user_header", "secret_header"}
 _PATH_KEYS = {"data", "models", "outputs"}
 _OPENAI_KEYS = {"base_url", "api_key_env", "models"}
 _BEDROCK_KEYS = {"region", "endpoint_url", "models"}
@@ -73,6 +82,21 @@ class BedrockEndpoint:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """The login mode: "none" (a single user on loopback) or "proxy" (an authenticating reverse proxy names the
+    user in `user_header`, trusted only with the shared secret in `secret_header`); `admins` act on any run."""
+
+    mode: str = "none"
+    admins: tuple[str, ...] = ()
+    user_header: str = "X-Lab-User"
+    secret_header: str = "X-Lab-Proxy-Secret"
+
+    @property
+    def login(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True)
 class LabSettings:
     """What the operator allows a browser user; `source` names the file (or "defaults") for error messages."""
 
@@ -83,6 +107,7 @@ class LabSettings:
     output_roots: tuple[Path, ...] = ()
     openai: tuple[OpenAIEndpoint, ...] = ()
     bedrock: tuple[BedrockEndpoint, ...] = ()
+    auth: AuthSettings = AuthSettings()
     fingerprint: str = field(default="", compare=False)  # changes when the file changes (cache keys)
 
 
@@ -188,10 +213,28 @@ def parse_settings(data: dict, base: Path, source: str = "defaults", fingerprint
             raise SettingsError(f"{where}.endpoint_url {exc}") from None
         bedrock.append(BedrockEndpoint(entry["region"], endpoint,
                                        _strings(entry.get("models", []), f"{where}.models")))
-    return LabSettings(source=source, allow_unauthenticated_network=allow,
+    return LabSettings(source=source, allow_unauthenticated_network=allow, auth=_auth(data.get("auth", {})),
                        data_roots=roots("data", data_roots), model_roots=roots("models", model_roots),
                        output_roots=roots("outputs", output_roots), openai=tuple(openai), bedrock=tuple(bedrock),
                        fingerprint=fingerprint)
+
+
+def _auth(table: object) -> AuthSettings:
+    if not isinstance(table, dict):
+        raise SettingsError("[auth] must be a table")
+    _unknown(table, _AUTH_KEYS, "[auth]")
+    mode = table.get("mode", "none")
+    if mode not in AUTH_MODES:
+        raise SettingsError(f"auth.mode must be one of {', '.join(AUTH_MODES)}, got {str(mode)[:80]!r}")
+    headers = {}
+    for key in ("user_header", "secret_header"):
+        value = table.get(key, getattr(AuthSettings, key))
+        if not isinstance(value, str) or not value or not all(c.isalnum() or c == "-" for c in value):
+            raise SettingsError(f"auth.{key} must be an HTTP header name (letters, digits, '-')")
+        headers[key] = value
+    if headers["user_header"].lower() == headers["secret_header"].lower():
+        raise SettingsError("auth.user_header and auth.secret_header must differ")
+    return AuthSettings(mode=mode, admins=_strings(table.get("admins", []), "auth.admins"), **headers)
 
 
 _CACHE: dict[tuple[str, int, int, str], LabSettings] = {}
@@ -253,13 +296,30 @@ def network_opt_out(settings: LabSettings | None = None) -> bool:
     return env in ("1", "true", "yes") or bool(settings and settings.allow_unauthenticated_network)
 
 
+def proxy_secret(secrets: dict | None = None) -> str:
+    """The proxy's shared secret: $RLAIF_LAB_PROXY_SECRET, else `lab_proxy_secret` in `secrets` (the app passes
+    .streamlit/secrets.toml); "" when neither is set. Never stored in the settings file (which may be in a repo)."""
+    value = os.environ.get(PROXY_SECRET_ENV_VAR, "") or str((secrets or {}).get("lab_proxy_secret", "") or "")
+    return value.strip()
+
+
+def auth_problem(settings: LabSettings | None, secret: str) -> str | None:
+    """Why the configured login cannot work, or None: proxy mode without a shared secret (fail closed)."""
+    if settings is not None and settings.auth.mode == "proxy" and len(secret) < 16:
+        return (f"[auth] mode = \"proxy\" needs a shared secret of at least 16 characters in "
+                f"{PROXY_SECRET_ENV_VAR} or lab_proxy_secret in .streamlit/secrets.toml (the proxy sends it in "
+                f"{settings.auth.secret_header}). See docs/security.md.")
+    return None
+
+
 def network_problem(address: str | None, settings: LabSettings | None = None) -> str | None:
-    """Why the lab must not serve on `address`, or None. Loopback is always fine; anything else needs the
-    operator's explicit opt-out (there is no login yet: anyone who reaches the port could use the lab)."""
-    if is_loopback(address) or network_opt_out(settings):
+    """Why the lab must not serve on `address`, or None. Loopback is always fine; so is any address with a login
+    configured ([auth] mode; the app checks its secret, auth_problem); else the operator's explicit opt-out."""
+    if is_loopback(address) or network_opt_out(settings) or (settings is not None and settings.auth.login):
         return None
     shown = address or "every interface"
     return (f"This lab listens on {shown} without a login, so anyone who can reach the port could use it. "
             f"Serve it on 127.0.0.1 (the default in .streamlit/config.toml) and reach it through an SSH tunnel, or, "
             f"on a network you trust, opt out explicitly: {NETWORK_OPT_OUT_ENV_VAR}=1 in the server's environment "
-            f"or allow_unauthenticated_network = true in the lab settings file. See docs/security.md.")
+            f"or allow_unauthenticated_network = true in the lab settings file, or serve a team with a login ([auth] "
+            f"in the lab settings file). See docs/security.md.")

@@ -159,6 +159,8 @@ class Run(Base):
     step_times: Mapped[str | None] = mapped_column(Text)  # JSON list of floats, the last STEP_TIMES_KEPT
     stop_reason: Mapped[str | None] = mapped_column(Text)  # a stop the user did not ask for (worker shutdown)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
+    # Revision 0003_owner_user: the login user who started the run (None: no login, or a run from before owners).
+    owner_user: Mapped[str | None] = mapped_column(String(320))
 
 
 class Worker(Base):
@@ -276,6 +278,7 @@ class RunRecord:
     message: str | None = None
     step_times: tuple[float, ...] = ()
     priority: int = 0
+    owner_user: str | None = None  # the login user who started it (engine.owners); None: no login / from before
 
     @property
     def heartbeat_age_s(self) -> float | None:
@@ -348,6 +351,7 @@ def _to_record(run: Run) -> RunRecord:
         message=run.message,
         step_times=tuple(json.loads(run.step_times)) if run.step_times else (),
         priority=run.priority or 0,
+        owner_user=run.owner_user,
     )
 
 
@@ -770,8 +774,10 @@ class Store:
         method: str = "ppo",
         total_steps: int | None = None,
         priority: int = 0,
+        owner_user: str | None = None,
     ) -> str:
-        """Add a queued run and return its id; workers claim higher `priority` first, then the oldest."""
+        """Add a queued run and return its id; workers claim higher `priority` first, then the oldest.
+        `owner_user`: the login user starting it (None without login)."""
         if not isinstance(config_yaml, str):
             raise ValueError(f"config_yaml must be a str, got {type(config_yaml).__name__}")
         if method not in METHODS:
@@ -795,6 +801,7 @@ class Store:
                             total_steps=total_steps,
                             cancel_requested=False,
                             priority=int(priority),
+                            owner_user=owner_user,
                         )
                     )
                 return run_id

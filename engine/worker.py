@@ -57,7 +57,7 @@ def eta_seconds(step_times, step: int, total: int | None, window: int = ETA_WIND
 # ---- the queue (what the UI and the CLI call) ------------------------------------------------------------
 
 
-def submit(store: Store, cfg: RunConfig, priority: int = 0) -> str:
+def submit(store: Store, cfg: RunConfig, priority: int = 0, user: str | None = None) -> str:
     """Validate `cfg` (fields, then its data) and create it in the store as a queued run; returns its id.
 
     Raises engine.config.ConfigError (a ValueError naming each field) before anything is stored.
@@ -69,7 +69,7 @@ def submit(store: Store, cfg: RunConfig, priority: int = 0) -> str:
     cfg.check()
     prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
     return store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps,
-                            priority=priority)
+                            priority=priority, owner_user=user)
 
 
 def cancel(store: Store, run_id: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import forms, launch_advice, state
+from app import auth, forms, launch_advice, state
 from app.form_labels import label_and_help
 from app.safe_text import md, plain
 from engine.api import errors_by_field, validate_config
@@ -115,7 +115,7 @@ def start() -> None:
         st.session_state["launch-note"] = ("error", "Not started: fix the problems listed above the form.")
         return
     try:
-        run_id = lab.start_run(cfg, policy=policy)
+        run_id = lab.start_run(cfg, policy=policy, user=auth.user())
     except ConfigError as exc:
         st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
             f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))

@@ -12,7 +12,7 @@ import time
 
 import streamlit as st
 
-from app import charts, judges, state
+from app import auth, charts, judges, state
 from app.safe_text import md
 from engine.api import chain_links
 
@@ -102,10 +102,10 @@ def live_panel() -> None:
         if status.status in ("queued", "running"):
             if st.button("Cancel run", key="cancel-run", icon=":material/stop_circle:", type="secondary"):
                 try:
-                    after = lab.cancel_run(run_id)
+                    after = lab.cancel_run(run_id, user=auth.user())
                     st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
-                except ValueError as exc:  # it finished meanwhile
-                    st.toast(str(exc))
+                except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
+                    st.toast(md(str(exc)))
     if status.error and status.status != "cancelled":
         st.error(md(status.error, limit=2000, keep_newlines=True))
     elif status.error:

