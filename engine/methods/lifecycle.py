@@ -98,7 +98,8 @@ class PolicyRun:
         self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
         self.before: tuple[list[float], list[int], list[float]] | None = None
         self.out_dir = Path(cfg.output_dir) / run_id
-        self.checkpoint_dir = self.out_dir / "checkpoints"
+        # Absolute: the store records checkpoint paths, and the UI or the next worker may run in another directory.
+        self.checkpoint_dir = (self.out_dir / "checkpoints").resolve()
         self.resume: Resume | None = None
 
     # ---- the steps, in order -------------------------------------------------------------------------
@@ -173,7 +174,7 @@ class PolicyRun:
 
     def record_checkpoint(self, step: int, path: str | Path) -> None:
         """Record a checkpoint someone else wrote (a TRL Trainer's `checkpoint-N`); pruning is the Trainer's."""
-        self.store.add_checkpoint(self.run_id, step, str(path))
+        self.store.add_checkpoint(self.run_id, step, str(Path(path).resolve()))
         for rec in self.store.checkpoints(self.run_id):
             if not Path(rec.path).exists():
                 self.store.delete_checkpoint(self.run_id, rec.path)
@@ -182,7 +183,7 @@ class PolicyRun:
         from engine import checkpoint
 
         records = [r for r in self.store.checkpoints(self.run_id)
-                   if Path(r.path).parent == self.checkpoint_dir]
+                   if Path(r.path).resolve().parent == self.checkpoint_dir]
         for path in checkpoint.prune([r.path for r in records], self.cfg.checkpoint.keep):
             self.store.delete_checkpoint(self.run_id, path)
 

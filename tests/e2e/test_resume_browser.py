@@ -56,7 +56,8 @@ def test_resume_button_continues_a_cancelled_run_in_the_worker(browser, tmp_path
 
             pg.goto(f"{server.url}/live?run={run_id}")
             pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')")
-            assert f"Resumes from step {ckpt} of {STEPS}" in pg.inner_text("body")
+            plan = f"Resumes from step {ckpt} of {STEPS}"  # what the page says the button will do
+            pg.wait_for_function(f"() => document.body.innerText.includes({plan!r})")
             pg.get_by_role("button", name="Resume").click()
             pg.wait_for_function("() => document.body.innerText.includes('is queued again')")
             # the page follows the resumed run (its panel refreshes while the run is active) until it completes
