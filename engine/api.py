@@ -433,6 +433,38 @@ class Lab:
         self._check_owner(run_id, user, "cancel")
         return cancel(self.store, run_id)
 
+    def resume_plan(self, run_id: str) -> tuple[bool, str]:
+        """Whether run `run_id` can be resumed, and what a resume does (or why it cannot), in one sentence for a
+        Resume button: e.g. "Resumes from step 14 of 28; the before-evaluation is kept"."""
+        from engine.checkpoint import is_resumable
+        from engine.runner import resume_problem
+
+        record = self.store.get_run(run_id)
+        if record.is_active:
+            return False, f"run {run_id} is {record.status}: only a failed, cancelled or interrupted run is resumed"
+        if problem := resume_problem(self.store, run_id):
+            return False, problem
+        step = max(c.step for c in self.store.checkpoints(run_id) if is_resumable(c.path))
+        total = f" of {record.total_steps}" if record.total_steps else ""
+        redo = record.step - step
+        redo_text = f" (the {redo} step{'s' if redo != 1 else ''} after it are redone)" if redo > 0 else ""
+        kept = "the before-evaluation is kept" if self.store.evaluations(run_id, "before").shape[0] else \
+            "nothing is evaluated twice"
+        return True, f"Resumes from step {step}{total}{redo_text}; {kept}. A worker picks it up from the queue."
+
+    def resume_run(self, run_id: str, user: User | None = None) -> str:
+        """Queue a failed, cancelled or interrupted run that has a checkpoint again; the worker that claims it
+        continues from its newest checkpoint (engine.runner.execute). ValueError saying why when it cannot be
+        resumed (nothing changes then); NotOwnerError unless `user` (None: no login) is the run's owner or an admin.
+        Returns the status afterwards ("queued")."""
+        self._check_owner(run_id, user, "resume")
+        ok, why = self.resume_plan(run_id)
+        if not ok:
+            raise ValueError(why)
+        self.store.reopen(run_id, to="queued")
+        self.housekeeping(force=True)  # a worker to take it (one may have died since the last look)
+        return "queued"
+
     def delete_run(self, run_id: str, user: User | None = None) -> None:
         """Delete a finished (or queued) run and all its rows; a running run must be cancelled first.
 
@@ -444,19 +476,6 @@ class Lab:
             except ValueError:  # claimed meanwhile: delete_run refuses it below
                 pass
         self.store.delete_run(run_id)
-
-    def resume_run(self, run_id: str, user: User | None = None) -> None:
-        """Queue a failed, cancelled or interrupted run again; a worker continues it from its newest checkpoint.
-
-        ValueError (engine.runner.resume_problem) when it cannot be resumed; NotOwnerError unless `user` (None: no
-        login) is the run's owner or an admin."""
-        from engine.runner import resume_problem
-
-        self._check_owner(run_id, user, "resume")
-        if problem := resume_problem(self.store, run_id):
-            raise ValueError(problem)
-        self.store.reopen(run_id, to="queued")
-        self.housekeeping(force=True)
 
     def list_runs(self, status: str | Sequence[str] | None = None) -> list[RunRecord]:
         self.housekeeping()

@@ -86,7 +86,7 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
         _start(store, run_id, resume)
         summary = _dispatch(cfg, store, run_id, notify, resume)
     except RunCancelled:
-        store.set_status(run_id, "cancelled", error="cancelled by the user")
+        _record_end(store, run_id, "cancelled", error="cancelled by the user")
         log.info("run %s cancelled", run_id)
         return {}
     except BaseException as exc:  # record every failure, then let it propagate
@@ -94,11 +94,32 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
         text = str(exc).strip()
         # A ConfigError's first line is only "invalid config:"; its field lines are the useful part.
         message = " ".join(line.strip() for line in text.splitlines()) if text else type(exc).__name__
-        store.set_status(run_id, status, error=f"{type(exc).__name__}: {message}", traceback=traceback.format_exc())
+        _record_end(store, run_id, status, error=f"{type(exc).__name__}: {message}",
+                    traceback=traceback.format_exc())
         raise
-    store.set_status(run_id, "completed")
+    if not _record_end(store, run_id, "completed"):
+        raise RuntimeError(f"run {run_id} trained to the end but its completion could not be recorded in the store")
     notify(Progress("done", 1, 1, "completed"))
     return summary
+
+
+def _record_end(store: Store, run_id: str, status: str, **kw: Any) -> bool:
+    """Store the run's end; when the store cannot be written (read-only, a full disk, unreachable) log one clear
+    error instead of a second traceback, and stop heartbeating the run so that, once its lease expires, any process
+    marks it interrupted (it is not left `running` forever). Returns whether the end was stored."""
+    from engine.store import LeaseLost
+
+    try:
+        store.set_status(run_id, status, **kw)
+        return True
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        store.abandon(run_id)
+        log.error("run %s: could not record it as %s in %r (%s: %s); it will be marked interrupted once its lease "
+                  "(%g s) expires; resume it from its last checkpoint", run_id, status, store,
+                  type(exc).__name__, " ".join(str(exc).split())[:300], store.lease_s)
+        return False
 
 
 def resume_problem(store: Store, run_id: str) -> str | None:

@@ -529,6 +529,13 @@ class Store:
                 s.execute(update(Worker).where(Worker.id == self.owner, Worker.current_run == run_id)
                           .values(current_run=None))
 
+    def abandon(self, run_id: str) -> None:
+        """Stop heartbeating a run this Store executes without writing anything: its end could not be recorded (the
+        store is read-only, the disk is full). Once its lease expires, any process marks it interrupted."""
+        with self._beat_lock:
+            self._owned.pop(run_id, None)
+            self._step_times.pop(run_id, None)
+
     def owned_runs(self) -> list[str]:
         """The runs this Store executes now (it heartbeats them)."""
         with self._beat_lock:
@@ -547,6 +554,7 @@ class Store:
                 self._beat_thread.start()
 
     def _beat_loop(self) -> None:
+        failing = False
         while True:
             with self._beat_lock:
                 if not self._owned and not self._worker_registered:
@@ -554,8 +562,14 @@ class Store:
                     return
             try:
                 self.beat()
-            except Exception:  # e.g. the database is locked or read-only for a moment: try again next time
-                log.warning("heartbeat to %r failed", self, exc_info=True)
+                if failing:
+                    log.warning("heartbeats to %r are written again", self)
+                failing = False
+            except Exception as exc:  # e.g. the database is locked or read-only for a while: try again next time
+                if not failing:  # one traceback per outage, not one per heartbeat
+                    log.warning("heartbeat to %r failed (%s: %s); retrying every %g s", self, type(exc).__name__,
+                                exc, self.heartbeat_s, exc_info=True)
+                failing = True
             self._beat_wake.wait(self.heartbeat_s)
             self._beat_wake.clear()
 

@@ -175,15 +175,22 @@ class Worker:
         log.info("worker %s serving %r on %s (lease %g s)", self.id, self.store, device, self.store.lease_s)
         executed = 0
         idle_since = time.monotonic()
+        unreachable = False
         try:
             while not self._stop.is_set():
                 try:
                     self.store.expire_leases()
                     record = self.store.claim_run(device=device)
-                except Exception:  # the store is locked or unreachable for a while: keep serving, look again
-                    log.exception("worker %s: could not claim a run; retrying", self.id)
+                except Exception as exc:  # the store is locked, read-only or unreachable: keep serving, look again
+                    if not unreachable:  # one traceback per outage, not one a second
+                        log.exception("worker %s: could not claim a run (%s); retrying until the store can be "
+                                      "written", self.id, type(exc).__name__)
+                    unreachable = True
                     self._stop.wait(max(self.poll_s, 1.0))
                     continue
+                if unreachable:
+                    log.warning("worker %s: the store can be written again", self.id)
+                    unreachable = False
                 if record is None:
                     if once:
                         break

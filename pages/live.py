@@ -13,6 +13,7 @@ import time
 import streamlit as st
 
 from app import auth, charts, judges, state
+from app.resume import resume_control, resume_note
 from app.safe_text import md
 from engine.api import chain_links
 
@@ -106,6 +107,9 @@ def live_panel() -> None:
                     st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
                 except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
                     st.toast(md(str(exc)))
+        else:
+            resume_control(lab, run_id, key="resume-run")
+    resume_note()
     if status.error and status.status != "cancelled":
         st.error(md(status.error, limit=2000, keep_newlines=True))
     elif status.error:

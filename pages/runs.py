@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app import auth, charts, forms, state
+from app.resume import resume_control, resume_note
 from app.safe_text import md, plain
 from engine.config import ConfigError
 
@@ -121,6 +122,9 @@ if record.is_active:
             st.toast(md(str(exc)))
 else:
     a[4].button("Delete…", key="delete-run", on_click=ask_delete, icon=":material/delete:")
+
+resume_control(lab, target, key="runs-resume")
+resume_note()
 
 if st.session_state.get("confirm-delete") == target and not record.is_active:
     with st.container(border=True, key="delete-confirm"):

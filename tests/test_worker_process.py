@@ -136,6 +136,10 @@ def test_sigterm_stops_the_run_interrupted_and_the_worker_exits_cleanly(store, p
     assert r.status == "interrupted"
     assert r.error.startswith("the worker received SIGTERM (worker w-") and r.error.endswith("resumable")
     assert store.latest_step(run_id) == r.step >= 2
+    # it stopped at a step boundary and saved a checkpoint of that step: nothing trained is lost, Resume works
+    from engine.runner import resume_problem
+
+    assert store.checkpoints(run_id)[-1].step == r.step and resume_problem(store, run_id) is None
     assert store.get_run(waiting).status == "queued"  # not taken by a worker on its way out
     assert store.list_workers() == []
     assert "stopped" in log_of(tmp_path, "worker")

@@ -111,7 +111,8 @@ class PolicyRun:
         self.relevance_error = ""  # why relevance is not measured, when it was asked for
         self.relevance_scores: dict[str, list[float]] = {}  # "before" / "after": per response
         self.out_dir = Path(cfg.output_dir) / run_id
-        self.checkpoint_dir = self.out_dir / "checkpoints"
+        # Absolute: the store records checkpoint paths, and the UI or the next worker may run in another directory.
+        self.checkpoint_dir = (self.out_dir / "checkpoints").resolve()
         self.resume: Resume | None = None
         self.determinism: dict[str, Any] = {}  # what deterministic mode set (engine.determinism.deterministic_run)
 
@@ -199,7 +200,7 @@ class PolicyRun:
 
     def record_checkpoint(self, step: int, path: str | Path) -> None:
         """Record a checkpoint someone else wrote (a TRL Trainer's `checkpoint-N`); pruning is the Trainer's."""
-        self.store.add_checkpoint(self.run_id, step, str(path))
+        self.store.add_checkpoint(self.run_id, step, str(Path(path).resolve()))
         for rec in self.store.checkpoints(self.run_id):
             if not Path(rec.path).exists():
                 self.store.delete_checkpoint(self.run_id, rec.path)
@@ -208,7 +209,7 @@ class PolicyRun:
         from engine import checkpoint
 
         records = [r for r in self.store.checkpoints(self.run_id)
-                   if Path(r.path).parent == self.checkpoint_dir]
+                   if Path(r.path).resolve().parent == self.checkpoint_dir]
         for path in checkpoint.prune([r.path for r in records], self.cfg.checkpoint.keep):
             self.store.delete_checkpoint(self.run_id, path)
 
