@@ -5,7 +5,8 @@ none; an alarm in alarms.stop_on stops the run with the reason recorded.
 The policy is tests/conftest.py's tiny GPT-2 with its output biased toward five common tokens and the end of text
 (so responses vary in length and words, as a real model's do, and PPO can move them in a few steps). The rewards
 are small backends injected where the run builds its reward (as test_runner's Boom); the judge is the real
-OpenAI-compatible client against the local endpoint of tests/judge_server.py.
+OpenAI-compatible client against the local endpoint of tests/judge_server.py. Every alarm fires at its default
+threshold except not_language (see its test).
 """
 
 from __future__ import annotations
@@ -20,32 +21,45 @@ from engine.rewards.base import RewardResult
 from engine.runner import execute
 from engine.store import Store
 
-WORDS = ("the", "you", "to", "a", "and")
+WORDS = ("the", "you", "to", "a", "an")  # words of both fixture vocabularies (HH or built-in dialogues)
+
+
+def biased_gpt2(src, out, boosts: dict[str, float]):
+    """tests/conftest.py's tiny GPT-2 whose next-token distribution, after any context, puts most of its mass on a few
+    tokens: logits = ln_f(h) . wte, and a bias of 8 along a unit vector u in ln_f (its gain cut to 0.05) lifts each
+    token j by 8 x boosts[j] when u is added to its embedding. Token names are words ("the") or "eos"."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForCausalLM.from_pretrained(src)
+    vocab = tok.get_vocab()
+    g = torch.Generator().manual_seed(1)
+    u = torch.randn(model.config.n_embd, generator=g)
+    u /= u.norm()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.fill_(0.05)
+        model.transformer.ln_f.bias.copy_(8 * u)
+        for word, a in boosts.items():
+            j = tok.eos_token_id if word == "eos" else vocab["Ġ" + word]  # KeyError: the fixture vocabulary changed
+            model.transformer.wte.weight[j] += a * u
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
 def chatty_gpt2_dir(tiny_gpt2_dir, tmp_path_factory):
-    """The tiny GPT-2 with ~15 % each on five tokens and ~19 % on end-of-text after any context."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """~15 % on each of five words and ~19 % on end-of-text: responses vary in length and words."""
+    boosts = dict.fromkeys(WORDS, 0.86) | {"eos": 0.86}
+    return biased_gpt2(tiny_gpt2_dir, tmp_path_factory.mktemp("chatty_gpt2"), boosts)
 
-    tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
-    vocab = tok.get_vocab()
-    ids = [vocab["Ġ" + w] for w in WORDS if "Ġ" + w in vocab]
-    assert len(ids) >= 3, "the fixture tokenizer lost its common words"
-    g = torch.Generator().manual_seed(1)
-    u = torch.randn(model.config.n_embd, generator=g)
-    u /= u.norm()
-    with torch.no_grad():  # logits = ln_f(h) . wte: a bias along u lifts the tokens whose embedding has u in it
-        model.transformer.ln_f.weight.fill_(0.05)
-        model.transformer.ln_f.bias.copy_(8 * u)
-        for j in ids + [tok.eos_token_id]:
-            model.transformer.wte.weight[j] += 0.86 * u
-    out = tmp_path_factory.mktemp("chatty_gpt2")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+
+@pytest.fixture(scope="module")
+def peaked_gpt2_dir(tiny_gpt2_dir, tmp_path_factory):
+    """~92 % "the", 3 % "an", 2 % end-of-text: text in "an" is text the reference would rarely write."""
+    boosts = {"the": 1.19, "an": 0.76, "eos": 0.7}
+    return biased_gpt2(tiny_gpt2_dir, tmp_path_factory.mktemp("peaked_gpt2"), boosts)
 
 
 class Scorer:
@@ -62,6 +76,7 @@ REWARDS = {
     "length": lambda r: len(r) / 10,  # pays for length
     "brevity": lambda r: -len(r) / 10,  # pays for the opposite
     "repeat": lambda r: r.split().count("the"),  # pays for one repeated token
+    "an": lambda r: r.split().count("an"),  # pays for a token the reference rarely writes
     "neutral": lambda r: 0.0,
 }
 
@@ -100,7 +115,10 @@ def run_it(cfg, tmp_path, expect=None):
 def first(store, run_id, name):
     alarms = store.alarms(run_id)
     hits = alarms[alarms.name == name]
-    assert len(hits), f"{name} did not fire; fired: {alarms.name.tolist()}"
+    if not len(hits):
+        wide = store.metrics_wide(run_id)
+        values = wide[[c for c in wide.columns if c.startswith(("alarm/", "env/r", "objective/kl"))]]
+        raise AssertionError(f"{name} did not fire; fired: {alarms.name.tolist()}\n{values.round(2).T.to_string()}")
     return hits.iloc[0]
 
 
@@ -132,13 +150,43 @@ def test_a_reward_that_pays_for_length_fires_length_drift(chatty_gpt2_dir, tmp_p
     assert wide["probe/toxicity"].notna().sum() >= 3  # probes at steps 1, 2, 4, ...
 
 
-def test_a_reward_for_a_repeated_token_fires_degeneration(chatty_gpt2_dir, tmp_path, injected_rewards):
-    store, run_id = run_it(hacking_config(chatty_gpt2_dir, tmp_path, ["repeat"], steps=8), tmp_path)
+def test_a_reward_for_a_repeated_token_fires_degeneration_kl_runaway_and_entropy_collapse(
+        chatty_gpt2_dir, tmp_path, injected_rewards):
+    cfg = hacking_config(chatty_gpt2_dir, tmp_path, ["repeat"], steps=14)
+    cfg.ppo.batch_size, cfg.ppo.learning_rate = 16, 2e-2
+    store, run_id = run_it(cfg, tmp_path)
+    wide = store.metrics_wide(run_id)
     alarm = first(store, run_id, "degeneration")
     assert alarm.value > alarm.threshold == 0.3 and alarm.since_step >= 4
     rows = evidence_rows(store, run_id, alarm)
     assert all(r.response.split().count("the") >= 3 for r in rows[:2])  # the most repetitive samples
     assert "repeated 3-grams" in alarm.message
+
+    kl = first(store, run_id, "kl_runaway")  # defaults: beyond 2 x kl_target 6
+    assert kl.threshold == 12.0 and kl.value == pytest.approx(wide["objective/kl"].loc[kl.step]) and kl.value > 12
+    assert wide["objective/kl"].loc[kl.since_step - 1] <= 12 < wide["objective/kl"].loc[kl.since_step]
+    evidence_rows(store, run_id, kl)
+
+    ent = first(store, run_id, "entropy_collapse")
+    assert ent.value < ent.threshold == 0.3 and "nearly deterministically" in ent.message
+    assert ent.step > alarm.step  # entropy goes last: repetition first, then a near-deterministic policy
+    evidence_rows(store, run_id, ent)
+
+
+def test_a_reward_for_a_token_the_reference_rarely_writes_fires_not_language(peaked_gpt2_dir, tmp_path,
+                                                                               injected_rewards):
+    cfg = hacking_config(peaked_gpt2_dir, tmp_path, ["an"], steps=8)
+    cfg.ppo.batch_size = 16
+    cfg.alarms.baseline_steps = 1  # step 1 samples the reference itself; this hack is well under way by step 3
+    # The tiny model's hack reaches ~1.0-1.5 nats/token below the reference in 8 steps (half its tokens "an" at
+    # -3.5 nats, the rest "the" at -0.1): under the default 1.5, which is set for SmolLM2-size models.
+    cfg.alarms.lang_drop = 1.0
+    store, run_id = run_it(cfg, tmp_path)
+    alarm = first(store, run_id, "not_language")
+    assert alarm.value > alarm.threshold == 1.0 and 2 <= alarm.since_step < alarm.step
+    assert "no longer language it would write" in alarm.message
+    rows = evidence_rows(store, run_id, alarm)
+    assert sum(r.response.split().count("an") for r in rows) >= 4  # the least likely samples: full of "an"
 
 
 def test_a_judge_that_refuses_fires_judge_failures(tiny_gpt2_dir, tmp_path, monkeypatch):
