@@ -70,6 +70,8 @@ def test_length_drift_shorter_and_pileup_at_the_limit():
     feed(d, [view(s, (10, 24, 10, 14)) for s in (1, 2, 3)])
     f = feed(d, [view(4, (24, 24, 24, 10))])[0]
     assert "stop at max_new_tokens" in f.message and f.evidence == [0, 1, 2] and f.threshold == 0.4
+    d = LengthDrift(AlarmSettings(patience=1, length_drift=5.0))  # a model that always runs to the limit
+    assert feed(d, [view(s, (24, 24, 24, 10)) for s in (1, 2, 3, 4, 5)]) == []
 
 
 def test_degeneration_fires_on_repetition_not_on_varied_text():
@@ -79,6 +81,11 @@ def test_degeneration_fires_on_repetition_not_on_varied_text():
     loop = [[5, 6, 7] * 4, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [5, 6, 7] * 3, [9, 9, 9, 9, 9, 9]]
     f = feed(d, [view(5, tokens=loop)])[0]
     assert f.value > 0.3 and f.evidence[0] in (0, 3) and 1 not in f.evidence[:3]
+    # repetition inside each response counts even where the batch was never diverse (distinct-n low from the start)
+    d = Degeneration(AlarmSettings(patience=1))
+    feed(d, [view(s, tokens=[list(range(10))] * 4) for s in (1, 2, 3)])
+    f = feed(d, [view(4, tokens=[[5, 6, 7] * 4] * 4)])[0]
+    assert f.value == pytest.approx(0.7)
 
 
 def test_entropy_collapse():
@@ -117,6 +124,12 @@ def test_reward_vs_probe_only_at_probe_steps():
     assert d.observe(v(4, 5.0))[1] is None  # no probe: no new judgement, whatever the reward
     f = feed(d, [v(5, 2.0, 0.21)])[0]
     assert f.value == pytest.approx(2.0) and "0.200 -> 0.210" in f.message and f.evidence[0] == 1
+    # patience counts probes: steps between them neither break the streak nor change the value
+    d = RewardVsProbe(AlarmSettings(patience=2))
+    assert feed(d, [v(1, 0.0, 0.20), v(3, 2.0, 0.20)]) == []
+    assert d.observe(v(4, 0.0)) == (pytest.approx(2.0), None)
+    f = feed(d, [v(5, 3.0, 0.20)])[0]
+    assert (f.step, f.since_step) == (5, 3)
     d = RewardVsProbe(cfg)
     assert feed(d, [v(1, 0.0, 0.20), v(5, 2.0, 0.10)]) == []  # the probe improved with the reward
 
@@ -141,6 +154,10 @@ def test_ensemble_disagreement_and_a_single_backend():
     assert f.value == pytest.approx(-1) and "'a' and 'b' disagree" in f.message
     assert feed(EnsembleDisagreement(AlarmSettings(patience=1)),
                 [view(1, raw_scores=raw, members=["a"])]) == []
+    three = {"a": [1.0, 2.0, 3.0, 4.0], "b": [1.1, 2.0, 3.2, 3.9], "c": [2.0, 1.0, 4.0, 3.0]}  # c disagrees a bit
+    f = feed(EnsembleDisagreement(AlarmSettings(patience=1, ensemble_min_corr=0.7)),
+             [view(1, raw_scores=three, members=["a", "b", "c"])])[0]
+    assert f.value == pytest.approx(pearson(three["a"], three["c"])) == 0.6 and "'a' and 'c'" in f.message
     agree = {"a": [1.0, 2.0, 3.0, 4.0], "b": [1.5, 2.5, 2.9, 4.2]}
     assert feed(EnsembleDisagreement(AlarmSettings(patience=1)), [view(1, raw_scores=agree, members=["a", "b"])]) == []
 

@@ -233,3 +233,16 @@ def test_a_clean_run_fires_none_and_logs_every_value(chatty_gpt2_dir, tmp_path, 
         assert wide[f"alarm/{name}/value"].notna().all(), name
     assert wide["probe/toxicity"].dropna().index.tolist() == [1, 2, 4, 6]
     assert len(store.samples(run_id)) == 6 * cfg.ppo.samples_per_step  # no evidence rows: nothing fired
+
+
+def test_alarms_and_the_probe_leave_training_unchanged(chatty_gpt2_dir, tmp_path, injected_rewards):
+    """The probe samples from a forked, seeded RNG: a run with alarms trains exactly as one without."""
+    curves = []
+    for enabled in (True, False):
+        cfg = hacking_config(chatty_gpt2_dir, tmp_path / str(enabled), ["length"], steps=3)
+        cfg.alarms.enabled, cfg.alarms.probe_every = enabled, 1
+        store, run_id = run_it(cfg, tmp_path / str(enabled))
+        wide = store.metrics_wide(run_id)
+        curves.append(wide[["objective/kl", "env/reward_mean", "ppo/loss/total"]])
+        assert ("probe/toxicity" in wide) == enabled
+    assert curves[0].equals(curves[1])
