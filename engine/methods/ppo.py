@@ -1,13 +1,15 @@
 """Method "ppo": the lab's own PPO (engine/ppo.py) on the run's prompts, rewarded by the run's reward mix.
 
 Responsible for: feeding PPOTrainer endless seeded batches of prompts, writing each step's metrics (with the judge
-accounting) and a few samples to the store, the training's part of the summary (KL along training), and PPO's
+accounting and the reward-hacking alarms' values, engine.methods.ppo_alarms) and a few samples to the store,
+stopping the run when an alarm listed in alarms.stop_on fires, the training's part of the summary (KL along training), and PPO's
 checkpoints: every checkpoint.every_steps steps, and on cancel or Ctrl-C / SIGTERM between steps, a directory with
 
   policy.pt     the trainable weights: the whole policy, or its LoRA adapter, and the value head
   trainer.pt    Adam's state, the KL coefficient, the mini-batch shuffler's generator, the step count
   state.pt      the step, every RNG state (python, numpy, torch CPU/CUDA), the prompt batches' position,
-                the reward normalisation's running statistics, the KL per step so far (written last)
+                the reward normalisation's running statistics, the KL per step so far, the alarms' detector
+                state (baselines, streaks) (written last)
 
 from which a resumed run continues exactly where the uninterrupted one would have been.
 
