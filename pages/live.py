@@ -82,7 +82,7 @@ def alarm_panel(run_id: str) -> None:
     box.subheader(f"Alarms ({len(cards)})")
     for i, a in enumerate(cards):
         box.warning(f"**{md(a['name'])}** at step {a['step']} (since step {a['since_step']}): value "
-                    f"{a['value']:.3g} vs threshold {a['threshold']:.3g}. {md(a['message'], limit=500)}",
+                    f"{a['value']:.3g} vs threshold {a['threshold']:.3g} — {md(a['message'], limit=500)}",
                     icon=":material/warning:")
         if not a["evidence"].empty:
             with box.expander(f"Evidence: {len(a['evidence'])} samples of step {a['step']}"):
