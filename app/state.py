@@ -1,7 +1,8 @@
-"""Process and session state of the lab: the shared Lab (store + worker), page paths, the selected run.
+"""Process and session state of the lab: the shared Lab (the store, and a worker process it keeps), page paths,
+the selected run.
 
-Responsible for: the one `Lab` per process and database (`st.cache_resource`, so the worker thread is
-shared by every browser session), where the pages live, which run a page shows (query parameter
+Responsible for: the one `Lab` per process and database (`st.cache_resource`, shared by every browser session;
+it starts a local worker process when none serves the store), where the pages live, which run a page shows (query parameter
 `?run=` first, then the session's last choice), and the run-metrics cache each session keeps so
 live charts read only new rows.
 
@@ -39,7 +40,7 @@ def page_path(name: str) -> Path:
 
 
 def _release(lab: Lab) -> None:
-    lab.manager.shutdown(cancel_current=False, timeout=0)
+    lab.close()  # a worker process it started keeps running: runs survive the UI
 
 
 @st.cache_resource(show_spinner=False, on_release=_release)
@@ -48,7 +49,8 @@ def _lab(url: str) -> Lab:
 
 
 def lab() -> Lab:
-    """The process's Lab for $RLAIF_LAB_DB (default runs/rlaif_lab.db); created with its worker on first use."""
+    """The process's Lab for $RLAIF_LAB_DB (default runs/rlaif_lab.db); on first use it starts a local worker
+    process when no live worker serves that store (the UI itself never trains)."""
     return _lab(resolve_url(os.environ.get(DB_ENV_VAR) or None))
 
 

@@ -1,7 +1,9 @@
-"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `runs`, `show RUN`, `export RUN`, `init`, `validate`.
+"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `runs`, `show RUN`, `export RUN`, `init`,
+`validate`.
 
-`run` with method reward_model and reward_model.then_ppo runs RLHF's two stages (engine.runner.rlhf_chain) and
-prints both run ids.
+`run` executes a run in this process, holding its lease (owner "cli-<host>-<pid>-<hex>", heartbeated by a thread) so
+no other process takes it for dead while it lives. With method reward_model and reward_model.then_ppo it runs RLHF's
+two stages (engine.runner.rlhf_chain) and prints both run ids. `worker` serves the store's queue (engine.worker).
 
 A thin layer over engine.runner and engine.store: it parses arguments, prints, and exits non-zero
 with a clear message on bad input.
@@ -21,10 +23,10 @@ POSTFIX = (("kl", "objective/kl"), ("ret", "ppo/returns/mean"), ("reward", "env/
            ("loss", "rm/loss"), ("acc", "rm/accuracy"), ("loss", "dpo/loss"), ("margin", "dpo/rewards/margins"))
 
 
-def _store(args):
+def _store(args, owner: str | None = None):
     from engine.store import Store
 
-    return Store(args.db) if args.db else Store()
+    return Store(args.db or None, owner=owner)
 
 
 def _is_store_error(exc: BaseException) -> bool:
@@ -74,13 +76,15 @@ def cmd_run(args) -> int:
 
     from engine.config import RunConfig
     from engine.runner import Progress, execute, prepare_prompts
+    from engine.store import new_owner_id
+    from engine.worker import progress_listener
 
     cfg = RunConfig.load(args.config)
     for override in args.set or []:
         _apply_override(cfg, override)
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
-    store = _store(args)
+    store = _store(args, owner=new_owner_id("cli"))
     bars: dict[str, tqdm] = {}
 
     def on_progress(p: Progress) -> None:
@@ -108,9 +112,10 @@ def cmd_run(args) -> int:
     if cfg.method == "reward_model" and cfg.reward_model.then_ppo:
         return _run_rlhf_chain(cfg, store, on_progress)
     run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
+    store.claim_run(run_id)  # the lease: this process owns the run (no worker takes it) and heartbeats it
     print(f"run {run_id} ({store.url})")
     try:
-        summary = execute(cfg, store, run_id, on_progress)
+        summary = execute(cfg, store, run_id, progress_listener(store, run_id, then=on_progress))
     except KeyboardInterrupt:
         print(f"run {run_id}: interrupted", file=sys.stderr)
         return 130
@@ -123,8 +128,10 @@ def cmd_resume(args) -> int:
     """Continue a failed, cancelled or interrupted run from its newest checkpoint (engine.runner.execute)."""
     from engine.config import RunConfig
     from engine.runner import Progress, execute
+    from engine.store import new_owner_id
+    from engine.worker import progress_listener
 
-    store = _store(args)
+    store = _store(args, owner=new_owner_id("cli"))  # the resumed run is this process's lease, as with `run`
     cfg = RunConfig.from_yaml(store.get_run(args.run).config_yaml)
 
     def on_progress(p: Progress) -> None:
@@ -134,7 +141,7 @@ def cmd_resume(args) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     print(f"run {args.run}: resuming ({store.url})")
     try:
-        summary = execute(cfg, store, args.run, on_progress, resume=True)
+        summary = execute(cfg, store, args.run, progress_listener(store, args.run, then=on_progress), resume=True)
     except ValueError as exc:  # e.g. nothing to resume from (the run is left as it was)
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -162,16 +169,20 @@ def _report(store, run_id: str, summary: dict) -> int:
 def _run_rlhf_chain(cfg, store, on_progress) -> int:
     """reward_model.then_ppo: the reward-model run, then the PPO run it rewards (engine.runner.rlhf_chain)."""
     from engine.runner import rlhf_chain
+    from engine.worker import progress_listener
 
     ids: list[str] = []
+    listeners: list = []
 
     def on_run(run_id, run_cfg) -> None:
+        store.claim_run(run_id)  # each stage under this process's lease, as a single run
         ids.append(run_id)
+        listeners.append(progress_listener(store, run_id, then=on_progress))
         stage = "reward-model run" if run_cfg.method == "reward_model" else "PPO run"
         print(f"{stage} {run_id} ({run_cfg.name}, {store.url})", flush=True)
 
     try:
-        rm_id, ppo_id = rlhf_chain(cfg, store, on_progress, on_run=on_run)
+        rm_id, ppo_id = rlhf_chain(cfg, store, lambda p: listeners[-1](p), on_run=on_run)
     except KeyboardInterrupt:
         print(f"run {ids[-1] if ids else '?'}: interrupted", file=sys.stderr)
         return 130
@@ -218,7 +229,14 @@ def _apply_override(cfg, override: str) -> None:
 
 def cmd_runs(args) -> int:
     store = _store(args)
+    for run_id in store.expire_leases():  # any process that notices a dead owner says so
+        print(f"run {run_id}: interrupted ({store.get_run(run_id).error})", file=sys.stderr)
     runs = store.list_runs()
+    workers = store.list_workers()
+    for w in workers:
+        state = "live" if w.is_live(store.lease_s) else "silent"
+        print(f"worker {w.id} ({w.host}, pid {w.pid}, {w.device or '?'}): {state}, heartbeat "
+              f"{w.heartbeat_age_s:.0f} s ago, {'run ' + w.current_run if w.current_run else 'idle'}")
     if not runs:
         print("no runs yet")
         return 0
@@ -226,8 +244,18 @@ def cmd_runs(args) -> int:
     for r in runs:
         step = f"{r.step or 0}/{r.total_steps or '?'}"
         created = r.created_at.strftime("%Y-%m-%d %H:%M:%S") if r.created_at else ""
-        print(f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {_printable(r.name or '')}")
+        line = f"{r.id:24} {r.status:11} {r.method:6} {step:>9}  {created:19}  {_printable(r.name or '')}"
+        if r.status == "running" and r.owner:
+            age = r.heartbeat_age_s
+            line += f"  [{r.phase or '?'} · {r.owner} · heartbeat {age:.0f} s ago]" if age is not None else ""
+        print(line)
     return 0
+
+
+def cmd_worker(args) -> int:
+    from engine.worker import serve
+
+    return serve(args.db or None, once=args.once, poll_s=args.poll_s, lease_s=args.lease_s)
 
 
 def cmd_show(args) -> int:
@@ -296,8 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint")
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
-    p = sub.add_parser("runs", help="list runs")
+    p = sub.add_parser("runs", help="list runs (and the workers serving the store)")
     p.set_defaults(fn=cmd_runs)
+    p = sub.add_parser("worker", help="claim queued runs from the store and execute them, one at a time")
+    p.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks at an empty queue")
+    p.add_argument("--lease-s", type=float, default=None,
+                   help="lease timeout in seconds (default $RLAIF_LAB_LEASE_S or 30)")
+    p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
     p.add_argument("--traceback", action="store_true")
@@ -306,14 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--out")
     p.set_defaults(fn=cmd_export)
+    for sp in sub.choices.values():  # `--db` after the command works too: `python -m engine worker --db URL`
+        sp.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
     from engine.config import ConfigError
+    from engine.migrations import SchemaVersionError
 
     try:
         return args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, SchemaVersionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

@@ -5,8 +5,9 @@ worker and the store, and shaping store rows into the tables the pages show (run
 samples, before/after side by side, the methods comparison of engine.compare). Pages call this module and
 nothing deeper.
 
-Not responsible for: training (engine.runner), queueing (engine.worker), persistence (engine.store)
-or drawing (app/). It imports no Streamlit, so every function is usable and testable from Python.
+Not responsible for: training (engine.runner, in a worker process: engine.worker), persistence (engine.store)
+or drawing (app/). It imports no Streamlit, so every function is usable and testable from Python. The lab never
+trains: it enqueues runs in the store and reads them back; a worker process executes them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,13 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError, FieldError, RewardBackendSettings, RunConfig, validate
-from engine.worker import RunManager, eta_seconds, get_manager
+from engine.worker import cancel, eta_seconds, submit
 
 if TYPE_CHECKING:
+    import subprocess
+
     import pandas as pd
 
     from engine.policy import BrowserPolicy
-    from engine.store import RunRecord, Store
+    from engine.store import RunRecord, Store, WorkerRecord
 
 
 # ---- configs ---------------------------------------------------------------------------------------
@@ -330,30 +334,91 @@ class RunStatus:
     """What the live page shows about a run's progress."""
 
     status: str
-    phase: str  # the worker's phase while this process runs it, else the status
+    phase: str  # what its owner reported last (load, eval_before, train, ...) while running, else the status
     step: int
     total: int | None
     eta_s: float | None
     message: str
     error: str | None
     traceback: str | None
+    owner: str | None = None  # the process executing it (worker or CLI)
+    heartbeat_age_s: float | None = None  # seconds since its owner's last heartbeat
 
     @property
     def fraction(self) -> float:
         return min(self.step / self.total, 1.0) if self.total else 0.0
 
 
-class Lab:
-    """The UI's entry point: one store and the worker that runs this process's queue."""
+def workers_table(workers: Sequence[WorkerRecord], lease_s: float) -> pd.DataFrame:
+    """One row per worker: id, host, pid, device, state (live / silent), heartbeat age (s), current run, started."""
+    import pandas as pd
 
-    def __init__(self, manager: RunManager) -> None:
-        self.manager = manager
-        self.store: Store = manager.store
+    rows = [{"worker": w.id, "host": w.host, "pid": w.pid, "device": w.device or "?",
+             "state": "live" if w.is_live(lease_s) else "silent", "heartbeat_s": round(w.heartbeat_age_s, 1),
+             "run": w.current_run or "", "started": w.started_at.strftime("%Y-%m-%d %H:%M:%S")} for w in workers]
+    return pd.DataFrame(rows, columns=["worker", "host", "pid", "device", "state", "heartbeat_s", "run", "started"])
+
+
+LOCAL_WORKER_ENV_VAR = "RLAIF_LAB_LOCAL_WORKER"  # "0": the lab never starts a local worker process
+
+
+class Lab:
+    """The UI's entry point: one store, read and written by enqueueing; worker processes execute the runs.
+
+    `start_worker`: keep a local worker process serving the store (started when no live worker heartbeats in the
+    store's `workers` table; checked at most every `housekeeping_s` seconds as pages read runs). Every read of the
+    run list also marks runs whose owner stopped heartbeating as interrupted (Store.expire_leases).
+    """
+
+    def __init__(self, store: Store, start_worker: bool = False, housekeeping_s: float | None = None) -> None:
+        self.store = store
+        self.start_worker = start_worker
+        self.housekeeping_s = housekeeping_s if housekeeping_s is not None else min(5.0, store.lease_s / 3)
+        self.worker_process: subprocess.Popen | None = None  # the last local worker this lab started
+        self._last_housekeeping = -math.inf
+        self._housekeeping_lock = threading.Lock()
+        self.housekeeping(force=True)
 
     @classmethod
-    def connect(cls, db_url: str | None = None) -> Lab:
-        """The lab over the process-wide manager of a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db)."""
-        return cls(get_manager(db_url))
+    def connect(cls, db_url: str | None = None, start_worker: bool | None = None) -> Lab:
+        """The lab over a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db), with a local worker if none serves it.
+
+        `start_worker` None: yes unless $RLAIF_LAB_LOCAL_WORKER is "0" (workers run elsewhere, e.g. on GPU nodes)."""
+        import os
+
+        from engine.store import Store, new_owner_id
+
+        if start_worker is None:
+            start_worker = os.environ.get(LOCAL_WORKER_ENV_VAR, "1") != "0"
+        return cls(Store(db_url, owner=new_owner_id("ui")), start_worker=start_worker)
+
+    def housekeeping(self, force: bool = False) -> None:
+        """Mark runs of dead owners interrupted and, with `start_worker`, start a local worker when none is live."""
+        from engine.worker import ensure_local_worker
+
+        with self._housekeeping_lock:
+            now = time.monotonic()
+            if not force and now - self._last_housekeeping < self.housekeeping_s:
+                return
+            self._last_housekeeping = now
+            try:
+                self.store.expire_leases()
+                if not self.start_worker:
+                    return
+                ours = self.worker_process
+                if ours is not None and ours.poll() is None:
+                    return  # started by us and alive (maybe still importing torch before it registers)
+                proc = ensure_local_worker(self.store)
+                if proc is not None:
+                    self.worker_process = proc
+            except Exception:  # a page must still load when the store is read-only or a worker cannot start
+                import logging
+
+                logging.getLogger(__name__).exception("lab housekeeping failed")
+
+    def close(self) -> None:
+        """Release the store's connections (a worker this lab started keeps running: it serves the store)."""
+        self.store.close()
 
     # runs
     def start_run(self, cfg: RunConfig | dict[str, Any] | str, policy: BrowserPolicy | None = None) -> str:
@@ -363,23 +428,45 @@ class Lab:
         cfg = as_config(cfg)
         if problems := policy_problems(cfg, policy):
             raise ConfigError(problems)
-        return self.manager.submit(cfg)
+        run_id = submit(self.store, cfg)
+        self.housekeeping(force=True)  # a worker to take it (one may have died since the last look)
+        return run_id
 
     def cancel_run(self, run_id: str) -> str:
         """Cancel a queued run now or ask a running one to stop; returns the status after the call."""
-        return self.manager.cancel(run_id)
+        return cancel(self.store, run_id)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a finished (or queued) run and all its rows; a running run must be cancelled first."""
-        if run_id in self.manager.queue():
-            self.manager.cancel(run_id)
+        if self.store.get_run(run_id).status == "queued":
+            try:
+                cancel(self.store, run_id)
+            except ValueError:  # claimed meanwhile: delete_run refuses it below
+                pass
         self.store.delete_run(run_id)
 
     def list_runs(self, status: str | Sequence[str] | None = None) -> list[RunRecord]:
+        self.housekeeping()
         return self.store.list_runs(status)
 
     def runs_table(self) -> pd.DataFrame:
         return runs_table(self.list_runs(), self.store.alarm_counts())
+
+    def queue(self) -> list[str]:
+        """Ids of the queued runs, in the order workers take them (higher priority, then older, first)."""
+        queued = self.store.list_runs("queued")
+        return [r.id for r in sorted(queued, key=lambda r: (-r.priority, r.created_at, r.id))]
+
+    def running(self) -> list[str]:
+        """Ids of the runs executing now (in any process), oldest first."""
+        return [r.id for r in reversed(self.list_runs("running"))]
+
+    def workers(self) -> list[WorkerRecord]:
+        """The worker processes registered in the store (live or silent)."""
+        return self.store.list_workers()
+
+    def workers_table(self) -> pd.DataFrame:
+        return workers_table(self.workers(), self.store.lease_s)
 
     def get_run(self, run_id: str) -> RunRecord:
         return self.store.get_run(run_id)
@@ -389,19 +476,19 @@ class Lab:
         return RunConfig.from_yaml(self.store.get_run(run_id).config_yaml)
 
     def status(self, run_id: str) -> RunStatus:
-        """Status, step/total (from the store), ETA from step times and, while running here, the phase."""
+        """Status, step/total, and while running the owner's phase, message, heartbeat age and an ETA from the
+        step times it stored (any process's run: a worker's or the CLI's)."""
+        self.housekeeping()
         r = self.store.get_run(run_id)
-        live = self.manager.progress(run_id)
         phase, message, eta = r.status, "", None
         if r.status == "running":
-            if live is not None and live.step_times:
-                eta = eta_seconds(live.step_times, r.step, r.total_steps)
-            else:  # run by another process (e.g. the CLI): step times from the stored metrics
+            phase, message = r.phase or r.status, r.message or ""
+            times = list(r.step_times)
+            if not times:  # an owner from before stored step times: the metric rows have them
                 times = self.store.metrics(run_id, keys=["time/step_s"])["value"].tolist()
-                eta = eta_seconds(times, r.step, r.total_steps)
-            if live is not None:
-                phase, message = live.phase, live.message
-        return RunStatus(r.status, phase, r.step, r.total_steps, eta, message, r.error, r.traceback)
+            eta = eta_seconds(times, r.step, r.total_steps)
+        return RunStatus(r.status, phase, r.step, r.total_steps, eta, message, r.error, r.traceback, r.owner,
+                         r.heartbeat_age_s if r.status == "running" else None)
 
     # data
     def metrics(self, run_id: str, keys: Sequence[str] | None = None, since_id: int | None = None) -> pd.DataFrame:

@@ -1,9 +1,8 @@
 """The run store: the single source of truth for runs, metrics, samples, evaluations, scores and checkpoints.
 
-Responsible for: persisting everything a run produces, safely under concurrent use. The background
-worker writes from its thread (or process) while the Streamlit UI reads from others; every method
-opens one short Session, and every write commits before the method returns, so nothing is lost if
-the process dies a moment later.
+Responsible for: persisting everything a run produces, safely under concurrent use, and who executes which run
+(leases, below). Worker and CLI processes write while the Streamlit UI reads; every method opens one short
+Session, and every write commits before the method returns, so nothing is lost if the process dies a moment later.
 
 Not responsible for: running anything, parsing run configs (the YAML is stored as text), or drawing.
 
@@ -18,22 +17,36 @@ processes share the store.
 Metric values are stored as floats; non-finite values (NaN, +inf, -inf) are stored as NULL and
 come back as NaN, so a diverged step keeps its row and shows as a gap in a chart.
 
+Leases: a run is executed by exactly one process, its owner. A Store moves a run to "running" only as its owner
+(`claim_run`, or `set_status(run, "running")`), and from then on a daemon thread of that Store writes the run's
+heartbeat every `heartbeat_s` seconds, together with the phase / message / step times the run reported
+(`note_progress`), until the run leaves "running". A run whose heartbeat is older than the lease timeout
+(`lease_s`, default 30 s, $RLAIF_LAB_LEASE_S) belongs to a dead process: `expire_leases`, which any process may
+call, marks it "interrupted". Nothing else marks another process's run. A worker process registers itself in the
+`workers` table (`register_worker`) and the same thread heartbeats it.
+
 Scores are second opinions on hold-out responses computed after a run (e.g. a trained reward model's
-helpfulness score of each "after" response, engine.compare), kept so they are computed once. Their table is
-created on open like the others, so a database written before it existed opens unchanged.
+helpfulness score of each "after" response, engine.compare), kept so they are computed once.
+
+The schema is versioned (engine/migrations, Alembic): opening a store upgrades it to the newest schema, and a
+store written by a newer version of the lab is refused (engine.migrations.SchemaVersionError). The models below
+must match the newest revision (tests/test_migrations.py compares them).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import secrets
+import socket
+import threading
 import time as _time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +66,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -65,8 +79,13 @@ from engine.config import METHODS  # the one list of methods (a run of any other
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DB_PATH = Path("runs") / "rlaif_lab.db"
 DB_ENV_VAR = "RLAIF_LAB_DB"
+LEASE_ENV_VAR = "RLAIF_LAB_LEASE_S"
+DEFAULT_LEASE_S = 30.0
+STEP_TIMES_KEPT = 20  # step times stored per run, for the ETA (the mean of the last ones)
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = frozenset({"queued", "running"})
@@ -77,12 +96,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "running": frozenset({"completed", "failed", "cancelled", "interrupted"}),
 }
 EVAL_PHASES = ("before", "after")
-INTERRUPTED_ERROR = "process ended while the run was running"
+INTERRUPTED_ERROR = "the process running it stopped"  # + why: no heartbeat for N s (lease expired)
 MAX_ERROR_CHARS = 1000
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class LeaseLost(ValueError):
+    """This process executed a run whose lease another process found expired (and marked the run interrupted)."""
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -127,6 +150,29 @@ class Run(Base):
     summary: Mapped[str | None] = mapped_column(Text)  # JSON: the before/after numbers
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     device: Mapped[str | None] = mapped_column(String(64))
+    # Lease (revision 0002): who executes the run and when it last said so.
+    owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the owner reported last (written with the heartbeat): phase, a one-line message, recent step seconds.
+    phase: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    step_times: Mapped[str | None] = mapped_column(Text)  # JSON list of floats, the last STEP_TIMES_KEPT
+    stop_reason: Mapped[str | None] = mapped_column(Text)  # a stop the user did not ask for (worker shutdown)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
+
+
+class Worker(Base):
+    """A worker process serving this store (engine.worker); its row is removed when it exits cleanly."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    current_run: Mapped[str | None] = mapped_column(String(32))
 
 
 def _run_fk() -> Any:
@@ -242,6 +288,17 @@ class RunRecord:
     summary: dict[str, Any] | None
     cancel_requested: bool
     device: str | None
+    owner: str | None = None
+    heartbeat_at: datetime | None = None
+    phase: str | None = None
+    message: str | None = None
+    step_times: tuple[float, ...] = ()
+    priority: int = 0
+
+    @property
+    def heartbeat_age_s(self) -> float | None:
+        """Seconds since the owner's last heartbeat (None: never had one)."""
+        return None if self.heartbeat_at is None else (utcnow() - self.heartbeat_at).total_seconds()
 
     @property
     def is_active(self) -> bool:
@@ -254,6 +311,27 @@ class RunRecord:
         if self.started_at is None:
             return None
         return ((self.finished_at or utcnow()) - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A registered worker process as read from the store."""
+
+    id: str
+    host: str
+    pid: int
+    device: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    current_run: str | None
+
+    @property
+    def heartbeat_age_s(self) -> float:
+        return (utcnow() - self.heartbeat_at).total_seconds()
+
+    def is_live(self, lease_s: float) -> bool:
+        """Whether its last heartbeat is within the lease timeout."""
+        return self.heartbeat_age_s <= lease_s
 
 
 @dataclass(frozen=True)
@@ -282,6 +360,12 @@ def _to_record(run: Run) -> RunRecord:
         summary=json.loads(run.summary) if run.summary else None,
         cancel_requested=bool(run.cancel_requested),
         device=run.device,
+        owner=run.owner,
+        heartbeat_at=run.heartbeat_at,
+        phase=run.phase,
+        message=run.message,
+        step_times=tuple(json.loads(run.step_times)) if run.step_times else (),
+        priority=run.priority or 0,
     )
 
 
@@ -302,6 +386,25 @@ def resolve_url(url_or_path: str | Path | None = None) -> str:
     if str(url_or_path) == ":memory:":
         return "sqlite:///:memory:"
     return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
+
+
+def lease_timeout_s() -> float:
+    """The lease timeout: $RLAIF_LAB_LEASE_S seconds, default 30."""
+    raw = os.environ.get(LEASE_ENV_VAR)
+    if not raw:
+        return DEFAULT_LEASE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${LEASE_ENV_VAR} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"${LEASE_ENV_VAR} must be > 0, got {raw!r}")
+    return value
+
+
+def new_owner_id(kind: str = "proc") -> str:
+    """An owner / worker id naming the process: "<kind>-<host>-<pid>-<4 hex>"."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
 def _json_default(obj: Any) -> Any:
@@ -363,12 +466,32 @@ class Store:
 
     `Store()` opens $RLAIF_LAB_DB or runs/rlaif_lab.db (relative to the working directory);
     `Store("path/to.db")` or `Store("sqlite:///path/to.db")` a SQLite file; any other SQLAlchemy
-    URL works too. Tables are created on open. Call `close()` (or use `with Store(...)`) to release
+    URL works too. The schema is created, or upgraded, on open (`migrated_from`: the revision it was at, None for
+    a new or pre-migration store). Call `close()` (or use `with Store(...)`) to release
     connections. `Store(":memory:")` is for single-threaded use only (SQLite gives each thread its
     own empty in-memory database); use a file when a worker thread shares the store.
+
+    `owner` names this process in the runs it executes (default: "proc-<host>-<pid>-<hex>", see new_owner_id);
+    `lease_s` is the lease timeout (default $RLAIF_LAB_LEASE_S or 30 s); heartbeats go every lease_s / 6 (≤ 5 s).
     """
 
-    def __init__(self, url_or_path: str | Path | None = None) -> None:
+    def __init__(self, url_or_path: str | Path | None = None, owner: str | None = None,
+                 lease_s: float | None = None) -> None:
+        self.owner = owner or new_owner_id()
+        self.lease_s = float(lease_s) if lease_s is not None else lease_timeout_s()
+        if not self.lease_s > 0:
+            raise ValueError(f"lease_s must be > 0, got {lease_s!r}")
+        self.heartbeat_s = min(5.0, max(0.05, self.lease_s / 6))
+        # The runs this Store executes (run id -> what the next heartbeat writes), and those whose lease was lost.
+        self._owned: dict[str, dict[str, Any]] = {}
+        self._step_times: dict[str, list[float]] = {}
+        self._lost: set[str] = set()
+        self._worker_device: str | None = None
+        self._worker_registered = False
+        self._beat_lock = threading.Lock()
+        self._beat_write_lock = threading.Lock()  # one heartbeat at a time: an older snapshot never lands last
+        self._beat_wake = threading.Event()
+        self._beat_thread: threading.Thread | None = None
         self.url = resolve_url(url_or_path)
         url = make_url(self.url)
         kwargs: dict[str, Any] = {}
@@ -383,7 +506,10 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: objects stay readable after their (short) session ends
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        Base.metadata.create_all(self.engine)
+        from engine.migrations import upgrade
+
+        # Brings an older store to the newest schema; SchemaVersionError for one written by a newer version.
+        self.migrated_from = upgrade(self.engine, repr(self))
 
     def __repr__(self) -> str:
         return f"Store({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -397,6 +523,225 @@ class Store:
     def close(self) -> None:
         """Close every pooled connection (the store can still be used; it reconnects)."""
         self.engine.dispose()
+
+    # ---- leases and heartbeats
+
+    def _own(self, run_id: str) -> None:
+        with self._beat_lock:
+            self._owned[run_id] = {"phase": "starting", "message": ""}
+            self._step_times[run_id] = []
+            self._lost.discard(run_id)
+        self._ensure_beating()
+
+    def _disown(self, run_id: str) -> None:
+        with self._beat_lock:
+            self._owned.pop(run_id, None)
+            self._step_times.pop(run_id, None)
+            worker = self._worker_registered
+        if worker:  # show the worker idle at once, not at its next heartbeat
+            with self._write() as s:
+                s.execute(update(Worker).where(Worker.id == self.owner, Worker.current_run == run_id)
+                          .values(current_run=None))
+
+    def owned_runs(self) -> list[str]:
+        """The runs this Store executes now (it heartbeats them)."""
+        with self._beat_lock:
+            return list(self._owned)
+
+    def lease_lost(self, run_id: str) -> bool:
+        """True when another process marked a run this Store executed as interrupted (its heartbeat came too late)."""
+        with self._beat_lock:
+            return run_id in self._lost
+
+    def _ensure_beating(self) -> None:
+        with self._beat_lock:
+            if self._beat_thread is None or not self._beat_thread.is_alive():
+                # Daemonic: when the process dies, its heartbeats stop, and that is how others learn of it.
+                self._beat_thread = threading.Thread(target=self._beat_loop, name="store-heartbeat", daemon=True)
+                self._beat_thread.start()
+
+    def _beat_loop(self) -> None:
+        while True:
+            with self._beat_lock:
+                if not self._owned and not self._worker_registered:
+                    self._beat_thread = None
+                    return
+            try:
+                self.beat()
+            except Exception:  # e.g. the database is locked or read-only for a moment: try again next time
+                log.warning("heartbeat to %r failed", self, exc_info=True)
+            self._beat_wake.wait(self.heartbeat_s)
+            self._beat_wake.clear()
+
+    def beat(self) -> None:
+        """Write one heartbeat now: for every run this Store executes (with its latest progress) and its worker row.
+
+        The heartbeat thread calls it every `heartbeat_s`; a run whose row is no longer "running" under this owner
+        has lost its lease (another process marked it interrupted): it is dropped and `lease_lost` says so.
+        """
+        with self._beat_write_lock:
+            self._beat()
+
+    def _beat(self) -> None:
+        now = utcnow()
+        with self._beat_lock:
+            owned = {run_id: dict(values) for run_id, values in self._owned.items()}
+            worker = self._worker_registered
+        lost = []
+        with self._write() as s:
+            for run_id, values in owned.items():
+                done = s.execute(
+                    update(Run).where(Run.id == run_id, Run.owner == self.owner, Run.status == "running")
+                    .values(heartbeat_at=now, **values).execution_options(synchronize_session=False)
+                ).rowcount
+                if not done:
+                    lost.append(run_id)
+            if worker:
+                current = next(iter(owned), None)
+                done = s.execute(
+                    update(Worker).where(Worker.id == self.owner).values(heartbeat_at=now, current_run=current)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if not done:  # pruned meanwhile (it was silent for long): register again
+                    s.add(self._worker_row(now, current))
+        with self._beat_lock:
+            for run_id in lost:
+                if run_id in self._owned:  # not finished meanwhile by this process: the lease is gone
+                    self._owned.pop(run_id)
+                    self._lost.add(run_id)
+                    log.error("run %s: lease lost (marked interrupted by another process); stopping it", run_id)
+
+    def note_progress(self, run_id: str, phase: str | None = None, message: str | None = None,
+                      step_time: float | None = None) -> None:
+        """Remember a run's phase, message and (for a finished training step) its seconds; the next heartbeat
+        writes them, and a new phase wakes the heartbeat at once. Ignored for runs this Store does not execute."""
+        wake = False
+        with self._beat_lock:
+            pending = self._owned.get(run_id)
+            if pending is None:
+                return
+            if phase is not None:
+                wake = phase != pending.get("phase")
+                pending["phase"] = str(phase)[:32]
+            if message is not None:
+                pending["message"] = _one_line(message)
+            if step_time is not None and math.isfinite(step_time) and step_time >= 0:
+                times = self._step_times.setdefault(run_id, [])
+                times.append(round(float(step_time), 4))
+                del times[:-STEP_TIMES_KEPT]
+                pending["step_times"] = json.dumps(times)
+        if wake:
+            self._beat_wake.set()
+
+    def claim_run(self, run_id: str | None = None, device: str | None = None) -> RunRecord | None:
+        """Take a queued run to execute, atomically: this Store becomes its owner and heartbeats it.
+
+        `run_id` None: the next queued run (highest priority, then oldest), or None when none is queued; two
+        processes claiming at once never get the same run. With `run_id`: that run, or ValueError when it is not
+        queued (KeyError when there is none).
+        """
+        for _ in range(50):  # lost a race for the head of the queue: try the next one
+            with self._write() as s:
+                if run_id is None:
+                    # FOR UPDATE SKIP LOCKED on PostgreSQL (rows others are claiming are skipped); nothing on SQLite,
+                    # where the conditional UPDATE below is what makes the claim atomic.
+                    candidate = s.execute(
+                        select(Run.id).where(Run.status == "queued")
+                        .order_by(Run.priority.desc(), Run.created_at, Run.id).limit(1)
+                        .with_for_update(skip_locked=True)
+                    ).scalar()
+                    if candidate is None:
+                        return None
+                else:
+                    candidate = run_id
+                values = self._running_values()
+                if device is not None:
+                    values["device"] = str(device)
+                done = s.execute(
+                    update(Run).where(Run.id == candidate, Run.status == "queued").values(**values)
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if done and self._worker_registered:
+                    s.execute(update(Worker).where(Worker.id == self.owner).values(current_run=candidate))
+            if done:
+                self._own(candidate)
+                return self.get_run(candidate)
+            if run_id is not None:
+                status = self.get_run(run_id).status  # KeyError when there is no such run
+                raise ValueError(f"run {run_id} is {status}: only a queued run can be claimed")
+        return None
+
+    def _running_values(self) -> dict[str, Any]:
+        now = utcnow()
+        return {"status": "running", "started_at": now, "owner": self.owner, "heartbeat_at": now,
+                "phase": "starting", "message": "", "step_times": None, "stop_reason": None}
+
+    def expire_leases(self, lease_s: float | None = None) -> list[str]:
+        """Mark "interrupted" every running run of another owner whose heartbeat is older than the lease timeout
+        (default this Store's `lease_s`); returns their ids. Safe to call from any process, any time."""
+        lease_s = self.lease_s if lease_s is None else float(lease_s)
+        now = utcnow()
+        cutoff = now - timedelta(seconds=lease_s)
+        # A run from before leases existed has no heartbeat: its start (or creation) stands in for it.
+        last_sign = func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at)
+        stale = (Run.status == "running", last_sign < cutoff, or_(Run.owner.is_(None), Run.owner != self.owner))
+        expired = []
+        with self._write() as s:
+            for run_id, owner, last, step in s.execute(select(Run.id, Run.owner, last_sign, Run.step).where(*stale)):
+                last = last if isinstance(last, datetime) else None
+                age = f"{(now - last.replace(tzinfo=timezone.utc)).total_seconds():.0f} s" if last else "long"
+                error = (f"{INTERRUPTED_ERROR}: {owner or 'its process'} sent no heartbeat for {age} (lease "
+                         f"{lease_s:g} s), at step {step}")
+                done = s.execute(
+                    update(Run).where(Run.id == run_id, *stale)
+                    .values(status="interrupted", error=error, finished_at=now, phase="interrupted")
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if done:
+                    expired.append(run_id)
+        if expired:
+            log.warning("lease expired: marked %s interrupted", ", ".join(expired))
+        return expired
+
+    # ---- workers
+
+    def _worker_row(self, now: datetime, current: str | None = None) -> Worker:
+        return Worker(id=self.owner, host=socket.gethostname(), pid=os.getpid(), device=self._worker_device,
+                      started_at=now, heartbeat_at=now, current_run=current)
+
+    def register_worker(self, device: str | None = None) -> str:
+        """Register this process as a worker (id = `owner`), heartbeated with its runs until `unregister_worker`.
+
+        Rows of workers silent for more than an hour are dropped on the way."""
+        now = utcnow()
+        self._worker_device = device
+        with self._write() as s:
+            s.execute(delete(Worker).where(Worker.heartbeat_at < now - timedelta(hours=1)))
+            s.execute(delete(Worker).where(Worker.id == self.owner))
+            s.add(self._worker_row(now))
+        with self._beat_lock:
+            self._worker_registered = True
+        self._ensure_beating()
+        return self.owner
+
+    def unregister_worker(self) -> None:
+        """Remove this process's worker row (a clean exit)."""
+        with self._beat_lock:
+            self._worker_registered = False
+        with self._write() as s:
+            s.execute(delete(Worker).where(Worker.id == self.owner))
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker (live or silent), oldest first."""
+        with self._session() as s:
+            rows = s.scalars(select(Worker).order_by(Worker.started_at, Worker.id)).all()
+            return [WorkerRecord(w.id, w.host, w.pid, w.device, w.started_at, w.heartbeat_at, w.current_run)
+                    for w in rows]
+
+    def live_workers(self, lease_s: float | None = None) -> list[WorkerRecord]:
+        """The workers whose heartbeat is within the lease timeout."""
+        lease_s = self.lease_s if lease_s is None else float(lease_s)
+        return [w for w in self.list_workers() if w.is_live(lease_s)]
 
     # ---- internals
 
@@ -442,8 +787,9 @@ class Store:
         name: str | None = None,
         method: str = "ppo",
         total_steps: int | None = None,
+        priority: int = 0,
     ) -> str:
-        """Add a queued run and return its id."""
+        """Add a queued run and return its id; workers claim higher `priority` first, then the oldest."""
         if not isinstance(config_yaml, str):
             raise ValueError(f"config_yaml must be a str, got {type(config_yaml).__name__}")
         if method not in METHODS:
@@ -466,6 +812,7 @@ class Store:
                             step=0,
                             total_steps=total_steps,
                             cancel_requested=False,
+                            priority=int(priority),
                         )
                     )
                 return run_id
@@ -503,15 +850,23 @@ class Store:
     ) -> None:
         """Move a run to `status` (see TRANSITIONS); ValueError on an illegal transition.
 
-        "running" sets started_at; a terminal status sets finished_at. `error` is stored as one
-        line, `traceback` as given; `device` (e.g. "cuda:0") is recorded when given.
+        "running" makes this Store the run's owner (it heartbeats it from then on) and sets started_at; setting
+        "running" again on a run this Store already owns (claimed with `claim_run`) changes nothing. A terminal
+        status sets finished_at and ends the heartbeats; a running run is ended only by its owner (or, for a run
+        from before leases, by anyone). "cancelled" of a run stopped for a reason the user did not give
+        (`request_cancel(reason=...)`, e.g. its worker shutting down) is recorded as "interrupted" with that reason.
+        `error` is stored as one line, `traceback` as given; `device` (e.g. "cuda:0") is recorded when given.
+        LeaseLost when another process marked the run interrupted because this one's heartbeat came too late.
         """
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if self.lease_lost(run_id):
+            raise LeaseLost(f"run {run_id}: not set {status!r}: this process lost its lease (another process marked "
+                            f"the run interrupted after no heartbeat for over {self.lease_s:g} s)")
         sources = [src for src, targets in TRANSITIONS.items() if status in targets]
         values: dict[str, Any] = {"status": status}
         if status == "running":
-            values["started_at"] = utcnow()
+            values.update(self._running_values())
         if status in TERMINAL_STATUSES:
             values["finished_at"] = utcnow()
         if error is not None:
@@ -520,21 +875,37 @@ class Store:
             values["traceback"] = str(traceback)
         if device is not None:
             values["device"] = str(device)
+        # Only the owner ends a running run (a run from before leases has none).
+        mine = or_(Run.status != "running", Run.owner == self.owner, Run.owner.is_(None))
         with self._write() as s:
-            # A conditional UPDATE checks and moves in one statement, so two threads racing
+            if status == "cancelled":
+                reason = s.execute(select(Run.stop_reason).where(Run.id == run_id)).scalar()
+                if reason:  # stopped, but not by the user: interrupted, and resumable as such
+                    values.update(status="interrupted", error=_one_line(reason))
+                    sources = [src for src, targets in TRANSITIONS.items() if "interrupted" in targets]
+            # A conditional UPDATE checks and moves in one statement, so two processes racing
             # (worker: queued->running, UI: queued->cancelled) cannot both win.
             done = s.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status.in_(sources))
+                .where(Run.id == run_id, Run.status.in_(sources), mine)
                 .values(**values)
                 .execution_options(synchronize_session=False)
             ).rowcount
-            if done:
-                return
-            current = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+            current = None if done else s.execute(select(Run.status, Run.owner).where(Run.id == run_id)).first()
+        if done:
+            if status == "running":
+                self._own(run_id)
+            elif status in TERMINAL_STATUSES:
+                self._disown(run_id)
+            return
         if current is None:
             raise KeyError(f"no run with id {run_id!r}")
-        raise ValueError(f"run {run_id}: illegal status transition {current!r} -> {status!r}")
+        if status == "running" and tuple(current) == ("running", self.owner):
+            return  # claimed by this Store already: the runner's own "running" is a no-op
+        if current[0] == "running" and current[1] != self.owner:
+            raise ValueError(f"run {run_id} is running in another process ({current[1]}): only it can set "
+                             f"{status!r}; ask it to stop with request_cancel")
+        raise ValueError(f"run {run_id}: illegal status transition {current[0]!r} -> {status!r}")
 
     def set_progress(self, run_id: str, step: int, total_steps: int | None = None) -> None:
         """Record how far the run got (and, if given, how far it will go)."""
@@ -543,11 +914,20 @@ class Store:
             values["total_steps"] = _as_step(total_steps, "total_steps")
         self._update_run(run_id, values)
 
-    def request_cancel(self, run_id: str) -> None:
-        """Flag the run for cancellation; the worker polls `is_cancel_requested` and stops it."""
-        self._update_run(run_id, {"cancel_requested": True})
+    def request_cancel(self, run_id: str, reason: str | None = None) -> None:
+        """Flag the run for cancellation; its owner polls `is_cancel_requested` and stops it.
+
+        `reason`: a stop the user did not ask for (e.g. "the worker received SIGTERM"): the run then ends
+        "interrupted" with that reason instead of "cancelled"."""
+        values: dict[str, Any] = {"cancel_requested": True}
+        if reason:
+            values["stop_reason"] = _one_line(reason)
+        self._update_run(run_id, values)
 
     def is_cancel_requested(self, run_id: str) -> bool:
+        """Whether the run should stop: cancellation was asked for, or this process lost the run's lease."""
+        if self.lease_lost(run_id):
+            return True
         with self._session() as s:
             flag = s.execute(select(Run.cancel_requested).where(Run.id == run_id)).first()
         if flag is None:
@@ -580,23 +960,6 @@ class Store:
             if status == "running":
                 raise ValueError(f"run {run_id} is running: cancel it before deleting it")
             s.execute(delete(Run).where(Run.id == run_id))
-
-    def mark_interrupted(self) -> list[str]:
-        """Mark every "running" run as "interrupted"; return their ids.
-
-        For the worker's start-up: a run still "running" then belongs to a process that died.
-        This assumes one worker per database (a second live worker's runs would be marked too).
-        """
-        with self._write() as s:
-            ids = list(s.scalars(select(Run.id).where(Run.status == "running")))
-            if ids:
-                s.execute(
-                    update(Run)
-                    .where(Run.id.in_(ids), Run.status == "running")
-                    .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=utcnow())
-                    .execution_options(synchronize_session=False)
-                )
-        return ids
 
     # ---- metrics
 
@@ -825,6 +1188,35 @@ class Store:
             self._require_run(s, run_id)
             return [CheckpointRecord(step, path, at) for step, path, at in s.execute(stmt)]
 
+    # ---- resume (engine.runner.execute(resume=True); the lifecycle branch has the same method without leases)
+
+    def reopen(self, run_id: str, to: str = "running") -> None:
+        """Move a failed, cancelled or interrupted run back to `running` (or `queued`, for a worker to resume it):
+        its error, traceback, end time, cancel request and stop reason are cleared. `running` makes this Store its
+        owner, heartbeating it, as `claim_run` does; `queued` leaves it to whichever worker claims it.
+        ValueError for a run in any other state."""
+        reopenable = ("failed", "cancelled", "interrupted")
+        if to not in ("running", "queued"):
+            raise ValueError(f"to must be 'running' or 'queued', got {to!r}")
+        values: dict[str, Any] = {"status": to, "error": None, "traceback": None, "finished_at": None,
+                                  "cancel_requested": False, "stop_reason": None}
+        if to == "running":
+            values.update({k: v for k, v in self._running_values().items() if k != "started_at"})
+        else:
+            values.update(owner=None, heartbeat_at=None, phase=None, message=None)
+        with self._write() as s:
+            done = s.execute(
+                update(Run).where(Run.id == run_id, Run.status.in_(reopenable)).values(**values)
+                .execution_options(synchronize_session=False)).rowcount
+            current = None if done else s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+        if done:
+            if to == "running":
+                self._own(run_id)
+            return
+        if current is None:
+            raise KeyError(f"no run with id {run_id!r}")
+        raise ValueError(f"run {run_id} is {current}: only a failed, cancelled or interrupted run can be resumed")
+
 
     # ---- alarms (engine.alarms, written by the PPO method)
 
@@ -866,24 +1258,6 @@ class Store:
         """Forget the run's checkpoint at `path` (its files were pruned)."""
         with self._write() as s:
             s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.path == str(path)))
-
-    def reopen(self, run_id: str, to: str = "running") -> None:
-        """Move a failed, cancelled or interrupted run back to `running` (or `queued`, for a worker to resume it):
-        its error, traceback, end time and cancel request are cleared. ValueError for a run in any other state."""
-        reopenable = ("failed", "cancelled", "interrupted")
-        if to not in ("running", "queued"):
-            raise ValueError(f"to must be 'running' or 'queued', got {to!r}")
-        with self._write() as s:
-            done = s.execute(
-                update(Run).where(Run.id == run_id, Run.status.in_(reopenable))
-                .values(status=to, error=None, traceback=None, finished_at=None, cancel_requested=False)
-                .execution_options(synchronize_session=False)).rowcount
-            if done:
-                return
-            current = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
-        if current is None:
-            raise KeyError(f"no run with id {run_id!r}")
-        raise ValueError(f"run {run_id} is {current}: only a failed, cancelled or interrupted run can be resumed")
 
     def truncate_after(self, run_id: str, step: int) -> None:
         """Delete what the run wrote after `step`, in one transaction: metrics, samples and alarms of later steps, checkpoint

@@ -1,321 +1,333 @@
-"""The background worker: one daemon thread per process that runs queued runs one at a time.
+"""The worker: a process that claims queued runs from the store and executes them, one at a time.
 
-Responsible for: the queue (submit, cancel, order), executing each run with `engine.runner.execute`,
-live progress (phase, step/total, ETA from step times), and RLHF's chain: a completed reward_model run
-with `reward_model.then_ppo` queues its PPO run (engine.methods.reward_model.ppo_config) at the head of
-the queue. A run is validated and its prompts are prepared *before* it is queued, so bad input raises
-in the caller and nothing half-made lands in the store. Runs execute one at a time because a run takes
-the whole device (CPU cores or the GPU).
+Responsible for: the queue as the store holds it (submit: validate, then create a queued run; cancel), the worker
+loop (`python -m engine worker`: register in the `workers` table, expire dead owners' leases, claim the next run,
+execute it with `engine.runner.execute` while the store heartbeats it, repeat), live progress (phase, message and
+step times go to the store with the heartbeat, so every process can show them and an ETA), a clean stop on
+SIGTERM / SIGINT (the current run is asked to stop and ends "interrupted", saying why; a second signal interrupts at
+once), RLHF's chain (a completed reward_model run with `reward_model.then_ppo` queues its PPO run ahead of the
+others), and starting a local worker process for a lab that has none (`ensure_local_worker`).
 
-Not responsible for: training (engine.runner), persistence (engine.store) or drawing (the app). The
-UI never talks to the thread: the worker writes the store and the UI reads it.
+Not responsible for: training (engine.runner), persistence and leases (engine.store) or drawing (the app). The UI
+never talks to a worker: it enqueues in the store and reads the store.
 
-One worker per database: on start the manager marks runs left "running" by a dead process as
-"interrupted" and takes over runs left "queued", oldest first. `get_manager(db_url)` returns the
-process-wide manager for a database (the Streamlit app wraps it in `st.cache_resource`).
+Runs execute one at a time per worker because a run takes the whole device (CPU cores or the GPU); several
+workers (processes, machines) may serve one store, each run is claimed by exactly one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.config import RunConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from engine.runner import Progress
     from engine.store import Store
 
 log = logging.getLogger(__name__)
 
 ETA_WINDOW = 10  # the ETA uses the mean of the last this-many step times
+THEN_PPO_PRIORITY = 10  # RLHF's PPO stage goes ahead of runs queued without a priority
+DEFAULT_POLL_S = 1.0
 
 
-def eta_seconds(step_times: list[float], step: int, total: int | None, window: int = ETA_WINDOW) -> float | None:
+def eta_seconds(step_times, step: int, total: int | None, window: int = ETA_WINDOW) -> float | None:
     """Seconds left: the mean of the last `window` step times × the steps to go; None when unknown."""
-    recent = [t for t in step_times[-window:] if t is not None and t == t and t >= 0]
+    recent = [t for t in list(step_times)[-window:] if t is not None and t == t and t >= 0]
     if not total or not recent:
         return None
     return max(total - step, 0) * sum(recent) / len(recent)
 
 
-@dataclass
-class RunProgress:
-    """Where a run is, as the worker sees it (a snapshot)."""
-
-    run_id: str
-    phase: str = "queued"  # queued | data | load | eval_before | train | save | eval_after | done
-    step: int = 0
-    total: int = 0
-    message: str = ""
-    step_times: list[float] = field(default_factory=list)  # wall seconds of each finished PPO step
-    updated: float = field(default_factory=time.time)
-
-    @property
-    def eta_s(self) -> float | None:
-        """Estimated seconds to the end of training (evaluation after it not included)."""
-        return eta_seconds(self.step_times, self.step, self.total)
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 0.0
+# ---- the queue (what the UI and the CLI call) ------------------------------------------------------------
 
 
-class RunManager:
-    """A queue of runs and the one thread that executes them against `store`.
+def submit(store: Store, cfg: RunConfig, priority: int = 0) -> str:
+    """Validate `cfg` (fields, then its data) and create it in the store as a queued run; returns its id.
 
-    `submit(cfg)` validates and queues; `cancel(run_id)` cancels a queued run at once and asks a
-    running one to stop (the runner honours it within one PPO step); `queue()`, `current()` and
-    `progress(run_id)` say what is going on. `start=False` builds the manager without its thread
-    (for inspection in tests); `start()` starts it later.
+    Raises engine.config.ConfigError (a ValueError naming each field) before anything is stored.
+    """
+    from engine.runner import prepare_prompts
+
+    if not isinstance(cfg, RunConfig):
+        raise ValueError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
+    cfg.check()
+    prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
+    return store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps,
+                            priority=priority)
+
+
+def cancel(store: Store, run_id: str) -> str:
+    """Cancel a run: a queued one becomes "cancelled" now; a running one is asked to stop (its owner honours it
+    within one training step). Returns the status afterwards ("cancelled", or "running" while the stop is pending).
+
+    KeyError for an unknown run; ValueError for a run that already finished.
+    """
+    for _ in range(3):  # a worker may claim the queued run between our read and our write: look again
+        record = store.get_run(run_id)
+        if record.status == "running":
+            store.request_cancel(run_id)
+            return "running"
+        if record.status != "queued":
+            raise ValueError(f"run {run_id} is {record.status}: only queued or running runs can be cancelled")
+        try:
+            store.set_status(run_id, "cancelled", error="cancelled before it started")
+        except ValueError:
+            continue
+        if _then_ppo_yaml(record.config_yaml):
+            _note_ppo_stage(store, run_id, {"ppo_not_queued": "the reward-model run was cancelled"})
+        return "cancelled"
+    raise ValueError(f"run {run_id} changed status while being cancelled; try again")
+
+
+def wait(store: Store, run_id: str, timeout: float | None = None, every: float = 0.2) -> str:
+    """Block until the run leaves queued/running (or the timeout passes); return its status."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = store.get_run(run_id).status
+        if status not in ("queued", "running") or (deadline is not None and time.monotonic() >= deadline):
+            return status
+        time.sleep(every)
+
+
+def progress_listener(store: Store, run_id: str,
+                      then: Callable[[Progress], None] | None = None) -> Callable[[Progress], None]:
+    """An on_progress for `runner.execute` that hands phase, message and step times to the store (the heartbeat
+    writes them, throttled); `then` is called too (the CLI's progress bars)."""
+    t_last = time.perf_counter()
+    last_done = 0
+
+    def on_progress(p: Progress) -> None:
+        nonlocal t_last, last_done
+        now = time.perf_counter()
+        step_time = None
+        if p.phase == "train" and p.done > last_done:
+            step_time, last_done = now - t_last, p.done
+        store.note_progress(run_id, p.phase, p.message, step_time=step_time)
+        t_last = now  # a step's time runs from the previous notification, so loading and evaluation never count
+        if then is not None:
+            then(p)
+
+    return on_progress
+
+
+# ---- the worker process ----------------------------------------------------------------------------------
+
+
+class Worker:
+    """Claims queued runs from the store at `url` and executes them, one at a time, until stopped.
+
+    `run()` is the loop (`python -m engine worker`); `stop(reason)` asks it to end: the current run is asked to stop
+    (it ends "interrupted" with `reason`) and the loop returns once it has. `once=True` returns when the queue is
+    empty. The worker's own Store (owner id "w-<host>-<pid>-<hex>") heartbeats its row and its run.
     """
 
-    def __init__(self, store: Store, start: bool = True) -> None:
-        self.store = store
-        self._cond = threading.Condition()
-        self._queue: deque[str] = deque()
-        self._configs: dict[str, RunConfig] = {}
-        self._current: str | None = None
-        self._progress: dict[str, RunProgress] = {}
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.interrupted = store.mark_interrupted()  # runs a dead process left "running"
-        if self.interrupted:
-            log.warning("marked %d run(s) left running by a dead process as interrupted: %s",
-                        len(self.interrupted), ", ".join(self.interrupted))
-        self._adopt_queued()
-        if start:
-            self.start()
+    def __init__(self, url: str | None = None, poll_s: float = DEFAULT_POLL_S, lease_s: float | None = None,
+                 device: str | None = None) -> None:
+        from engine.store import Store, new_owner_id
 
-    # ---- lifecycle
+        self.store = Store(url, owner=new_owner_id("w"), lease_s=lease_s)
+        self.id = self.store.owner
+        self.poll_s = float(poll_s)
+        self.device = device
+        self.current: str | None = None
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._lock = threading.Lock()
 
-    def start(self) -> None:
-        """Start the worker thread, or restart it after `shutdown` (idempotent)."""
-        with self._cond:
-            self._stopping = False
-            if self._thread is not None and self._thread.is_alive():
-                return
-            # Daemonic: a process that exits mid-run must not hang on it; the next start marks the run interrupted.
-            self._thread = threading.Thread(target=self._loop, name="rlaif-worker", daemon=True)
-            self._thread.start()
-
-    def shutdown(self, cancel_current: bool = True, timeout: float | None = 30.0) -> bool:
-        """Stop taking runs (queued ones stay queued); optionally ask the current run to stop too.
-
-        Without `cancel_current` the current run finishes first. Returns True when the thread has
-        ended within `timeout` seconds.
-        """
-        with self._cond:
-            self._stopping = True
-            current, thread = self._current, self._thread
-            self._cond.notify_all()
-        if cancel_current and current is not None:
-            self.store.request_cancel(current)
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+    def stop(self, reason: str = "the worker was stopped") -> None:
+        """End the loop; the current run (if any) is asked to stop and ends interrupted with `reason`."""
+        with self._lock:
+            self._stop_reason = reason
+            current = self.current
+        self._stop.set()
+        if current is not None:
+            try:
+                self.store.request_cancel(current, reason=f"{reason} (worker {self.id}); resumable")
+            except Exception:  # the store is unreachable: the lease runs out and others mark it instead
+                log.exception("could not ask run %s to stop", current)
 
     @property
-    def alive(self) -> bool:
-        """True while the worker takes runs (started and not shut down)."""
-        with self._cond:
-            return not self._stopping and self._thread is not None and self._thread.is_alive()
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
-    # ---- queue
-
-    def submit(self, cfg: RunConfig) -> str:
-        """Validate `cfg` (fields, then its data), create the run in the store as queued, queue it.
-
-        Raises engine.config.ConfigError (a ValueError naming each field) before anything is stored.
-        """
-        return self._submit(cfg)
-
-    def _submit(self, cfg: RunConfig, front: bool = False) -> str:
-        from engine.runner import prepare_prompts
-
-        if not isinstance(cfg, RunConfig):
-            raise ValueError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
-        cfg.check()
-        prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
-        run_id = self.store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
-        with self._cond:
-            if front:
-                self._queue.appendleft(run_id)
-            else:
-                self._queue.append(run_id)
-            self._configs[run_id] = cfg
-            self._progress[run_id] = RunProgress(run_id, total=cfg.total_steps)
-            self._cond.notify_all()
-        return run_id
-
-    def cancel(self, run_id: str) -> str:
-        """Cancel a run: a queued one becomes "cancelled" now; a running one is asked to stop.
-
-        Returns the run's status afterwards ("cancelled", or "running" while the stop is pending).
-        KeyError for an unknown run; ValueError for a run that already finished.
-        """
-        with self._cond:
-            if run_id in self._queue:
-                self._queue.remove(run_id)
-                cfg = self._configs.pop(run_id, None)
-                self._progress.pop(run_id, None)
-                self.store.set_status(run_id, "cancelled", error="cancelled before it started")
-                if cfg is not None and _then_ppo(cfg):
-                    self._note_ppo_stage(run_id, {"ppo_not_queued": "the reward-model run was cancelled"})
-                self._cond.notify_all()
-                return "cancelled"
-            if run_id == self._current:  # taken by the thread, maybe not marked running yet
-                self.store.request_cancel(run_id)
-                return "running"
-        record = self.store.get_run(run_id)
-        if record.status == "running":
-            self.store.request_cancel(run_id)
-            return "running"
-        if record.status == "queued":  # queued by another process: not ours to pop, but cancellable
-            self.store.set_status(run_id, "cancelled", error="cancelled before it started")
-            return "cancelled"
-        raise ValueError(f"run {run_id} is {record.status}: only queued or running runs can be cancelled")
-
-    def queue(self) -> list[str]:
-        """Ids of the runs waiting, in the order they will run (the current run not included)."""
-        with self._cond:
-            return list(self._queue)
-
-    def current(self) -> str | None:
-        """Id of the run executing now, or None."""
-        with self._cond:
-            return self._current
-
-    def progress(self, run_id: str) -> RunProgress | None:
-        """A snapshot of a run's progress as this process saw it; None for runs it never held."""
-        with self._cond:
-            p = self._progress.get(run_id)
-            return None if p is None else replace(p, step_times=list(p.step_times))
-
-    def wait(self, run_id: str, timeout: float | None = None) -> str:
-        """Block until the run leaves queued/running (or the timeout passes); return its status."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.store.get_run(run_id).status
-            if status not in ("queued", "running"):
-                return status
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return status
-            with self._cond:
-                self._cond.wait(0.2 if left is None else min(0.2, left))
-
-    # ---- the thread
-
-    def _adopt_queued(self) -> None:
-        """Queue again the runs a dead process left "queued" (oldest first); unreadable configs fail."""
-        for record in reversed(self.store.list_runs(status="queued")):
+    def run(self, once: bool = False) -> int:
+        """The loop: returns the number of runs executed."""
+        device = self.device or _device()
+        self.store.register_worker(device=device)
+        log.info("worker %s serving %r on %s (lease %g s)", self.id, self.store, device, self.store.lease_s)
+        executed = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.store.expire_leases()
+                    record = self.store.claim_run(device=device)
+                except Exception:  # the store is locked or unreachable for a while: keep serving, look again
+                    log.exception("worker %s: could not claim a run; retrying", self.id)
+                    self._stop.wait(max(self.poll_s, 1.0))
+                    continue
+                if record is None:
+                    if once:
+                        break
+                    self._stop.wait(self.poll_s)
+                    continue
+                with self._lock:
+                    self.current = record.id
+                    late_stop = self._stop.is_set()
+                if late_stop:  # stopped between the claim and now: give it back as interrupted, untouched
+                    self.store.request_cancel(record.id, reason=f"{self._stop_reason} (worker {self.id})")
+                try:
+                    self._execute(record)
+                finally:
+                    with self._lock:
+                        self.current = None
+                executed += 1
+        finally:
             try:
-                cfg = RunConfig.from_yaml(record.config_yaml)
-            except ValueError as exc:
-                self.store.set_status(record.id, "running")
-                self.store.set_status(record.id, "failed", error=f"unreadable config: {exc}")
-                continue
-            self._queue.append(record.id)
-            self._configs[record.id] = cfg
-            self._progress[record.id] = RunProgress(record.id, total=cfg.total_steps)
+                self.store.unregister_worker()
+            except Exception:  # its row goes silent and is pruned later
+                log.exception("worker %s: could not unregister", self.id)
+            self.store.close()
+        return executed
 
-    def _next(self) -> str | None:
-        with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait()
-            if self._stopping:
-                if self._thread is threading.current_thread():
-                    self._thread = None  # this thread ends; start() makes a new one
-                return None
-            run_id = self._queue.popleft()
-            self._current = run_id
-            return run_id
-
-    def _loop(self) -> None:
-        while (run_id := self._next()) is not None:
-            try:
-                self._run_one(run_id, self._configs.pop(run_id))
-            finally:
-                with self._cond:
-                    self._current = None
-                    if (p := self._progress.get(run_id)) is not None:
-                        p.phase = "done"
-                    self._cond.notify_all()
-
-    def _run_one(self, run_id: str, cfg: RunConfig) -> None:
+    def _execute(self, record) -> None:
         from engine.runner import execute
 
         try:
-            if self.store.get_run(run_id).status != "queued":  # cancelled by another process meanwhile
-                return
-        except KeyError:  # deleted meanwhile
+            cfg = RunConfig.from_yaml(record.config_yaml)
+        except ValueError as exc:
+            self.store.set_status(record.id, "failed", error=f"unreadable config: {exc}")
             return
-        t_last = time.perf_counter()
-
-        def on_progress(p: Progress) -> None:
-            nonlocal t_last
-            now = time.perf_counter()
-            with self._cond:
-                rp = self._progress.setdefault(run_id, RunProgress(run_id))
-                rp.phase, rp.message, rp.updated = p.phase, p.message, time.time()
-                if p.phase == "train":
-                    if p.done > rp.step:
-                        rp.step_times.append(now - t_last)
-                    rp.step, rp.total = p.done, p.total or rp.total
-            t_last = now  # a step's time runs from the previous notification, so loading and evaluation never count
-
+        log.info("worker %s: run %s (%s)", self.id, record.id, cfg.name)
         try:
-            execute(cfg, self.store, run_id, on_progress)
+            execute(cfg, self.store, record.id, progress_listener(self.store, record.id))
+        except KeyboardInterrupt:  # a second signal: the runner stored "interrupted"; stop the loop too
+            log.warning("run %s interrupted", record.id)
+            self._stop.set()
+            return
         except Exception:  # the runner already stored the error and its traceback
-            log.exception("run %s failed", run_id)
-        except BaseException:  # KeyboardInterrupt / SystemExit: the runner stored "interrupted"
-            log.warning("run %s interrupted", run_id)
-            raise
+            log.exception("run %s failed", record.id)
         if _then_ppo(cfg):
-            self._queue_ppo_stage(run_id, cfg)
+            queue_ppo_stage(self.store, record.id, cfg)
 
-    # ---- RLHF: reward model, then PPO with it
 
-    def _queue_ppo_stage(self, rm_id: str, cfg: RunConfig) -> str | None:
-        """Queue the PPO run rewarded by the model that reward_model run `rm_id` trained (its reward_model.then_ppo),
-        first in the queue so the chain goes on at once; returns its id.
+def _device() -> str:
+    try:
+        from engine.models import pick_device
 
-        The reward-model run's summary records the PPO run's id ("ppo_run"), or why none was queued
-        ("ppo_not_queued": the run failed or was cancelled, or the PPO config was refused)."""
-        from engine.methods.reward_model import ppo_config
+        return pick_device("auto")
+    except Exception:  # torch missing or broken: the worker still serves, its runs will say why they fail
+        return "unknown"
 
-        try:
-            record = self.store.get_run(rm_id)
-        except KeyError:  # deleted meanwhile
-            return None
-        if record.status != "completed":
-            note = {"ppo_not_queued": f"the reward-model run ended {record.status}"}
-            log.warning("run %s ended %s: its PPO run (then_ppo) is not queued", rm_id, record.status)
-            self._note_ppo_stage(rm_id, note)
-            return None
-        try:
-            ppo_id = self._submit(ppo_config(cfg, record.summary or {}, rm_id), front=True)
-        except Exception as exc:  # a ConfigError or unreadable data: say so on the reward-model run
-            log.exception("run %s: its PPO run (then_ppo) could not be queued", rm_id)
-            self._note_ppo_stage(rm_id, {"ppo_not_queued": f"{type(exc).__name__}: {exc}"})
-            return None
-        log.info("run %s completed: queued PPO run %s rewarded by its model", rm_id, ppo_id)
-        self._note_ppo_stage(rm_id, {"ppo_run": ppo_id})
-        return ppo_id
 
-    def _note_ppo_stage(self, rm_id: str, note: dict[str, str]) -> None:
-        """Add `note` to a reward-model run's summary (what became of its then_ppo stage)."""
-        try:
-            summary = self.store.get_run(rm_id).summary or {}
-            self.store.set_summary(rm_id, {**summary, **note})
-        except KeyError:  # deleted meanwhile
-            pass
+def serve(url: str | None = None, once: bool = False, poll_s: float = DEFAULT_POLL_S,
+          lease_s: float | None = None) -> int:
+    """`python -m engine worker`: a Worker with SIGTERM / SIGINT handled (first: stop cleanly, second: at once)."""
+    worker = Worker(url, poll_s=poll_s, lease_s=lease_s)
+    signals = {"n": 0}
+    stopper = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        signals["n"] += 1
+        if signals["n"] > 1:  # the second time: interrupt now (the runner records "interrupted")
+            raise KeyboardInterrupt(f"signal {signum}")
+        signals["name"] = signal.Signals(signum).name
+        stopper.set()  # no store calls in a signal handler (it could hold a lock the store needs): a thread does
+
+    def stop_when_signalled() -> None:
+        stopper.wait()
+        worker.stop(f"the worker received {signals['name']}")
+
+    threading.Thread(target=stop_when_signalled, name="worker-stopper", daemon=True).start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    print(f"worker {worker.id} serving {worker.store!r} (pid {os.getpid()})", flush=True)
+    try:
+        n = worker.run(once=once)
+    except KeyboardInterrupt:
+        n = -1
+    print(f"worker {worker.id} stopped" + (f" after {n} run(s)" if n >= 0 else ""), flush=True)
+    return 0
+
+
+def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subprocess.Popen | None:
+    """Start a local worker process for `store` unless a live one serves it (a fresh heartbeat in `workers`).
+
+    Returns the process started (None when one was serving). Its output goes to <log_dir>/worker-<pid>.log
+    (default: runs/ beside a SQLite store, else ./runs). The worker runs in its own session, so it outlives the
+    process that started it (the UI may restart while it trains).
+    """
+    store.expire_leases()
+    if store.live_workers():
+        return None
+    if log_dir is None:
+        db = store.engine.url.database if store.engine.url.get_backend_name() == "sqlite" else None
+        log_dir = Path(db).parent if db and db != ":memory:" else Path("runs")
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    from engine.store import DB_ENV_VAR
+
+    # The URL goes in the environment, not on the command line: a PostgreSQL URL's password would show in `ps`.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV_VAR: store.url}
+    root = str(Path(__file__).resolve().parents[1])  # so `-m engine` finds this checkout from any directory
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "worker"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+    log.info("started a local worker (pid %d) for %r; log %s", proc.pid, store, log_path)
+    return proc
+
+
+# ---- RLHF: reward model, then PPO with it ------------------------------------------------------------------
+
+
+def queue_ppo_stage(store: Store, rm_id: str, cfg: RunConfig) -> str | None:
+    """Queue the PPO run rewarded by the model that reward_model run `rm_id` trained (its reward_model.then_ppo),
+    ahead of the other queued runs so the chain goes on at once; returns its id.
+
+    The reward-model run's summary records the PPO run's id ("ppo_run"), or why none was queued
+    ("ppo_not_queued": the run failed or was cancelled, or the PPO config was refused)."""
+    from engine.methods.reward_model import ppo_config
+
+    try:
+        record = store.get_run(rm_id)
+    except KeyError:  # deleted meanwhile
+        return None
+    if record.status != "completed":
+        log.warning("run %s ended %s: its PPO run (then_ppo) is not queued", rm_id, record.status)
+        _note_ppo_stage(store, rm_id, {"ppo_not_queued": f"the reward-model run ended {record.status}"})
+        return None
+    try:
+        ppo_id = submit(store, ppo_config(cfg, record.summary or {}, rm_id), priority=THEN_PPO_PRIORITY)
+    except Exception as exc:  # a ConfigError or unreadable data: say so on the reward-model run
+        log.exception("run %s: its PPO run (then_ppo) could not be queued", rm_id)
+        _note_ppo_stage(store, rm_id, {"ppo_not_queued": f"{type(exc).__name__}: {exc}"})
+        return None
+    log.info("run %s completed: queued PPO run %s rewarded by its model", rm_id, ppo_id)
+    _note_ppo_stage(store, rm_id, {"ppo_run": ppo_id})
+    return ppo_id
+
+
+def _note_ppo_stage(store: Store, rm_id: str, note: dict[str, Any]) -> None:
+    """Add `note` to a reward-model run's summary (what became of its then_ppo stage)."""
+    try:
+        summary = store.get_run(rm_id).summary or {}
+        store.set_summary(rm_id, {**summary, **note})
+    except KeyError:  # deleted meanwhile
+        pass
 
 
 def _then_ppo(cfg: RunConfig) -> bool:
@@ -323,24 +335,8 @@ def _then_ppo(cfg: RunConfig) -> bool:
     return cfg.method == "reward_model" and cfg.reward_model.then_ppo
 
 
-# ---- the process-wide manager ---------------------------------------------------------------------
-
-_MANAGERS: dict[str, RunManager] = {}
-_MANAGERS_LOCK = threading.Lock()
-
-
-def get_manager(db_url: str | None = None) -> RunManager:
-    """The process's manager for this database (created and started on first use).
-
-    `db_url`: a SQLAlchemy URL or file path; None means $RLAIF_LAB_DB or runs/rlaif_lab.db.
-    """
-    from engine.store import Store, resolve_url
-
-    url = resolve_url(db_url)
-    with _MANAGERS_LOCK:
-        manager = _MANAGERS.get(url)
-        if manager is None:
-            manager = _MANAGERS[url] = RunManager(Store(url))
-        elif not manager.alive:  # shut down earlier: the same manager takes runs again
-            manager.start()
-        return manager
+def _then_ppo_yaml(config_yaml: str) -> bool:
+    try:
+        return _then_ppo(RunConfig.from_yaml(config_yaml))
+    except ValueError:
+        return False

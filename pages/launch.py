@@ -92,7 +92,7 @@ if (launched := st.session_state.pop("launched", None)) is not None:
     st.switch_page(state.page_path("live"), query_params={"run": launched})
 
 st.title("Launch a run")
-queue, current = lab.manager.queue(), lab.manager.current()
+queue, current = lab.queue(), ", ".join(lab.running())
 if current or queue:
     st.info(f"Running: **{current or '—'}** · waiting: {', '.join(queue) or 'none'}. A new run waits its turn.",
             icon=":material/queue:")

@@ -63,6 +63,20 @@ def chain_notes(run_id: str) -> None:
                 "(then_ppo); it will be linked here.", icon=":material/link:")
 
 
+def owner_line(status) -> None:
+    """Who executes the run and whether it still says so (its heartbeat); a queued run waits for a worker."""
+    lease = lab.store.lease_s
+    if status.status == "running" and status.owner:
+        age = status.heartbeat_age_s or 0.0
+        if age > lease / 2:  # late: say so before the lease runs out and the run is marked interrupted
+            st.warning(f"No heartbeat from {status.owner} for {age:.0f} s: its process may have died. The run is "
+                       f"marked interrupted if it stays silent for {lease:g} s.", icon=":material/heart_broken:")
+        else:
+            st.caption(f"Executed by {status.owner} · heartbeat {age:.0f} s ago")
+    elif status.status == "queued" and not lab.store.live_workers():
+        st.caption("Waiting for a worker: none is live now (the lab starts one; see the Runs page).")
+
+
 def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
     """The run's figures, rebuilt only when new rows arrived or the view settings changed."""
     key = (cache.run_id, cache.version, x, smoothing)
@@ -100,6 +114,7 @@ def live_panel() -> None:
         st.markdown(f"**Status:** `{status.status}`{phase}  {status.message}")
         total = status.total or "?"
         st.progress(status.fraction, text=f"step {status.step}/{total} · {fmt_eta(status.eta_s)}")
+        owner_line(status)
     with c2:
         if status.status in ("queued", "running"):
             if st.button("Cancel run", key="cancel-run", icon=":material/stop_circle:", type="secondary"):

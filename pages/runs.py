@@ -1,5 +1,5 @@
-"""Runs page: every run with its status and key results; overlay several runs' curves and before/after numbers;
-export, clone, cancel or delete a run."""
+"""Runs page: the workers serving the store; every run with its status and key results; overlay several runs'
+curves and before/after numbers; export, clone, cancel or delete a run."""
 
 from __future__ import annotations
 
@@ -12,6 +12,24 @@ from engine.config import ConfigError
 
 lab = state.lab()
 st.title("Runs")
+
+
+def workers_panel() -> None:
+    """Each worker process (host, pid, device, heartbeat age, current run); runs wait for a live one."""
+    workers = lab.workers_table()
+    live = int((workers["state"] == "live").sum())
+    with st.expander(f"Workers: {live} live", expanded=live == 0, icon=":material/memory:"):
+        if workers.empty:
+            st.caption("No worker is registered: queued runs wait until one starts (`python -m engine worker`).")
+        else:
+            st.dataframe(workers, key="workers-table", hide_index=True,
+                         column_config={"heartbeat_s": st.column_config.NumberColumn("heartbeat (s ago)",
+                                                                                     format="%.1f")})
+            st.caption(f"A worker silent for more than {lab.store.lease_s:g} s is presumed dead; its run is then "
+                       "marked interrupted.")
+
+
+workers_panel()
 overview = lab.runs_table()
 if overview.empty:
     st.info("No runs yet.")

@@ -1,4 +1,4 @@
-"""engine/api.py: the UI's API on a real SQLite file (the worker thread not started: queueing only)."""
+"""engine/api.py: the UI's API on a real SQLite file (no worker process started: queueing and reading only)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import io
 import json
 import math
 import sys
+import time
 import zipfile
 
 import pandas as pd
@@ -14,13 +15,12 @@ import pytest
 from engine import api
 from engine.config import ConfigError, RewardBackendSettings, RunConfig
 from engine.store import Store
-from engine.worker import RunManager
 
 
 @pytest.fixture
 def lab(tmp_path):
     store = Store(tmp_path / "lab.db")
-    yield api.Lab(RunManager(store, start=False))
+    yield api.Lab(store, start_worker=False)
     store.close()
 
 
@@ -69,27 +69,63 @@ def test_start_cancel_delete_and_queue(lab):
         lab.start_run({"ppo": {"batch_size": 0}})
     first = lab.start_run(small_config("first"))
     second = lab.start_run(small_config("second").to_yaml())
-    assert lab.manager.queue() == [first, second]
+    assert [r.id for r in lab.list_runs("queued")] == [second, first]  # queued in the store, newest first
     assert [r.name for r in lab.list_runs()] == ["second", "first"]
     assert lab.run_config(first).ppo.max_ppo_steps == 3
     assert lab.cancel_run(first) == "cancelled"
-    assert lab.get_run(first).status == "cancelled" and lab.manager.queue() == [second]
-    lab.delete_run(second)  # a queued run leaves the queue, then the store
-    assert lab.manager.queue() == [] and [r.id for r in lab.list_runs()] == [first]
+    assert lab.get_run(first).status == "cancelled" and [r.id for r in lab.list_runs("queued")] == [second]
+    lab.delete_run(second)  # a queued run is cancelled, then deleted
+    assert lab.list_runs("queued") == [] and [r.id for r in lab.list_runs()] == [first]
 
 
-def test_status_eta_from_stored_step_times_for_a_run_of_another_process(lab):
+def test_status_phase_and_eta_from_what_the_owning_process_stored(lab):
+    """The lab shows phase, message and ETA of a run another process executes: all of it comes from the store."""
+    owner = Store(lab.store.url, owner="cli-elsewhere-1")  # "another process"
+    run_id = owner.create_run(small_config().to_yaml(), total_steps=10)
+    owner.claim_run(run_id)
+    for step, secs in ((1, 3.0), (2, 5.0)):
+        owner.note_progress(run_id, "train", f"step {step}/10", step_time=secs)
+        owner.set_progress(run_id, step, 10)
+    owner.beat()
+    s = lab.status(run_id)
+    assert (s.status, s.phase, s.message, s.step, s.total) == ("running", "train", "step 2/10", 2, 10)
+    assert s.eta_s == pytest.approx(8 * 4.0) and s.fraction == pytest.approx(0.2)
+    assert s.owner == "cli-elsewhere-1" and 0 <= s.heartbeat_age_s < 60
+    owner.set_status(run_id, "failed", error="boom", traceback="Traceback ...")
+    s = lab.status(run_id)
+    assert (s.status, s.phase, s.eta_s, s.error, s.traceback) == ("failed", "failed", None, "boom", "Traceback ...")
+    owner.close()
+
+
+def test_status_eta_from_metric_rows_when_no_step_times_were_stored(lab):
     run_id = lab.store.create_run(small_config().to_yaml(), total_steps=10)
-    lab.store.set_status(run_id, "running")
+    lab.store.claim_run(run_id)
     for step, secs in ((1, 3.0), (2, 5.0)):
         lab.store.log_metrics(run_id, step, {"time/step_s": secs})
     lab.store.set_progress(run_id, 2, 10)
-    s = lab.status(run_id)
-    assert (s.status, s.step, s.total) == ("running", 2, 10)
-    assert s.eta_s == pytest.approx(8 * 4.0) and s.fraction == pytest.approx(0.2)
-    lab.store.set_status(run_id, "failed", error="boom", traceback="Traceback ...")
-    s = lab.status(run_id)
-    assert (s.status, s.eta_s, s.error, s.traceback) == ("failed", None, "boom", "Traceback ...")
+    assert lab.status(run_id).eta_s == pytest.approx(8 * 4.0)
+    lab.store.set_status(run_id, "completed")
+
+
+def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(tmp_path):
+    store = Store(tmp_path / "lab.db", lease_s=0.5)
+    lab = api.Lab(store, start_worker=False, housekeeping_s=0)
+    dead = Store(store.url, owner="w-dead-1", lease_s=0.5)
+    dead.register_worker(device="cpu")
+    run_id = dead.create_run(small_config().to_yaml(), total_steps=3)
+    dead.claim_run(run_id)
+    table = lab.workers_table()
+    assert table[["worker", "device", "state", "run"]].values.tolist() == [["w-dead-1", "cpu", "live", run_id]]
+    dead.unregister_worker()
+    dead._disown(run_id)  # its heartbeats stop, as when the process dies
+    deadline = time.monotonic() + 30
+    while lab.get_run(run_id).status == "running" and time.monotonic() < deadline:
+        lab.list_runs()  # any read of the run list notices
+        time.sleep(0.05)
+    r = lab.get_run(run_id)
+    assert r.status == "interrupted" and "w-dead-1 sent no heartbeat" in r.error
+    store.close()
+    dead.close()
 
 
 def test_before_after_table_joins_phases_on_idx():
@@ -157,3 +193,12 @@ def test_score_text_per_backend_with_errors_isolated(tiny_roberta_classifier_dir
     assert "needs options.model" in nice[2]["error"] and math.isnan(nice[2]["reward"])
     with pytest.raises(ValueError, match="text must be a str"):
         api.score_text(backends, None)
+
+
+def test_connect_starts_no_local_worker_when_told_not_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAIF_LAB_LOCAL_WORKER", "0")
+    lab = api.Lab.connect(str(tmp_path / "lab.db"))
+    lab.start_run(small_config())
+    assert lab.start_worker is False and lab.worker_process is None and lab.store.list_workers() == []
+    assert lab.store.owner.startswith("ui-")
+    lab.close()

@@ -208,9 +208,9 @@ def _set(data: dict, dotted: str, value) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     db = tmp_path_factory.mktemp("bad_inputs") / "lab.db"
-    lab = api.Lab.connect(str(db))
+    lab = api.Lab.connect(str(db), start_worker=False)
     yield lab
-    lab.manager.shutdown(cancel_current=True, timeout=30)
+    lab.close()
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,7 @@ def test_scores_replace_cascade_and_old_databases_open(tmp_path):
     with sqlite3.connect(path) as db:  # deleting the run deleted its scores; now make it a pre-scores database
         assert db.execute("select count(*) from scores").fetchone() == (0,)
         db.execute("drop table scores")
+        db.execute("drop table alembic_version")  # as a store from before both scores and schema versions
     with Store(path) as store:  # opens, creates the table, and works
         run_id = add_policy_run(store, "r2")
         store.add_scores(run_id, "s", [{"phase": "before", "idx": 3, "value": 0.5}])

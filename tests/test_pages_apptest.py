@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from engine.config import RewardBackendSettings, RunConfig
-from engine.store import Store, resolve_url
-from engine.worker import get_manager
+from engine.store import Store
+from engine.worker import Worker
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 
@@ -38,13 +39,34 @@ def db(tmp_path, monkeypatch, tmp_path_factory):
     monkeypatch.chdir(tmp_path)  # a run started from the form saves its checkpoint under ./runs
     # AppTest has no server and reads no .streamlit/config.toml from tmp_path: say it serves loopback, as the lab does
     st_config.set_option("server.address", "127.0.0.1")
+    # The lab starts no worker process here: tests that train ask for the `worker` fixture. Runs a test writes as
+    # "running" are the test's (its Store owns and heartbeats them): no page marks them interrupted.
+    monkeypatch.setenv("RLAIF_LAB_LOCAL_WORKER", "0")
     store = Store(path)
-    # The app's worker starts first, as in real use: runs this test then writes as "running" belong to
-    # "another process" (a worker starting later would mark them interrupted and adopt queued ones).
-    manager = get_manager(resolve_url(str(path)))
     yield store
-    assert manager.shutdown(cancel_current=True, timeout=60)
     store.close()
+
+
+@pytest.fixture
+def worker(db):
+    """A worker serving the test's store, on a thread (its own Store, owner id and heartbeats, as a process has)."""
+    w = Worker(db.url, poll_s=0.05)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    assert _wait(lambda: db.live_workers())
+    yield w
+    w.stop("the test ended")
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def app(page_name: str | None = None, run_id: str | None = None) -> AppTest:
@@ -102,7 +124,7 @@ def add_finished_run(store: Store, name: str = "finished", steps: int = 5, tox_a
 # ---- launch --------------------------------------------------------------------------------------------
 
 
-def test_launch_defaults_validation_and_start(db, tiny_gpt2_dir):
+def test_launch_defaults_validation_and_start(db, worker, tiny_gpt2_dir):
     at = app()
     assert at.title[0].value == "Launch a run"
     defaults = RunConfig()
@@ -389,7 +411,7 @@ def test_compare_page_scores_helpfulness_once(db, tiny_roberta_classifier_dir):
     assert not at.exception and len(db.scores(ppo)) == 8
 
 
-def test_launch_reward_model_then_ppo_links_both_runs(db, tiny_gpt2_dir):
+def test_launch_reward_model_then_ppo_links_both_runs(db, worker, tiny_gpt2_dir):
     at = app()
     by_key(at.selectbox, "cfg-method").set_value("reward_model").run()
     then_ppo = by_key(at.checkbox, "cfg-reward_model-then_ppo")  # drawn from the config dataclass, with its help

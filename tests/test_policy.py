@@ -141,7 +141,7 @@ def test_bedrock_endpoint_refused_before_any_signed_request(tmp_path, monkeypatc
 def test_start_run_and_validate_refuse_before_anything_is_stored(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     policy = policy_from(tmp_path)
-    lab = api.Lab.connect(str(tmp_path / "lab.db"))
+    lab = api.Lab.connect(str(tmp_path / "lab.db"), start_worker=False)
     try:
         with RecordingListener() as ear:
             cfg = RunConfig(name="exfil")
@@ -154,7 +154,7 @@ def test_start_run_and_validate_refuse_before_anything_is_stored(tmp_path, monke
             assert "reward.backends[0].kind" in [e.field for e in exc.value.errors]
             assert lab.list_runs() == [] and ear.heard == []
     finally:
-        lab.manager.shutdown(cancel_current=True, timeout=30)
+        lab.close()
 
 
 # ---- paths -------------------------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
-"""The background worker on a real SQLite file with the tiny GPT-2: runs, failures, cancellation, order, restarts."""
+"""The worker loop on a real SQLite file with the tiny GPT-2: runs, failures, cancellation, order, restarts, RLHF.
+
+Workers run here on threads of the test process (each with its own Store, owner id and heartbeats, as a process
+has); tests/test_worker_process.py runs them as real processes and kills them.
+"""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import update
 
 from engine.api import chain_links, runs_table
 from engine.config import ConfigError, RewardBackendSettings, RunConfig
-from engine.store import Store
-from engine.worker import RunManager, eta_seconds, get_manager
+from engine.store import Run, Store, utcnow
+from engine.worker import Worker, cancel, eta_seconds, submit, wait
 
 
 def tiny_config(model_dir, steps: int = 3, name: str = "tiny", evaluate: bool = True) -> RunConfig:
@@ -54,17 +61,22 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def manager_factory(store):
-    made: list[RunManager] = []
+def start_worker(store):
+    """Start a worker loop on a thread (poll 0.05 s); stopped (its run asked to stop) at the end of the test."""
+    made: list[tuple[Worker, threading.Thread]] = []
 
-    def make(start: bool = True) -> RunManager:
-        m = RunManager(store, start=start)
-        made.append(m)
-        return m
+    def start(lease_s: float | None = None) -> Worker:
+        w = Worker(store.url, poll_s=0.05, lease_s=lease_s)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        made.append((w, t))
+        return w
 
-    yield make
-    for m in made:
-        assert m.shutdown(cancel_current=True, timeout=60), "worker thread did not stop"
+    yield start
+    for w, t in made:
+        w.stop("the test ended")
+        t.join(60)
+        assert not t.is_alive(), "worker loop did not stop"
 
 
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.05):
@@ -84,12 +96,12 @@ def test_eta_from_step_times():
     assert eta_seconds([1.0], step=12, total=10) == 0.0
 
 
-def test_run_completes_with_metrics_progress_and_evaluations(store, manager_factory, tiny_gpt2_dir):
-    m = manager_factory()
-    run_id = m.submit(tiny_config(tiny_gpt2_dir))
-    assert m.wait(run_id, timeout=120) == "completed", store.get_run(run_id).traceback
+def test_run_completes_with_metrics_progress_and_evaluations(store, start_worker, tiny_gpt2_dir):
+    run_id = submit(store, tiny_config(tiny_gpt2_dir))
+    w = start_worker()
+    assert wait(store, run_id, timeout=120) == "completed", store.get_run(run_id).traceback
     r = store.get_run(run_id)
-    assert (r.step, r.total_steps) == (3, 3)
+    assert (r.step, r.total_steps, r.owner) == (3, 3, w.id)
     assert r.started_at is not None and r.finished_at >= r.started_at
     kl = store.metrics_wide(run_id, keys=["objective/kl", "env/reward/profanity"])
     assert list(kl.index) == [1, 2, 3]
@@ -97,39 +109,35 @@ def test_run_completes_with_metrics_progress_and_evaluations(store, manager_fact
     ev = store.evaluations(run_id)
     assert sorted(ev["phase"].value_counts().items()) == [("after", 8), ("before", 8)]
     assert r.summary["before"]["n"] == 8 and "pct_improvement_mean" in r.summary
-    p = m.progress(run_id)
-    assert (p.step, p.total, p.phase) == (3, 3, "done")
-    assert len(p.step_times) == 3 and all(t > 0 for t in p.step_times)
-    assert m.current() is None and m.queue() == []
+    # progress as the worker stored it: the last phase it reported and one time per PPO step
+    assert r.phase in ("eval_after", "save") and len(r.step_times) == 3 and all(t > 0 for t in r.step_times)
+    assert wait_for(lambda: store.list_workers()[0].current_run is None)
 
 
-def test_bad_config_raises_before_anything_is_queued(store, manager_factory, tiny_gpt2_dir, tmp_path):
-    m = manager_factory()
+def test_bad_config_raises_before_anything_is_queued(store, tiny_gpt2_dir, tmp_path):
     cfg = tiny_config(tiny_gpt2_dir)
     cfg.ppo.mini_batch_size = 3
     with pytest.raises(ConfigError) as err:
-        m.submit(cfg)
+        submit(store, cfg)
     assert err.value.for_field("ppo.mini_batch_size")
     cfg = tiny_config(tiny_gpt2_dir)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     cfg.data.source = str(empty)
     with pytest.raises(ConfigError) as err:
-        m.submit(cfg)
+        submit(store, cfg)
     assert [e.field for e in err.value.errors] == ["data.source"]
-    assert store.list_runs() == [] and m.queue() == []
+    assert store.list_runs() == []
 
 
-def test_failed_run_records_error_and_traceback_and_worker_goes_on(store, manager_factory, tiny_gpt2_dir, tmp_path):
+def test_failed_run_records_error_and_traceback_and_worker_goes_on(store, start_worker, tiny_gpt2_dir, tmp_path):
     broken = tmp_path / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
-    m = manager_factory(start=False)
-    bad = m.submit(tiny_config(broken, name="bad"))
-    good = m.submit(tiny_config(tiny_gpt2_dir, steps=1, name="good", evaluate=False))
-    assert m.queue() == [bad, good]
-    m.start()
-    assert m.wait(good, timeout=120) == "completed"
+    bad = submit(store, tiny_config(broken, name="bad"))
+    good = submit(store, tiny_config(tiny_gpt2_dir, steps=1, name="good", evaluate=False))
+    start_worker()
+    assert wait(store, good, timeout=120) == "completed"
     r = store.get_run(bad)
     assert r.status == "failed"
     assert r.error and "no-such-architecture" in r.error
@@ -138,71 +146,67 @@ def test_failed_run_records_error_and_traceback_and_worker_goes_on(store, manage
     assert r.started_at <= store.get_run(good).started_at
 
 
-def test_cancel_queued_and_running(store, manager_factory, tiny_gpt2_dir):
-    m = manager_factory()
-    long_id = m.submit(tiny_config(tiny_gpt2_dir, steps=10_000, name="long", evaluate=False))
-    queued_id = m.submit(tiny_config(tiny_gpt2_dir, name="waiting", evaluate=False))
+def test_cancel_queued_and_running(store, start_worker, tiny_gpt2_dir):
+    long_id = submit(store, tiny_config(tiny_gpt2_dir, steps=10_000, name="long", evaluate=False))
+    queued_id = submit(store, tiny_config(tiny_gpt2_dir, name="waiting", evaluate=False))
+    start_worker()
     assert wait_for(lambda: store.get_run(long_id).step >= 1, timeout=120)
-    assert m.current() == long_id and m.queue() == [queued_id]
+    assert store.get_run(queued_id).status == "queued"
 
-    assert m.cancel(queued_id) == "cancelled"  # at once, while the other run goes on
-    assert store.get_run(queued_id).status == "cancelled" and m.queue() == []
+    assert cancel(store, queued_id) == "cancelled"  # at once, while the other run goes on
+    assert store.get_run(queued_id).status == "cancelled"
     assert store.get_run(long_id).status == "running"
 
     step_at_cancel = store.get_run(long_id).step
-    assert m.cancel(long_id) == "running"  # asked to stop; honoured between PPO steps
-    assert m.wait(long_id, timeout=60) == "cancelled"
+    assert cancel(store, long_id) == "running"  # asked to stop; honoured between PPO steps
+    assert wait(store, long_id, timeout=60) == "cancelled"
     r = store.get_run(long_id)
+    assert r.error == "cancelled by the user"
     assert r.step <= step_at_cancel + 1  # within one PPO step
     assert r.finished_at is not None
     assert store.latest_step(long_id) == r.step
     with pytest.raises(ValueError, match="only queued or running"):
-        m.cancel(long_id)
+        cancel(store, long_id)
     with pytest.raises(KeyError):
-        m.cancel("r-nope")
+        cancel(store, "r-nope")
 
 
-def test_restart_marks_running_interrupted_and_adopts_queued(store, manager_factory, tiny_gpt2_dir):
+def test_stopping_the_worker_interrupts_its_run_saying_why(store, start_worker, tiny_gpt2_dir):
+    run_id = submit(store, tiny_config(tiny_gpt2_dir, steps=10_000, evaluate=False))
+    w = start_worker()
+    assert wait_for(lambda: store.get_run(run_id).step >= 1, timeout=120)
+    w.stop("the worker received SIGTERM")
+    assert wait(store, run_id, timeout=60) == "interrupted"
+    r = store.get_run(run_id)
+    assert r.error == f"the worker received SIGTERM (worker {w.id}); resumable"
+    assert wait_for(lambda: store.list_workers() == [])  # it left the workers table
+
+
+def test_a_new_worker_marks_a_dead_owners_run_and_takes_the_queued_ones(store, start_worker, tiny_gpt2_dir):
     dead = store.create_run(tiny_config(tiny_gpt2_dir).to_yaml(), name="dead")
-    store.set_status(dead, "running")
     left = store.create_run(tiny_config(tiny_gpt2_dir, steps=1, evaluate=False).to_yaml(), name="left queued")
-    m = manager_factory(start=False)
-    assert m.interrupted == [dead]
+    with store.engine.begin() as conn:  # a process that died 10 s after its last heartbeat
+        conn.execute(update(Run).where(Run.id == dead).values(
+            status="running", owner="w-gone-1", started_at=utcnow(), heartbeat_at=utcnow() - timedelta(seconds=10)))
+    start_worker(lease_s=5)
+    assert wait(store, left, timeout=120) == "completed"
     r = store.get_run(dead)
-    assert r.status == "interrupted" and r.error and r.finished_at is not None
-    assert m.queue() == [left]
-    m.start()
-    assert m.wait(left, timeout=120) == "completed"
-
-
-def test_get_manager_is_one_per_database(tmp_path):
-    a = get_manager(str(tmp_path / "a.db"))
-    try:
-        assert get_manager(str(tmp_path / "a.db")) is a
-        assert get_manager(f"sqlite:///{tmp_path / 'a.db'}") is a
-        b = get_manager(str(tmp_path / "b.db"))
-        assert b is not a and b.alive
-        assert b.shutdown() and not b.alive
-        assert get_manager(str(tmp_path / "b.db")) is b and b.alive  # a stopped manager starts again
-    finally:
-        for url in ("a.db", "b.db"):
-            assert get_manager(str(tmp_path / url)).shutdown()
+    assert r.status == "interrupted" and "w-gone-1 sent no heartbeat" in r.error and r.finished_at is not None
 
 
 # ---- RLHF chain: reward_model with then_ppo ----------------------------------------------------------
 
 
-def test_reward_model_then_ppo_queues_ppo_first_rewarded_by_the_trained_model(store, manager_factory, tiny_gpt2_dir):
-    m = manager_factory(start=False)
-    rm_id = m.submit(rlhf_config(tiny_gpt2_dir))
-    other = m.submit(tiny_config(tiny_gpt2_dir, steps=1, name="queued-after", evaluate=False))
+def test_reward_model_then_ppo_queues_ppo_first_rewarded_by_the_trained_model(store, start_worker, tiny_gpt2_dir):
+    rm_id = submit(store, rlhf_config(tiny_gpt2_dir))
+    other = submit(store, tiny_config(tiny_gpt2_dir, steps=1, name="queued-after", evaluate=False))
     assert chain_links(store.get_run(rm_id))["then_ppo"]
-    m.start()
-    assert m.wait(rm_id, timeout=120) == "completed", store.get_run(rm_id).traceback
+    start_worker()
+    assert wait(store, rm_id, timeout=120) == "completed", store.get_run(rm_id).traceback
     assert wait_for(lambda: "ppo_run" in (store.get_run(rm_id).summary or {}), timeout=30)
     ppo_id = store.get_run(rm_id).summary["ppo_run"]
-    assert m.wait(ppo_id, timeout=120) == "completed", store.get_run(ppo_id).traceback
-    assert m.wait(other, timeout=120) == "completed"
+    assert wait(store, ppo_id, timeout=120) == "completed", store.get_run(ppo_id).traceback
+    assert wait(store, other, timeout=120) == "completed"
 
     rm, ppo = store.get_run(rm_id), store.get_run(ppo_id)
     assert (ppo.name, ppo.method, ppo.total_steps) == ("rlhf-ppo", "ppo", 1)
@@ -217,24 +221,23 @@ def test_reward_model_then_ppo_queues_ppo_first_rewarded_by_the_trained_model(st
     assert table.loc[other, "chain"] == ""
 
 
-def test_failed_or_cancelled_reward_model_queues_no_ppo(store, manager_factory, tiny_gpt2_dir, tmp_path):
+def test_failed_or_cancelled_reward_model_queues_no_ppo(store, start_worker, tiny_gpt2_dir, tmp_path):
     broken = tmp_path / "broken_model"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
-    m = manager_factory(start=False)
-    failing = m.submit(rlhf_config(tiny_gpt2_dir, name="failing", base_model=str(broken)))
-    cancelled_queued = m.submit(rlhf_config(tiny_gpt2_dir, name="cancelled-queued"))
-    long_id = m.submit(rlhf_config(tiny_gpt2_dir, name="cancelled-running", rm_steps=10_000))
-    assert m.cancel(cancelled_queued) == "cancelled"
-    m.start()
-    assert m.wait(failing, timeout=120) == "failed"
+    failing = submit(store, rlhf_config(tiny_gpt2_dir, name="failing", base_model=str(broken)))
+    cancelled_queued = submit(store, rlhf_config(tiny_gpt2_dir, name="cancelled-queued"))
+    long_id = submit(store, rlhf_config(tiny_gpt2_dir, name="cancelled-running", rm_steps=10_000))
+    assert cancel(store, cancelled_queued) == "cancelled"
+    start_worker()
+    assert wait(store, failing, timeout=120) == "failed"
     assert wait_for(lambda: store.get_run(long_id).step >= 1, timeout=120)
-    assert m.cancel(long_id) == "running"
-    assert m.wait(long_id, timeout=60) == "cancelled"
+    assert cancel(store, long_id) == "running"
+    assert wait(store, long_id, timeout=60) == "cancelled"
     assert wait_for(lambda: "ppo_not_queued" in (store.get_run(long_id).summary or {}), timeout=30)
 
     assert {r.id for r in store.list_runs()} == {failing, cancelled_queued, long_id}  # no PPO run anywhere
-    assert m.queue() == []
+    assert store.list_runs("queued") == []
     notes = {rid: store.get_run(rid).summary["ppo_not_queued"] for rid in (failing, cancelled_queued, long_id)}
     assert notes == {failing: "the reward-model run ended failed",
                      cancelled_queued: "the reward-model run was cancelled",

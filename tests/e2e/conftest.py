@@ -1,8 +1,9 @@
 """Browser-test fixtures: a real `streamlit run app/main.py` on a free port over a temporary store, and
 Debian's chromium driven by Playwright (no browser download). Test modules here mark themselves `browser`.
 
-The server runs in its own process with its own worker thread; tests read and write the same SQLite
-file through engine.store, as a second process would.
+The server runs in its own process and, on the first page load, starts a worker process for its store (the UI
+never trains); tests read and write the same SQLite file through engine.store, as another process would. The
+workers are stopped (SIGTERM) when the server is.
 """
 
 from __future__ import annotations
@@ -47,18 +48,10 @@ class LabServer:
         return Store(self.db)
 
 
-@pytest.fixture(scope="session")
-def lab_server(tmp_path_factory) -> LabServer:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
-    tmp = tmp_path_factory.mktemp("lab_server")
-    db, log = tmp / "lab.db", tmp / "server.log"
-    port = free_port()
-    # The operator's folders (engine.policy): the tests' models and outputs live in pytest's temporary folder.
-    settings = tmp / "lab_settings.toml"
-    base = tmp_path_factory.getbasetemp()
-    settings.write_text(f'[paths]\nmodels = ["{base}"]\noutputs = ["{base}", "runs"]\n')
-    env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", "RLAIF_LAB_SETTINGS": str(settings)}
+def start_server(db: Path, log: Path, port: int | None = None, env: dict | None = None) -> LabServer:
+    """`streamlit run app/main.py` over the store `db`, waited for until healthy (pytest.fail if it is not)."""
+    port = port or free_port()
+    env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false"]
@@ -77,12 +70,44 @@ def lab_server(tmp_path_factory) -> LabServer:
             proc.kill()
             pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.3)
-    yield LabServer(url, db, proc, log)
-    proc.terminate()
+    return LabServer(url, db, proc, log)
+
+
+def stop_workers(db: Path, timeout: float = 60) -> None:
+    """SIGTERM every worker registered in the store (they outlive the server by design) and wait for them."""
+    import signal
+
+    from engine.store import Store
+
+    with Store(db) as store:
+        pids = [w.pid for w in store.list_workers()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while store.live_workers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def lab_server(tmp_path_factory) -> LabServer:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
+    tmp = tmp_path_factory.mktemp("lab_server")
+    # The operator's folders (engine.policy): the tests' models and outputs live in pytest's temporary folder.
+    settings = tmp / "lab_settings.toml"
+    base = tmp_path_factory.getbasetemp()
+    settings.write_text(f'[paths]\nmodels = ["{base}"]\noutputs = ["{base}", "runs"]\n')
+    server = start_server(tmp / "lab.db", tmp / "server.log", env={"RLAIF_LAB_SETTINGS": str(settings)})
+    yield server
+    server.process.terminate()
     try:
-        proc.wait(15)
+        server.process.wait(15)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        server.process.kill()
+    stop_workers(server.db)
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +116,7 @@ def browser(lab_server):
 
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        # One visit starts the server's worker, which marks runs left "running" as interrupted: tests
-        # that then write "running" runs from this process must find it started.
+        # One visit opens the server's lab, which starts its worker process (so tests find it serving).
         first = b.new_page()
         first.goto(lab_server.url)
         first.wait_for_selector("[data-testid='stApp'] h1", timeout=60_000)
