@@ -219,3 +219,21 @@ def test_store_alarms_table(tmp_path):
     assert store.alarms(run_id).name.tolist() == ["length_drift"]
     with pytest.raises(KeyError):
         store.add_alarm("r-nope", "x", 1, 1, 0, 0, "", [])
+
+
+def test_a_store_from_before_the_alarms_table_gets_it(tmp_path):
+    """Migration 0003: the pre-migration fixture store (and so any store at 0002) opens with an alarms table."""
+    import shutil
+    from pathlib import Path
+
+    from engine.migrations import head_revision
+    from engine.store import Store
+
+    path = tmp_path / "v0.db"
+    shutil.copy(Path(__file__).parent / "data" / "store_v0.db", path)
+    with Store(path) as store:
+        run_id = store.list_runs(status="completed")[0].id
+        assert store.alarms(run_id).empty and store.alarm_counts() == {}
+        store.add_alarm(run_id, "kl_runaway", 3, 2, 14.0, 12.0, "KL", [{"step": 3, "idx": 0}])
+        assert store.alarm_counts() == {run_id: 1}
+        assert head_revision() == "0003"
