@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         alarms.probe(every)  # a probe step's extra work
         sync()
         probe_s.append(time.perf_counter() - t0)
+        print(f"step {i + 1}: PPO step {step_s[-1]:.3f} s, alarms {alarm_s[-1]:.4f} s, probe {probe_s[-1]:.3f} s",
+              flush=True)  # as it goes: a slow machine still leaves numbers
 
     step, alarm, probe = (statistics.median(x) for x in (step_s, alarm_s, probe_s))
     total = cfg.ppo.max_ppo_steps
