@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.config import ALARM_NAMES  # the one list (config validates names against it)
+
 if TYPE_CHECKING:
     from engine.config import AlarmSettings
 
-ALARM_NAMES = ("length_drift", "degeneration", "entropy_collapse", "kl_runaway", "reward_vs_probe",
-               "judge_failures", "ensemble_disagreement", "not_language")
+__all__ = ["ALARM_NAMES", "Firing", "Monitor", "StepView"]
 EVIDENCE_SAMPLES = 4  # sample indices kept as a firing's evidence
 
 

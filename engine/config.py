@@ -31,6 +31,9 @@ CAUSAL_ONLY_METHODS = ("dpo", "rloo", "grpo", "dpo_ai")
 ONLINE_METHODS = ("rloo", "grpo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# Reward-hacking alarms (engine/alarms.py holds one detector per name).
+ALARM_NAMES = ("length_drift", "degeneration", "entropy_collapse", "kl_runaway", "reward_vs_probe",
+               "judge_failures", "ensemble_disagreement", "not_language")
 GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
@@ -1109,8 +1112,6 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
 
 def _validate_alarms(a: AlarmSettings) -> list[FieldError]:
     """Problems of the alarms section: ranges, and alarm names that exist."""
-    from engine.alarms import ALARM_NAMES
-
     e: list[FieldError] = []
     _range(e, "alarms.baseline_steps", a.baseline_steps, 1, 1000)
     _range(e, "alarms.patience", a.patience, 1, 1000)
