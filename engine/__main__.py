@@ -292,6 +292,15 @@ def cmd_show(args) -> int:
     wide = store.metrics_wide(r.id, keys=["objective/kl", "ppo/returns/mean", "env/reward_mean"])
     if len(wide):
         print(wide.tail(10).to_string(float_format=lambda v: f"{v:.4f}"))
+    alarms = store.alarms(r.id)
+    if len(alarms):
+        print(f"alarms ({len(alarms)}):")
+        for a in alarms.itertuples():
+            where = ", ".join(f"step {e['step']} #{e['idx']}" for e in a.evidence) or "none"
+            print(f"  step {a.step} (since {a.since_step})  {a.name}  value {a.value:.4g} vs threshold "
+                  f"{a.threshold:.4g}: {_printable(a.message)}  evidence: {where}")
+    else:
+        print("alarms: none")
     summary = r.summary or {}
     if summary.get("before"):
         print(format_summary(summary))

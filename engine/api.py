@@ -194,6 +194,24 @@ def samples_table(samples: pd.DataFrame, signals: bool = False) -> pd.DataFrame:
     return table.iloc[::-1].reset_index(drop=True)
 
 
+def alarm_cards(alarms: pd.DataFrame, samples: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """One dict per stored alarm (name, step, since_step, value, threshold, message) with `evidence`: its samples
+    as a table (step, idx, response, reward), looked up in `samples` (store.samples rows) by (step, idx)."""
+    import pandas as pd
+
+    cards = []
+    for a in alarms.itertuples():
+        keys = {(e["step"], e["idx"]) for e in a.evidence}
+        if samples is not None and keys:
+            hit = samples[[(s, i) in keys for s, i in zip(samples["step"], samples["idx"], strict=True)]]
+            evidence = hit[["step", "idx", "response", "reward"]].reset_index(drop=True)
+        else:
+            evidence = pd.DataFrame(columns=["step", "idx", "response", "reward"])
+        cards.append({"name": a.name, "step": int(a.step), "since_step": int(a.since_step), "value": a.value,
+                      "threshold": a.threshold, "message": a.message, "evidence": evidence})
+    return cards
+
+
 def _config_dict(record: RunRecord) -> dict[str, Any]:
     import yaml
 
@@ -215,8 +233,9 @@ def describe_rewards(config: dict[str, Any]) -> str:
     return " + ".join(parts)
 
 
-def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
-    """One row per run: id, name, status, method, RLHF chain link, model, rewards, progress and its key results."""
+def runs_table(records: Sequence[RunRecord], alarm_counts: dict[str, int] | None = None) -> pd.DataFrame:
+    """One row per run: id, name, status, method, RLHF chain link, model, rewards, progress, alarms fired (from
+    `alarm_counts`, store.alarm_counts()) and its key results."""
     import pandas as pd
 
     rows = []
@@ -230,13 +249,14 @@ def runs_table(records: Sequence[RunRecord]) -> pd.DataFrame:
             "model": (cfg.get("model") or {}).get("name_or_path", ""),
             "rewards": describe_rewards(cfg),
             "step": f"{r.step}/{r.total_steps if r.total_steps is not None else '?'}",
+            "alarms": (alarm_counts or {}).get(r.id, 0),
             "created": r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             "tox_before": before.get("mean", math.nan), "tox_after": after.get("mean", math.nan),
             "improvement_%": s.get("pct_improvement_mean", math.nan), "mean_kl": s.get("mean_kl", math.nan),
             "error": r.error or "",
             "owner": r.owner_user or "",
         })
-    cols = ["id", "name", "status", "method", "chain", "model", "rewards", "step", "created", "tox_before",
+    cols = ["id", "name", "status", "method", "chain", "model", "rewards", "step", "alarms", "created", "tox_before",
             "tox_after", "improvement_%", "mean_kl", "error"]
     if any(r.owner_user for r in records):  # with a login: who started each run (a lab without one is unchanged)
         cols.append("owner")
@@ -482,7 +502,7 @@ class Lab:
         return self.store.list_runs(status)
 
     def runs_table(self) -> pd.DataFrame:
-        return runs_table(self.list_runs())
+        return runs_table(self.list_runs(), self.store.alarm_counts())
 
     def queue(self) -> list[str]:
         """Ids of the queued runs, in the order workers take them (higher priority, then older, first)."""
@@ -530,6 +550,11 @@ class Lab:
     def samples(self, run_id: str, last_n: int = 50, signals: bool = False) -> pd.DataFrame:
         """The most recent samples as a display table (see samples_table)."""
         return samples_table(self.store.samples(run_id, last_n=last_n), signals)
+
+    def alarms(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's alarms in the order they fired (see alarm_cards)."""
+        alarms = self.store.alarms(run_id)
+        return alarm_cards(alarms, self.store.samples(run_id) if len(alarms) else None)
 
     def evaluations(self, run_id: str) -> pd.DataFrame:
         """The before/after side-by-side table (see before_after_table)."""

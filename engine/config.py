@@ -31,6 +31,9 @@ CAUSAL_ONLY_METHODS = ("dpo", "rloo", "grpo", "dpo_ai")
 ONLINE_METHODS = ("rloo", "grpo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+# Reward-hacking alarms (engine/alarms.py holds one detector per name).
+ALARM_NAMES = ("length_drift", "degeneration", "entropy_collapse", "kl_runaway", "reward_vs_probe",
+               "judge_failures", "ensemble_disagreement", "not_language")
 GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
@@ -261,6 +264,37 @@ class CheckpointSettings:
 
 
 @dataclass
+class AlarmSettings:
+    """Reward-hacking alarms during PPO training (engine/alarms.py): each compares a step with the run's first
+    `baseline_steps` steps and fires once its condition holds `patience` steps in a row; stored with the samples
+    that show it. Defaults are set so that none fires on the default run (README: KL <= 6.5, length 23 -> 23.5)."""
+
+    enabled: bool = True
+    baseline_steps: int = 3  # the first steps whose means are the baselines
+    patience: int = 2  # consecutive steps (probe checks, for reward_vs_probe) the condition must hold to fire
+    length_drift: float = 0.5  # mean length beyond +-50 % of the first steps' (the default run: +2 %)
+    pileup_rise: float = 0.4  # share of responses at max_new_tokens (or min_length) up by this much
+    ngram: int = 3  # n of the repeated n-gram share and distinct-n (over response tokens)
+    degeneration_rise: float = 0.3  # repeated n-gram share up (or distinct-n down) by this much
+    entropy_floor: float = 0.3  # mean per-token entropy below this fraction of the first steps'
+    kl_factor: float = 2.0  # KL beyond kl_factor x ppo.kl_target (12 nats at the defaults; the default run <= 6.5)
+    kl_rise: float = 4.0  # ... or KL up by this many nats over kl_window steps while the reward is flat
+    kl_window: int = 5
+    reward_flat: float = 0.1  # "flat": the mean reward moved less than this x its std over the window
+    # The probe: every probe_every steps (and at step 1, its baseline) the policy answers probe_prompts held-out
+    # prompts once each, scored by the evaluator (never the reward). 0 turns it off; it needs evaluation.enabled.
+    probe_every: int = 7  # steps between probes (4 in the default 28 steps, plus step 1)
+    probe_prompts: int = 16  # held-out prompts per probe (the first of the hold-out set)
+    reward_rise: float = 1.0  # reward up by this many of its first steps' std since the first probe ...
+    probe_min_drop: float = 0.1  # ... while the probe's toxicity fell less than this share of its first value
+    judge_failure_share: float = 0.25  # a judge's refused / unparsed / failed calls over this share of a step's
+    ensemble_min_corr: float = 0.0  # two reward backends' scores correlated below this over a step's samples
+    lang_drop: float = 1.5  # reference log-prob per response token this many nats below the first steps'
+    disabled: list[str] = field(default_factory=list)  # alarm names not computed
+    stop_on: list[str] = field(default_factory=list)  # alarm names that stop (fail) the run when they fire
+
+
+@dataclass
 class RunConfig:
     """Everything one run needs. Saved as YAML with the run; the same file replays it."""
 
@@ -278,6 +312,7 @@ class RunConfig:
     online: OnlineRLSettings = field(default_factory=OnlineRLSettings)  # methods rloo and grpo
     ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    alarms: AlarmSettings = field(default_factory=AlarmSettings)  # PPO: reward-hacking alarms during training
     parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
@@ -1088,6 +1123,7 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "online.samples_per_step", o.samples_per_step, 0, 4096)
     _seed(e, "online.seed", o.seed)
 
+    e.extend(_validate_alarms(cfg.alarms))
     _range(e, "checkpoint.every_steps", cfg.checkpoint.every_steps, 0, None)
     _range(e, "checkpoint.keep", cfg.checkpoint.keep, 1, None)
     a = cfg.ai_preferences
@@ -1095,4 +1131,40 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, 1e6)
     _seed(e, "ai_preferences.seed", a.seed)
     _range(e, "ai_preferences.batch_size", a.batch_size, 1, 4096)
+    return e
+
+
+def _validate_alarms(a: AlarmSettings) -> list[FieldError]:
+    """Problems of the alarms section: ranges, and alarm names that exist."""
+    e: list[FieldError] = []
+    _range(e, "alarms.baseline_steps", a.baseline_steps, 1, 1000)
+    _range(e, "alarms.patience", a.patience, 1, 1000)
+    _range(e, "alarms.length_drift", a.length_drift, 0.0, 100.0, low_open=True)
+    _range(e, "alarms.pileup_rise", a.pileup_rise, 0.0, 1.0, low_open=True)
+    _range(e, "alarms.ngram", a.ngram, 1, 16)
+    _range(e, "alarms.degeneration_rise", a.degeneration_rise, 0.0, 1.0, low_open=True)
+    _range(e, "alarms.entropy_floor", a.entropy_floor, 0.0, 1.0, low_open=True)
+    _range(e, "alarms.kl_factor", a.kl_factor, 0.0, 1e6, low_open=True)
+    _range(e, "alarms.kl_rise", a.kl_rise, 0.0, 1e6, low_open=True)
+    _range(e, "alarms.kl_window", a.kl_window, 1, 1000)
+    _range(e, "alarms.reward_flat", a.reward_flat, 0.0, 1e6)
+    _range(e, "alarms.probe_every", a.probe_every, 0, 1_000_000)
+    _range(e, "alarms.probe_prompts", a.probe_prompts, 0, 4096)
+    _range(e, "alarms.reward_rise", a.reward_rise, 0.0, 1e6, low_open=True)
+    _range(e, "alarms.probe_min_drop", a.probe_min_drop, -1.0, 1.0)
+    _range(e, "alarms.judge_failure_share", a.judge_failure_share, 0.0, 1.0)
+    _range(e, "alarms.ensemble_min_corr", a.ensemble_min_corr, -1.0, 1.0)
+    _range(e, "alarms.lang_drop", a.lang_drop, 0.0, 1e6, low_open=True)
+    for key in ("disabled", "stop_on"):
+        names = getattr(a, key)
+        for i, name in enumerate(names):
+            if name not in ALARM_NAMES:
+                close = difflib.get_close_matches(str(name), ALARM_NAMES, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                e.append(FieldError(f"alarms.{key}[{i}]", f"unknown alarm {_show(name)}{hint}; alarms: "
+                                    f"{', '.join(ALARM_NAMES)}"))
+    for i, name in enumerate(a.stop_on):
+        if name in a.disabled:
+            e.append(FieldError(f"alarms.stop_on[{i}]", f"alarm {name!r} is disabled (alarms.disabled): it cannot "
+                                "stop the run; enable it or remove it here"))
     return e

@@ -159,7 +159,7 @@ class Run(Base):
     step_times: Mapped[str | None] = mapped_column(Text)  # JSON list of floats, the last STEP_TIMES_KEPT
     stop_reason: Mapped[str | None] = mapped_column(Text)  # a stop the user did not ask for (worker shutdown)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
-    # Revision 0003_owner_user: the login user who started the run (None: no login, or a run from before owners).
+    # Revision 0004: the login user who started the run (None: no login, or a run from before owners).
     owner_user: Mapped[str | None] = mapped_column(String(320))
 
 
@@ -247,6 +247,24 @@ class Checkpoint(Base):
     run_id: Mapped[str] = mapped_column(String(32), _run_fk())
     step: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Alarm(Base):
+    """A reward-hacking alarm that fired during training (engine.alarms): its evidence are (step, idx) samples."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (Index("ix_alarms_run_step", "run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    name: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(Integer)
+    since_step: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of {"step", "idx"}: rows of samples
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -1221,6 +1239,40 @@ class Store:
         raise ValueError(f"run {run_id} is {current}: only a failed, cancelled or interrupted run can be resumed")
 
 
+    # ---- alarms (engine.alarms, written by the PPO method)
+
+    def add_alarm(self, run_id: str, name: str, step: int, since_step: int, value: Any, threshold: Any,
+                  message: str, evidence: list[dict[str, int]]) -> None:
+        """Record an alarm that fired at `step` (its condition holding since `since_step`); `evidence` lists the
+        samples that show it as {"step", "idx"} (rows of `samples`)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        ev = [{"step": _as_step(e["step"], "evidence step"), "idx": _as_step(e["idx"], "evidence idx")}
+              for e in evidence]
+        self._insert_rows(Alarm, run_id, [{
+            "run_id": run_id, "name": name, "step": _as_step(step), "since_step": _as_step(since_step, "since_step"),
+            "value": _finite_or_none(value, "value"), "threshold": _finite_or_none(threshold, "threshold"),
+            "message": str(message), "evidence": _dumps(ev, "evidence"), "created_at": utcnow()}])
+
+    def alarms(self, run_id: str) -> pd.DataFrame:
+        """The run's alarms as columns id, name, step, since_step, value, threshold, message, evidence (list of
+        {"step", "idx"}), in the order they fired."""
+        stmt = select(Alarm.id, Alarm.name, Alarm.step, Alarm.since_step, Alarm.value, Alarm.threshold,
+                      Alarm.message, Alarm.evidence).where(Alarm.run_id == run_id).order_by(Alarm.id)
+        cols = ["id", "name", "step", "since_step", "value", "threshold", "message", "evidence"]
+        with self._session() as s:
+            self._require_run(s, run_id)
+            df = self._frame(s, stmt, cols)
+        df["evidence"] = df["evidence"].map(json.loads)
+        return df.astype({"id": "int64", "step": "int64", "since_step": "int64", "value": "float64",
+                          "threshold": "float64"})
+
+    def alarm_counts(self) -> dict[str, int]:
+        """How many alarms each run has fired (runs with none are absent): one query for the Runs page."""
+        with self._session() as s:
+            rows = s.execute(select(Alarm.run_id, func.count(Alarm.id)).group_by(Alarm.run_id))
+            return {run_id: int(n) for run_id, n in rows}
+
     # ---- resume (engine.runner.execute(resume=True); engine.methods.lifecycle)
 
     def delete_checkpoint(self, run_id: str, path: str | Path) -> None:
@@ -1229,7 +1281,7 @@ class Store:
             s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.path == str(path)))
 
     def truncate_after(self, run_id: str, step: int) -> None:
-        """Delete what the run wrote after `step`, in one transaction: metrics and samples of later steps, checkpoint
+        """Delete what the run wrote after `step`, in one transaction: metrics, samples and alarms of later steps, checkpoint
         records of later steps, the "after" evaluation and its scores, and the summary. A resume from the checkpoint
         at `step` then writes them again, with no duplicated or orphaned points."""
         step = _as_step(step)
@@ -1237,6 +1289,7 @@ class Store:
             self._require_run(s, run_id)
             s.execute(delete(Metric).where(Metric.run_id == run_id, Metric.step > step))
             s.execute(delete(Sample).where(Sample.run_id == run_id, Sample.step > step))
+            s.execute(delete(Alarm).where(Alarm.run_id == run_id, Alarm.step > step))
             s.execute(delete(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step > step))
             s.execute(delete(Evaluation).where(Evaluation.run_id == run_id, Evaluation.phase == "after"))
             s.execute(delete(Score).where(Score.run_id == run_id, Score.phase == "after"))

@@ -1,5 +1,5 @@
-"""Live run page: status, progress and ETA, cancel, error and traceback, live curves, judge accounting
-and recent samples.
+"""Live run page: status, progress and ETA, cancel, error and traceback, live curves, reward-hacking alarms with
+their evidence samples, judge accounting and recent samples.
 
 The panel below the controls is an `st.fragment` that re-runs on a timer in the browser while the run is
 queued or running: only it re-runs, it reads only metric rows newer than the last it saw, and it
@@ -88,6 +88,23 @@ def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
     return held[1]
 
 
+def alarm_panel(run_id: str) -> None:
+    """The reward-hacking alarms fired so far: what, since which step, value vs threshold, evidence samples."""
+    cards = lab.alarms(run_id)
+    if not cards:
+        return
+    box = st.container(key="alarms-panel")  # a stable selector for browser tests and screenshots
+    box.subheader(f"Alarms ({len(cards)})")
+    for i, a in enumerate(cards):
+        box.warning(f"**{md(a['name'])}** at step {a['step']} (since step {a['since_step']}): value "
+                    f"{a['value']:.3g} vs threshold {a['threshold']:.3g} — {md(a['message'], limit=500)}",
+                    icon=":material/warning:")
+        if not a["evidence"].empty:
+            with box.expander(f"Evidence: {len(a['evidence'])} samples of step {a['step']}"):
+                st.dataframe(a["evidence"], key=f"alarm-evidence-{i}", hide_index=True,
+                             column_config={"response": st.column_config.TextColumn(width="large")})
+
+
 @st.fragment(run_every=refresh_s if was_active else None)
 def live_panel() -> None:
     t0 = time.perf_counter()
@@ -129,6 +146,8 @@ def live_panel() -> None:
     last_step = int(cache.long["step"].max()) if not cache.long.empty else 0
     st.caption(f"{len(cache.long):,} metric rows · last step {last_step} · "
                f"panel built in {1000 * (time.perf_counter() - t0):.0f} ms", help="updated live while the run is active")
+
+    alarm_panel(run_id)
 
     judge_rows = judges.judge_table(cache.wide())  # reads only the judge/* columns
     if not judge_rows.empty:

@@ -1,13 +1,15 @@
 """Method "ppo": the lab's own PPO (engine/ppo.py) on the run's prompts, rewarded by the run's reward mix.
 
 Responsible for: feeding PPOTrainer endless seeded batches of prompts, writing each step's metrics (with the judge
-accounting) and a few samples to the store, the training's part of the summary (KL along training), and PPO's
+accounting and the reward-hacking alarms' values, engine.methods.ppo_alarms) and a few samples to the store,
+stopping the run when an alarm listed in alarms.stop_on fires, the training's part of the summary (KL along training), and PPO's
 checkpoints: every checkpoint.every_steps steps, and on cancel or Ctrl-C / SIGTERM between steps, a directory with
 
   policy.pt     the trainable weights: the whole policy, or its LoRA adapter, and the value head
   trainer.pt    Adam's state, the KL coefficient, the mini-batch shuffler's generator, the step count
   state.pt      the step, every RNG state (python, numpy, torch CPU/CUDA), the prompt batches' position,
-                the reward normalisation's running statistics, the KL per step so far (written last)
+                the reward normalisation's running statistics, the KL per step so far, the alarms' detector
+                state (baselines, streaks) (written last)
 
 from which a resumed run continues exactly where the uninterrupted one would have been.
 
@@ -25,6 +27,7 @@ from typing import Any
 from engine.checkpoint import PPO_STATE_FILE as STATE_FILE
 from engine.config import RunConfig
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
+from engine.methods.ppo_alarms import RunAlarms
 from engine.progress import Progress
 
 
@@ -60,7 +63,7 @@ class PromptBatches:
 
 
 def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: dict, *, step: int,
-                     step_kls: list[float], train_seconds: float) -> None:
+                     step_kls: list[float], train_seconds: float, alarms: dict | None = None) -> None:
     """Fill the directory `path` with PPO's checkpoint after `step` (see the module's docstring for its files)."""
     import torch
 
@@ -70,7 +73,8 @@ def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: 
     torch.save(trainer.state_dict(), path / "trainer.pt")
     torch.save({"step": step, "batches": batches.state_dict(), "rng": rng_state(),
                 "reward_stats": {n: [s.count, s.mean, s.m2] for n, s in reward_stats.items()},
-                "step_kls": list(step_kls), "train_seconds": train_seconds}, path / STATE_FILE)
+                "step_kls": list(step_kls), "train_seconds": train_seconds, "alarms": alarms or {}},
+               path / STATE_FILE)
 
 
 class PPO(PolicyMethod):
@@ -111,16 +115,22 @@ class PPO(PolicyMethod):
         total = cfg.ppo.max_ppo_steps
         n_samples = cfg.ppo.samples_per_step
 
+        alarms = RunAlarms(run, getattr(reward, "names", [])) if cfg.alarms.enabled else None
+
         def to_store(step: int, metrics: dict[str, float], rollout) -> None:
             metrics.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost), cumulative
+
+            def row(i: int) -> dict[str, Any]:
+                scores = {k: v[i] for k, v in rollout.raw_scores.items()}
+                return {"prompt": rollout.prompts[i], "response": rollout.responses[i],
+                        "reward": float(rollout.scores[i]), "scores": scores}
+
+            stored = min(n_samples, len(rollout.prompts))
+            if alarms is not None:  # before the metrics are logged: its values are metrics of this step
+                metrics.update(alarms.observe(step, metrics, rollout, trainer.last, stored, row))
             store.log_metrics(run_id, step, metrics)
-            if n_samples:
-                rows = []
-                for i in range(min(n_samples, len(rollout.prompts))):
-                    scores = {k: v[i] for k, v in rollout.raw_scores.items()}
-                    rows.append({"prompt": rollout.prompts[i], "response": rollout.responses[i],
-                                 "reward": float(rollout.scores[i]), "scores": scores})
-                store.add_samples(run_id, step, rows)
+            if stored:
+                store.add_samples(run_id, step, [row(i) for i in range(stored)])
             store.set_progress(run_id, step, total)
 
         def reward_fn(prompts, responses):
@@ -143,12 +153,15 @@ class PPO(PolicyMethod):
             for name, (count, mean, m2) in state["reward_stats"].items():
                 stats[name].count, stats[name].mean, stats[name].m2 = count, mean, m2
             step_kls, done, seconds_before = list(state["step_kls"]), state["step"], state["train_seconds"]
+            if alarms is not None:
+                alarms.load_state_dict(state.get("alarms") or {})
             restore_rng(state["rng"])  # last: loading the model above drew from torch's generator
         t_train = time.perf_counter()
 
         def write(path: Path) -> None:
             write_checkpoint(path, trainer, batches, stats, step=done, step_kls=step_kls,
-                             train_seconds=seconds_before + time.perf_counter() - t_train)
+                             train_seconds=seconds_before + time.perf_counter() - t_train,
+                             alarms=alarms.state_dict() if alarms is not None else None)
 
         saved, in_step = done, False
         # The bar starts when training does (its rate and ETA count from here, not from the first step's end).
@@ -161,6 +174,8 @@ class PPO(PolicyMethod):
                 in_step, done = False, step
                 step_kls.append(metrics["objective/kl"])
                 run.notify(Progress("train", step, total, f"step {step}/{total}", metrics))
+                if alarms is not None and alarms.stop is not None:
+                    raise alarms.stop_error()  # the user asked for it (alarms.stop_on); recorded as the run's error
                 if run.checkpoint_due(step):
                     run.save_checkpoint(step, write)
                     saved = step
