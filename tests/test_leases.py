@@ -1,6 +1,6 @@
-"""Leases in the store (engine.store): owners, heartbeats, atomic claims, expiry, workers. Several Store objects on
-one SQLite file stand for several processes (each Store has its own owner id and heartbeat thread); the real
-processes, killed for real, are in tests/test_worker_process.py."""
+"""Leases in the store (engine.store): owners, heartbeats, atomic claims, expiry, workers, on both backends (a SQLite
+file, a PostgreSQL database). Several Store objects on one store stand for several processes (each Store has its own
+owner id and heartbeat thread); the real processes, killed for real, are in tests/test_worker_process.py."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.02) -> bool:
 
 
 @pytest.fixture
-def path(tmp_path):
-    return tmp_path / "lab.db"
+def path(store_url):
+    """An empty store on each backend (SQLite file, PostgreSQL database)."""
+    return store_url
 
 
 def _age_heartbeat(store: Store, run_id: str, seconds: float) -> None:
