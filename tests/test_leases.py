@@ -218,3 +218,30 @@ def test_reopen_takes_the_lease_or_leaves_the_run_to_a_worker(path):
         assert old.claim_run().id == run_id and old.get_run(run_id).owner == "w-old"
         with pytest.raises(ValueError, match="only a failed, cancelled or interrupted run"):
             cli.reopen(run_id)
+
+
+def test_postgresql_claims_skip_the_run_another_claimer_holds(pg_url):
+    """On PostgreSQL a claim locks the queue's head with FOR UPDATE SKIP LOCKED: while another claimer holds the
+    head row, a claim takes the next run at once instead of waiting for (and then losing) that row."""
+    from sqlalchemy import create_engine, select
+
+    with Store(pg_url, owner="w-a", lease_s=60) as store:
+        first = store.create_run("", name="first")
+        second = store.create_run("", name="second")
+        other = create_engine(pg_url)
+        got: list = []
+        claimer = threading.Thread(target=lambda: got.append(store.claim_run()), daemon=True)
+        with other.connect() as conn:
+            held = conn.begin()  # another worker, in the middle of claiming `first`
+            conn.execute(select(Run.id).where(Run.id == first).with_for_update())
+            try:
+                claimer.start()
+                claimer.join(60)
+                blocked = claimer.is_alive()
+            finally:
+                held.rollback()  # let a blocked claim (the bug) finish, so the test ends either way
+        claimer.join(60)
+        other.dispose()
+        assert not blocked, "the claim waited for the row another claimer held"
+        assert [r.id for r in got] == [second]
+        assert store.claim_run().id == first  # released: the next claim gets it
