@@ -15,6 +15,7 @@ import streamlit as st  # noqa: E402
 
 from app import forms, state  # noqa: E402
 from engine.lab_settings import SettingsError, load_settings, network_problem  # noqa: E402
+from engine.store import StoreUnavailable  # noqa: E402
 
 st.set_page_config(page_title="RLAIF Lab", page_icon=":material/science:", layout="wide")
 try:
@@ -24,6 +25,13 @@ except SettingsError as exc:  # fail closed: a broken settings file must not wid
 if problem:
     print(f"RLAIF Lab refuses to serve: {problem}", file=sys.stderr, flush=True)
     st.error(f"**The lab refuses to serve.** {shown}", icon=":material/lock:")
+    st.stop()
+try:
+    state.lab()  # the store: a misspelt, unreachable or refused database URL stops here, before any page or run
+except StoreUnavailable as exc:
+    print(f"RLAIF Lab cannot open its store: {exc}", file=sys.stderr, flush=True)
+    st.error(f"**The lab cannot open its store.** {exc}. Set `$RLAIF_LAB_DB` to a reachable database and restart "
+             "the lab; nothing stored was changed.", icon=":material/database:")
     st.stop()
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")

@@ -338,10 +338,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import ConfigError
     from engine.migrations import SchemaVersionError
+    from engine.store import StoreUnavailable
 
     try:
         return args.fn(args)
-    except (ConfigError, SchemaVersionError) as exc:
+    except (ConfigError, SchemaVersionError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

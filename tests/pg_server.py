@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 ENV_URL = "RLAIF_LAB_TEST_PG"
 USER = "lab"
+PASSWORD_USER, PASSWORD = "secured", "right-horse-battery"  # a user that must log in with a password
 
 
 def pg_bin() -> str | None:
@@ -62,6 +63,15 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"{self.url}/{name}"
 
+    def password_user(self) -> tuple[str, str]:
+        """(user, password) of a user the server admits only with that password (created on first use)."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_USER,)).fetchone():
+                conn.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")
+        return PASSWORD_USER, PASSWORD
+
     def drop_database(self, url: str) -> None:
         """Drop a database made by create_database, closing any connection a killed process left open."""
         import psycopg
@@ -86,6 +96,10 @@ def start() -> PgServer:
     try:
         subprocess.run(server._as_owner(f"{bindir}/initdb", "-D", f"{directory}/data", "-A", "trust", "-U", USER,
                                         "-E", "UTF8", "--no-sync"), check=True, capture_output=True, timeout=120)
+        # "lab" logs in without a password; every other user needs one (the wrong-credentials tests use PASSWORD_USER)
+        with open(f"{directory}/data/pg_hba.conf", "w") as hba:
+            hba.write(f"local all {USER} trust\nhost all {USER} 127.0.0.1/32 trust\n"
+                      "host all all 127.0.0.1/32 scram-sha-256\n")
         for _ in range(5):  # the free port may be taken between our probe and the server's bind: another one
             port = _free_port()
             done = subprocess.run(server._as_owner(

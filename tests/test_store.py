@@ -377,3 +377,14 @@ def test_no_class_in_engine_defines_a_method_twice():
                 twice += [f"{path.name}:{getattr(node, 'name', '<module>')}.{n}" for n in set(names)
                           if names.count(n) > 1]
     assert twice == []
+
+
+def test_nul_characters_in_generated_text_are_stored(store):
+    """A model may generate NUL; PostgreSQL refuses it in text, so there it is stored as U+FFFD. SQLite keeps it."""
+    run_id = store.create_run("", name="a\x00b")
+    store.add_samples(run_id, 0, [{"prompt": "p\x00", "response": "r\x00r", "reward": 1.0}])
+    store.add_evaluations(run_id, "before", [{"prompt": "p", "response": "\x00"}])
+    nul = "\ufffd" if store.engine.dialect.name == "postgresql" else "\x00"
+    assert store.samples(run_id)[["prompt", "response"]].values.tolist() == [[f"p{nul}", f"r{nul}r"]]
+    assert store.evaluations(run_id)["response"].tolist() == [nul]
+    assert store.get_run(run_id).name == f"a{nul}b"
