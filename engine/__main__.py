@@ -255,7 +255,8 @@ def cmd_runs(args) -> int:
 def cmd_worker(args) -> int:
     from engine.worker import serve
 
-    return serve(args.db or None, once=args.once, poll_s=args.poll_s, lease_s=args.lease_s)
+    return serve(args.db or None, once=args.once, poll_s=args.poll_s, lease_s=args.lease_s,
+                 resume_interrupted=args.resume_interrupted)
 
 
 def cmd_show(args) -> int:
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks at an empty queue")
     p.add_argument("--lease-s", type=float, default=None,
                    help="lease timeout in seconds (default $RLAIF_LAB_LEASE_S or 30)")
+    p.add_argument("--resume-interrupted", action="store_true",
+                   help="queue again runs whose process died (lease expired) and resume them from their checkpoint")
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
