@@ -37,7 +37,7 @@ def tiny_config(model_dir, steps: int, name: str, checkpoint_every: int = 0, out
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     p = cfg.ppo
     p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 2, 2, 1, steps
-    cfg.generation.max_new_tokens = 4
+    cfg.generation.max_new_tokens = 8
     cfg.checkpoint.every_steps, cfg.checkpoint.keep = checkpoint_every, 2
     cfg.output_dir = output_dir
     return cfg
