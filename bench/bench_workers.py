@@ -2,7 +2,7 @@
 
 Usage: python bench/bench_workers.py [--runs 12] [--steps 2] [--workers 1,2,3] [--pg URL|auto] [--smoke]
 For each worker count: a fresh store (a SQLite file in a temporary folder, or with --pg a PostgreSQL database), that
-many `python -m engine worker --once` processes, started and registered first; then `--runs` identical tiny PPO runs
+many `python -m engine worker` processes, started and registered first; then `--runs` identical tiny PPO runs
 (a 2-layer random GPT-2, evaluation off) are queued and the clock runs until the last one completes. Each worker
 runs with one torch thread (as a worker sharing a machine should). Not a test.
 """
@@ -44,7 +44,7 @@ def measure(url: str, n_workers: int, n_runs: int, steps: int, model_dir: Path, 
     store = Store(url)
     env = {**os.environ, "RLAIF_LAB_DB": url, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "engine", "worker", "--once", "--poll-s", "0.1"], cwd=tmp,
+    procs = [subprocess.Popen([sys.executable, "-m", "engine", "worker", "--poll-s", "0.1"], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n_workers)]
     try:
         while len(store.live_workers()) < n_workers:  # all registered (torch imported) before the clock starts
@@ -60,6 +60,8 @@ def measure(url: str, n_workers: int, n_runs: int, steps: int, model_dir: Path, 
         assert statuses == {"completed"}, statuses
         busy = sum((store.get_run(r).duration_s or 0.0) for r in runs)
     finally:
+        for p in procs:
+            p.terminate()  # SIGTERM: the worker unregisters and exits (its queue is empty by now)
         for p in procs:
             try:
                 p.wait(120)

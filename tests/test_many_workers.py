@@ -25,7 +25,7 @@ from engine.store import Store
 from engine.worker import submit
 
 ROOT = Path(__file__).resolve().parents[1]
-LEASE_S = 3.0  # short, so a dead worker is found out quickly; heartbeats every 0.5 s
+LEASE_S = 10.0  # a dead worker is found out in seconds; long enough for heartbeats on a loaded 2-core machine
 
 
 def tiny_config(model_dir, steps: int, name: str, checkpoint_every: int = 0, output_dir: str = "runs") -> RunConfig:
