@@ -18,6 +18,7 @@ from app import auth, forms, state  # noqa: E402
 from app.safe_text import md  # noqa: E402
 from engine.lab_settings import SettingsError, auth_problem, load_settings, network_problem, proxy_secret  # noqa: E402
 from engine.owners import LoginError  # noqa: E402
+from engine.store import StoreUnavailable  # noqa: E402
 
 st.set_page_config(page_title="RLAIF Lab", page_icon="🧪", layout="wide")
 try:
@@ -33,10 +34,17 @@ if problem:
 try:
     user = auth.user()
 except LoginError as exc:  # reached around the login proxy (or it named nobody): no page at all
-    st.error(f"**Sign in through the lab's login address.** {exc}.", icon=":material/lock:")
+    st.error(f"**Sign in through the lab's login address.** {exc}.", icon="🔒")
     st.stop()
 if user is not None:
     st.sidebar.caption(f"Signed in as **{md(user.name)}**" + (" · admin" if user.admin else ""))
+try:
+    state.lab()  # the store: a misspelt, unreachable or refused database URL stops here, before any page or run
+except StoreUnavailable as exc:
+    print(f"RLAIF Lab cannot open its store: {exc}", file=sys.stderr, flush=True)
+    st.error(f"**The lab cannot open its store.** {exc}. Set `$RLAIF_LAB_DB` to a reachable database and restart "
+             "the lab; nothing stored was changed.", icon="🗄️")
+    st.stop()
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")
          for name, (_, title, icon) in state.PAGE_FILES.items()]

@@ -276,7 +276,7 @@ def cmd_worker(args) -> int:
     from engine.worker import serve
 
     return serve(args.db or None, once=args.once, poll_s=args.poll_s, lease_s=args.lease_s,
-                 idle_exit_s=args.idle_exit_s)
+                 idle_exit_s=args.idle_exit_s, resume_interrupted=args.resume_interrupted)
 
 
 def cmd_show(args) -> int:
@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="lease timeout in seconds (default $RLAIF_LAB_LEASE_S or 30)")
     p.add_argument("--idle-exit-s", type=float, default=None,
                    help="exit after this many seconds without a run to execute (default: never)")
+    p.add_argument("--resume-interrupted", action="store_true",
+                   help="queue again runs whose process died (lease expired) and resume them from their checkpoint")
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
@@ -370,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import ConfigError
     from engine.migrations import SchemaVersionError
+    from engine.store import StoreUnavailable
 
     try:
         return args.fn(args)
-    except (ConfigError, SchemaVersionError) as exc:
+    except (ConfigError, SchemaVersionError, StoreUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import threading
@@ -104,6 +105,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class StoreUnavailable(ValueError):
+    """The store's URL cannot be used: misspelt, for a driver that is not installed, or a database that cannot be
+    reached or refuses the credentials. Raised when a Store opens, before anything is read or written."""
+
+
 class LeaseLost(ValueError):
     """This process executed a run whose lease another process found expired (and marked the run interrupted)."""
 
@@ -128,6 +134,25 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=timezone.utc)
 
 
+class NulFreeText(TypeDecorator):
+    """Text that PostgreSQL can hold: it refuses NUL characters in text, which a model's generation may contain,
+    so there they are stored as U+FFFD (the replacement character). Other backends keep them as they are."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is not None and dialect.name == "postgresql" and "\x00" in value:
+            return value.replace("\x00", "\ufffd")
+        return value
+
+
+class NulFreeString(NulFreeText):
+    """A String(length) with NulFreeText's NUL handling (run names are the user's text)."""
+
+    impl = String
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -136,15 +161,15 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(NulFreeString(200))
     method: Mapped[str] = mapped_column(String(32), default="ppo")
     status: Mapped[str] = mapped_column(String(16), index=True)
     config_yaml: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    error: Mapped[str | None] = mapped_column(Text)
-    traceback: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(NulFreeText)
+    traceback: Mapped[str | None] = mapped_column(NulFreeText)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer)
     summary: Mapped[str | None] = mapped_column(Text)  # JSON: the before/after numbers
@@ -155,9 +180,9 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # What the owner reported last (written with the heartbeat): phase, a one-line message, recent step seconds.
     phase: Mapped[str | None] = mapped_column(String(32))
-    message: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(NulFreeText)
     step_times: Mapped[str | None] = mapped_column(Text)  # JSON list of floats, the last STEP_TIMES_KEPT
-    stop_reason: Mapped[str | None] = mapped_column(Text)  # a stop the user did not ask for (worker shutdown)
+    stop_reason: Mapped[str | None] = mapped_column(NulFreeText)  # a stop the user did not ask for (worker shutdown)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # higher is claimed first
     # Revision 0004: the login user who started the run (None: no login, or a run from before owners).
     owner_user: Mapped[str | None] = mapped_column(String(320))
@@ -204,8 +229,8 @@ class Sample(Base):
     run_id: Mapped[str] = mapped_column(String(32), _run_fk())
     step: Mapped[int] = mapped_column(Integer)
     idx: Mapped[int] = mapped_column(Integer)
-    prompt: Mapped[str] = mapped_column(Text)
-    response: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(NulFreeText)
+    response: Mapped[str] = mapped_column(NulFreeText)
     reward: Mapped[float | None] = mapped_column(Float)
     scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
 
@@ -218,8 +243,8 @@ class Evaluation(Base):
     run_id: Mapped[str] = mapped_column(String(32), _run_fk())
     phase: Mapped[str] = mapped_column(String(16))
     idx: Mapped[int] = mapped_column(Integer)
-    prompt: Mapped[str] = mapped_column(Text)
-    response: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(NulFreeText)
+    response: Mapped[str] = mapped_column(NulFreeText)
     toxicity: Mapped[float | None] = mapped_column(Float)
     scores: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
 
@@ -381,15 +406,67 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"r-{(now or utcnow()):%Y%m%d}-{secrets.token_hex(3)}"
 
 
+# Something that starts like a database URL but has no "://" is a misspelt URL, not a file to create.
+_URL_LIKE = re.compile(r"^(postgres(ql)?|sqlite|mysql|mariadb|oracle|mssql)([+][\w]+)?:", re.IGNORECASE)
+
+
 def resolve_url(url_or_path: str | Path | None = None) -> str:
-    """A SQLAlchemy URL from a URL, a plain file path, or (None) $RLAIF_LAB_DB / runs/rlaif_lab.db."""
+    """A SQLAlchemy URL from a URL, a plain file path, or (None) $RLAIF_LAB_DB / runs/rlaif_lab.db.
+
+    "postgresql://" and "postgres://" mean PostgreSQL through psycopg 3 (the driver the lab installs):
+    "postgresql+psycopg://". StoreUnavailable for what looks like a misspelt URL (e.g. "postgresql:/host/db")."""
     if url_or_path is None:
         url_or_path = os.environ.get(DB_ENV_VAR) or DEFAULT_DB_PATH
     if isinstance(url_or_path, str) and "://" in url_or_path:
+        scheme, rest = url_or_path.split("://", 1)
+        if scheme.lower() in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
         return url_or_path
+    if isinstance(url_or_path, str) and _URL_LIKE.match(url_or_path):
+        raise StoreUnavailable(f"store URL {_hide_password(url_or_path)!r} is misspelt: a database URL reads "
+                               "scheme://user@host:port/database (e.g. postgresql+psycopg://lab@db.example:5432/lab),"
+                               " a SQLite store is a file path or sqlite:///path/to.db")
     if str(url_or_path) == ":memory:":
         return "sqlite:///:memory:"
     return f"sqlite:///{Path(url_or_path).expanduser().resolve()}"
+
+
+def _hide_password(url: str) -> str:
+    """`url` with any password replaced by ***, for messages and logs."""
+    return re.sub(r"(:/*[^:/@]+:)[^@/]*@", r"\1***@", url)  # also in a misspelt "scheme:/user:pw@host"
+
+
+def _driver_problem(url: str) -> str | None:
+    """Why `url`'s driver cannot be loaded (an unknown dialect, a driver package not installed), or None."""
+    from sqlalchemy.exc import NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except NoSuchModuleError:
+        return f"{make_url(url).drivername!r} is not a database SQLAlchemy knows (use sqlite or postgresql+psycopg)"
+    except ImportError as exc:
+        return (f"its driver is not installed ({exc.name or exc}): for PostgreSQL use postgresql+psycopg:// "
+                "(pip install 'psycopg[binary]')")
+    return None
+
+
+def _connection_problem(exc: BaseException, url: str) -> str:
+    """A one-line reason for a failed connection, naming what to check (never the password)."""
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    low = text.lower()
+    if "password authentication failed" in low or "authentication failed" in low or "no password supplied" in low:
+        why = "the server refused the credentials (check the user name and password in the URL)"
+    elif "does not exist" in low and "database" in low:
+        why = "the database does not exist on that server (create it first: createdb NAME)"
+    elif "role" in low and "does not exist" in low:
+        why = "the server has no such user (check the user name in the URL)"
+    elif "connection refused" in low or "could not connect" in low or "timeout" in low or "timed out" in low:
+        why = "nothing answers at that host and port (is the server running, and the host / port right?)"
+    elif "name or service not known" in low or "name resolution" in low or "failed to resolve" in low or "could not translate host name" in low or "nodename" in low:
+        why = "the host name does not resolve (check its spelling)"
+    else:
+        why = "the database refused the connection"
+    return f"{why}: {text[:300]}"
 
 
 def lease_timeout_s() -> float:
@@ -497,7 +574,14 @@ class Store:
         self._beat_wake = threading.Event()
         self._beat_thread: threading.Thread | None = None
         self.url = resolve_url(url_or_path)
-        url = make_url(self.url)
+        shown = _hide_password(self.url)
+        try:
+            url = make_url(self.url)
+        except Exception as exc:  # sqlalchemy.exc.ArgumentError: not a URL at all
+            raise StoreUnavailable(f"store URL {shown!r} cannot be read: {exc}") from None
+        problem = _driver_problem(self.url)
+        if problem:
+            raise StoreUnavailable(f"store URL {shown!r} cannot be used: {problem}")
         kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "sqlite":
             if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
@@ -505,7 +589,17 @@ class Store:
             kwargs["connect_args"] = {"timeout": 30}  # seconds a writer waits for the lock
         else:
             kwargs["pool_pre_ping"] = True
+            if url.get_backend_name() == "postgresql":  # an unreachable host fails in seconds, not minutes
+                kwargs["connect_args"] = {"connect_timeout": 10}
         self.engine: Engine = create_engine(url, **kwargs)
+        if url.get_backend_name() != "sqlite":  # a server: reach it (and log in) before anything else happens
+            try:
+                with self.engine.connect():
+                    pass
+            except Exception as exc:
+                self.engine.dispose()
+                raise StoreUnavailable(f"cannot open the store at {shown}: {_connection_problem(exc, self.url)}"
+                                       ) from None
         if url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # expire_on_commit=False: objects stay readable after their (short) session ends

@@ -135,11 +135,13 @@ class Worker:
     `run()` is the loop (`python -m engine worker`); `stop(reason)` asks it to end: the current run is asked to stop
     (it ends "interrupted" with `reason`) and the loop returns once it has. `once=True` returns when the queue is
     empty; `idle_exit_s` returns after that many seconds without a run to execute. The worker's own Store (owner
-    id "w-<host>-<pid>-<hex>") heartbeats its row and its run.
+    id "w-<host>-<pid>-<hex>") heartbeats its row and its run. `resume_interrupted`: before each claim, queue again
+    the runs whose process died (lease expired) and that have a checkpoint, so this or another worker resumes them
+    (`requeue_interrupted`).
     """
 
     def __init__(self, url: str | None = None, poll_s: float = DEFAULT_POLL_S, lease_s: float | None = None,
-                 device: str | None = None, idle_exit_s: float | None = None) -> None:
+                 device: str | None = None, idle_exit_s: float | None = None, resume_interrupted: bool = False) -> None:
         from engine.store import Store, new_owner_id
 
         self.store = Store(url, owner=new_owner_id("w"), lease_s=lease_s)
@@ -147,6 +149,7 @@ class Worker:
         self.poll_s = float(poll_s)
         self.idle_exit_s = idle_exit_s if idle_exit_s and idle_exit_s > 0 else None
         self.device = device
+        self.resume_interrupted = bool(resume_interrupted)
         self.current: str | None = None
         self._stop = threading.Event()
         self._stop_reason = ""
@@ -180,6 +183,8 @@ class Worker:
             while not self._stop.is_set():
                 try:
                     self.store.expire_leases()
+                    if self.resume_interrupted:
+                        requeue_interrupted(self.store)
                     record = self.store.claim_run(device=device)
                 except Exception as exc:  # the store is locked, read-only or unreachable: keep serving, look again
                     if not unreachable:  # one traceback per outage, not one a second
@@ -240,6 +245,30 @@ class Worker:
             queue_ppo_stage(self.store, record.id, cfg)
 
 
+def requeue_interrupted(store: Store) -> list[str]:
+    """Queue again every run that was interrupted because its process died (its lease expired: not one stopped by
+    the user or by a worker's shutdown) and that can be resumed from a checkpoint; returns their ids. The worker that
+    claims one resumes it from its newest checkpoint (`engine.runner.execute` resumes a run that has one).
+
+    Safe with many workers: `reopen` moves a run only while it is still interrupted, so only one of them re-queues it.
+    A run whose process dies again is re-queued again: a run that kills its worker each time (e.g. out of memory)
+    comes back each lease period, so this is a worker option (`--resume-interrupted`), off by default."""
+    from engine.runner import resume_problem
+    from engine.store import INTERRUPTED_ERROR
+
+    queued = []
+    for record in store.list_runs(status="interrupted"):
+        if not (record.error or "").startswith(INTERRUPTED_ERROR) or resume_problem(store, record.id):
+            continue
+        try:
+            store.reopen(record.id, to="queued")
+        except (ValueError, KeyError):  # another worker re-queued (or someone deleted) it first
+            continue
+        log.warning("run %s: its process died; queued again to resume from its checkpoint", record.id)
+        queued.append(record.id)
+    return queued
+
+
 def _device() -> str:
     try:
         from engine.models import pick_device
@@ -250,9 +279,9 @@ def _device() -> str:
 
 
 def serve(url: str | None = None, once: bool = False, poll_s: float = DEFAULT_POLL_S,
-          lease_s: float | None = None, idle_exit_s: float | None = None) -> int:
+          lease_s: float | None = None, idle_exit_s: float | None = None, resume_interrupted: bool = False) -> int:
     """`python -m engine worker`: a Worker with SIGTERM / SIGINT handled (first: stop cleanly, second: at once)."""
-    worker = Worker(url, poll_s=poll_s, lease_s=lease_s, idle_exit_s=idle_exit_s)
+    worker = Worker(url, poll_s=poll_s, lease_s=lease_s, idle_exit_s=idle_exit_s, resume_interrupted=resume_interrupted)
     signals = {"n": 0}
     stopper = threading.Event()
 

@@ -21,3 +21,8 @@ if [ "${WITH_BROWSER:-0}" = 1 ] && ! { [ -x /usr/bin/chromium ] && command -v ng
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium nginx-light >/dev/null; else
     sudo apt-get update -qq && sudo apt-get install -y -qq chromium nginx-light >/dev/null; fi
 fi
+if [ "${WITH_POSTGRES:-0}" = 1 ] && ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+  # The store and worker tests run on PostgreSQL too: a throwaway server the tests start (tests/pg_server.py).
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; else
+    sudo apt-get update -qq && sudo apt-get install -y -qq postgresql >/dev/null; fi
+fi

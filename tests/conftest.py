@@ -8,6 +8,7 @@ Special tokens mirror the real models the lab uses, so pad/eos handling is teste
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,39 @@ def tiny_roberta_classifier_dir(tmp_path_factory, _bpe) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+# ------------------------------------------------------------------ stores on both backends (SQLite, PostgreSQL)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server on 127.0.0.1 for the whole session (tests/pg_server.py); skipped, saying why, where
+    PostgreSQL is not installed (CI installs it: scripts/setup.sh)."""
+    import pg_server as pg
+
+    try:
+        server = pg.start()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    yield server
+    # Stores a test left owning a run keep heartbeating (daemon threads) until the interpreter exits: once the
+    # server is gone their failures are expected, not news.
+    logging.getLogger("engine.store").setLevel(logging.CRITICAL)
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty PostgreSQL database for one test (dropped afterwards); its SQLAlchemy URL."""
+    url = pg_server.create_database()
+    yield url
+    pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """The URL of an empty store on each backend: a SQLite file in tmp_path, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lab.db'}"
+    return request.getfixturevalue("pg_url")

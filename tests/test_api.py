@@ -1,4 +1,4 @@
-"""engine/api.py: the UI's API on a real SQLite file (no worker process started: queueing and reading only)."""
+"""engine/api.py: the UI's API on both backends (a real SQLite file, a real PostgreSQL database) (no worker process started: queueing and reading only)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from engine.store import Store
 
 
 @pytest.fixture
-def lab(tmp_path):
-    store = Store(tmp_path / "lab.db")
+def lab(store_url):
+    store = Store(store_url)
     yield api.Lab(store, start_worker=False)
     store.close()
 
@@ -107,8 +107,8 @@ def test_status_eta_from_metric_rows_when_no_step_times_were_stored(lab):
     lab.store.set_status(run_id, "completed")
 
 
-def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(tmp_path):
-    store = Store(tmp_path / "lab.db", lease_s=0.5)
+def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(store_url):
+    store = Store(store_url, lease_s=0.5)
     lab = api.Lab(store, start_worker=False, housekeeping_s=0)
     dead = Store(store.url, owner="w-dead-1", lease_s=0.5)
     dead.register_worker(device="cpu")
@@ -195,9 +195,9 @@ def test_score_text_per_backend_with_errors_isolated(tiny_roberta_classifier_dir
         api.score_text(backends, None)
 
 
-def test_connect_starts_no_local_worker_when_told_not_to(tmp_path, monkeypatch):
+def test_connect_starts_no_local_worker_when_told_not_to(store_url, monkeypatch):
     monkeypatch.setenv("RLAIF_LAB_LOCAL_WORKER", "0")
-    lab = api.Lab.connect(str(tmp_path / "lab.db"))
+    lab = api.Lab.connect(store_url)
     lab.start_run(small_config())
     assert lab.start_worker is False and lab.worker_process is None and lab.store.list_workers() == []
     assert lab.store.owner.startswith("ui-")

@@ -1,6 +1,6 @@
-"""Leases in the store (engine.store): owners, heartbeats, atomic claims, expiry, workers. Several Store objects on
-one SQLite file stand for several processes (each Store has its own owner id and heartbeat thread); the real
-processes, killed for real, are in tests/test_worker_process.py."""
+"""Leases in the store (engine.store): owners, heartbeats, atomic claims, expiry, workers, on both backends (a SQLite
+file, a PostgreSQL database). Several Store objects on one store stand for several processes (each Store has its own
+owner id and heartbeat thread); the real processes, killed for real, are in tests/test_worker_process.py."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def wait_for(predicate, timeout: float = 30.0, every: float = 0.02) -> bool:
 
 
 @pytest.fixture
-def path(tmp_path):
-    return tmp_path / "lab.db"
+def path(store_url):
+    """An empty store on each backend (SQLite file, PostgreSQL database)."""
+    return store_url
 
 
 def _age_heartbeat(store: Store, run_id: str, seconds: float) -> None:
@@ -217,3 +218,30 @@ def test_reopen_takes_the_lease_or_leaves_the_run_to_a_worker(path):
         assert old.claim_run().id == run_id and old.get_run(run_id).owner == "w-old"
         with pytest.raises(ValueError, match="only a failed, cancelled or interrupted run"):
             cli.reopen(run_id)
+
+
+def test_postgresql_claims_skip_the_run_another_claimer_holds(pg_url):
+    """On PostgreSQL a claim locks the queue's head with FOR UPDATE SKIP LOCKED: while another claimer holds the
+    head row, a claim takes the next run at once instead of waiting for (and then losing) that row."""
+    from sqlalchemy import create_engine, select
+
+    with Store(pg_url, owner="w-a", lease_s=60) as store:
+        first = store.create_run("", name="first")
+        second = store.create_run("", name="second")
+        other = create_engine(pg_url)
+        got: list = []
+        claimer = threading.Thread(target=lambda: got.append(store.claim_run()), daemon=True)
+        with other.connect() as conn:
+            held = conn.begin()  # another worker, in the middle of claiming `first`
+            conn.execute(select(Run.id).where(Run.id == first).with_for_update())
+            try:
+                claimer.start()
+                claimer.join(60)
+                blocked = claimer.is_alive()
+            finally:
+                held.rollback()  # let a blocked claim (the bug) finish, so the test ends either way
+        claimer.join(60)
+        other.dispose()
+        assert not blocked, "the claim waited for the row another claimer held"
+        assert [r.id for r in got] == [second]
+        assert store.claim_run().id == first  # released: the next claim gets it

@@ -1,4 +1,5 @@
-"""The store's schema migrations (engine/migrations, Alembic) on real SQLite files.
+"""The store's schema migrations (engine/migrations, Alembic) on real SQLite files and, where the test says so, on an
+empty real PostgreSQL database too (the `store_url` fixture). The v0 fixture is a SQLite file: those tests are SQLite's.
 
 The fixture tests/data/store_v0.db was written by the store before migrations existed (tests/data/make_store_v0.py):
 it must open upgraded with every row intact. A fresh store is built by the migrations and must equal the models.
@@ -103,17 +104,51 @@ def test_a_store_older_than_the_scores_table_gets_it(v0):
         assert store.scores(run_id)["value"].tolist() == [1.0]
 
 
-def test_fresh_store_is_created_at_head_and_matches_the_models(tmp_path):
+def _db_revision(url: str) -> str | None:
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_fresh_store_is_created_at_head_and_matches_the_models(store_url):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    path = tmp_path / "fresh.db"
-    with Store(path) as store:
+    with Store(store_url) as store:
         assert store.migrated_from is None
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []  # the migrations build exactly the schema the models describe
-    assert _revision(path) == head_revision()
+    assert _db_revision(store_url) == head_revision()
+
+
+def test_a_store_at_the_baseline_is_upgraded_in_place(store_url):
+    """A database left at revision 0001 (before leases) by an older lab: opening it runs 0002 on that backend, and
+    its runs keep their rows (on PostgreSQL the batch ALTER is a plain ALTER TABLE ADD COLUMN)."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from engine.migrations import _config
+
+    engine = create_engine(store_url)
+    with engine.begin() as conn:
+        command.upgrade(_config(conn), "0001")
+        conn.execute(text("INSERT INTO runs (id, name, method, status, config_yaml, created_at, step, "
+                          "cancel_requested) VALUES ('r-old', 'old', 'ppo', 'queued', 'a: 1', '2026-12-01 10:00:00',"
+                          " 0, false)"))
+    engine.dispose()
+    assert _db_revision(store_url) == "0001"
+    with Store(store_url) as store:
+        assert store.migrated_from == "0001"
+        old = store.get_run("r-old")
+        assert (old.name, old.status, old.priority, old.owner) == ("old", "queued", 0, None)
+        assert store.claim_run().id == "r-old"
+    assert _db_revision(store_url) == head_revision()
 
 
 def test_store_from_a_newer_version_is_refused_and_left_alone(tmp_path):

@@ -1,4 +1,5 @@
-"""Tests of engine.store on real SQLite files (tmp_path): round-trips, WAL, transitions, concurrency."""
+"""Tests of engine.store on both backends (a real SQLite file, a real PostgreSQL database: the `store_url` fixture):
+round-trips, transitions, concurrency; and SQLite's own settings (WAL, paths, in-memory)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from engine.store import Store, resolve_url
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "runs" / "lab.db")
+def store(store_url):
+    s = Store(store_url)
     yield s
     s.close()
 
 
-def test_wal_mode_and_foreign_keys_are_on(store):
+def test_wal_mode_and_foreign_keys_are_on(tmp_path):
+    store = Store(tmp_path / "runs" / "lab.db")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
@@ -272,9 +274,9 @@ def test_delete_running_run_is_refused(store):
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one-store", "two-stores"])
-def test_concurrent_writer_and_reader(tmp_path, shared):
+def test_concurrent_writer_and_reader(store_url, shared):
     """A writer thread logs 200 steps while a reader polls incrementally; nothing is lost or locked."""
-    path = tmp_path / "live.db"
+    path = store_url
     writer_store = Store(path)
     reader_store = writer_store if shared else Store(path)
     run_id = writer_store.create_run("")
@@ -333,9 +335,10 @@ def test_concurrent_writer_and_reader(tmp_path, shared):
     reader_store.close()
 
 
-def test_two_writer_processes_wait_instead_of_failing(tmp_path):
-    """Two stores (as two processes would) writing at once: the busy timeout serialises them."""
-    path = tmp_path / "two.db"
+def test_two_writer_processes_wait_instead_of_failing(store_url):
+    """Two stores (as two processes would) writing at once: SQLite's busy timeout serialises them; PostgreSQL's
+    row locks let them both write."""
+    path = store_url
     stores = [Store(path), Store(path)]
     run_ids = [s.create_run("") for s in stores]
     errors: list[BaseException] = []
@@ -374,3 +377,14 @@ def test_no_class_in_engine_defines_a_method_twice():
                 twice += [f"{path.name}:{getattr(node, 'name', '<module>')}.{n}" for n in set(names)
                           if names.count(n) > 1]
     assert twice == []
+
+
+def test_nul_characters_in_generated_text_are_stored(store):
+    """A model may generate NUL; PostgreSQL refuses it in text, so there it is stored as U+FFFD. SQLite keeps it."""
+    run_id = store.create_run("", name="a\x00b")
+    store.add_samples(run_id, 0, [{"prompt": "p\x00", "response": "r\x00r", "reward": 1.0}])
+    store.add_evaluations(run_id, "before", [{"prompt": "p", "response": "\x00"}])
+    nul = "\ufffd" if store.engine.dialect.name == "postgresql" else "\x00"
+    assert store.samples(run_id)[["prompt", "response"]].values.tolist() == [[f"p{nul}", f"r{nul}r"]]
+    assert store.evaluations(run_id)["response"].tolist() == [nul]
+    assert store.get_run(run_id).name == f"a{nul}b"

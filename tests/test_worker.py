@@ -54,8 +54,8 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "lab.db")
+def store(store_url):
+    s = Store(store_url)
     yield s
     s.close()
 
