@@ -20,7 +20,7 @@ from engine.store import Store
 from engine.worker import submit, wait
 
 ROOT = Path(__file__).resolve().parents[1]
-LEASE_S = 3.0  # short, so a dead owner is found out quickly; heartbeats go every 0.5 s
+LEASE_S = 8.0  # short, so a dead owner is found out in seconds; long enough for heartbeats (every lease/6) on a loaded 2-core machine
 
 
 def tiny_config(model_dir, steps: int, name: str = "proc", evaluate: bool = False) -> RunConfig:
