@@ -12,15 +12,11 @@ import pytest
 from sqlalchemy import update
 
 from engine.store import LeaseLost, Run, Store, utcnow
+from tests.waiting import wait_for as _wait_for
 
 
 def wait_for(predicate, timeout: float = 30.0, every: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
+    return _wait_for(predicate, timeout, every)
 
 
 @pytest.fixture

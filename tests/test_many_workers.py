@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import pytest
 from engine.config import RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import submit
+from tests.waiting import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_S = 10.0  # a dead worker is found out in seconds; long enough for heartbeats on a loaded 2-core machine
@@ -44,12 +44,7 @@ def tiny_config(model_dir, steps: int, name: str, checkpoint_every: int = 0, out
 
 
 def wait_for(predicate, timeout: float = 300.0, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
+    return _wait_for(predicate, timeout, every)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -18,6 +17,7 @@ from engine.api import chain_links, runs_table
 from engine.config import ConfigError, RewardBackendSettings, RunConfig
 from engine.store import Run, Store, utcnow
 from engine.worker import Worker, cancel, eta_seconds, submit, wait
+from tests.waiting import wait_for as _wait_for
 
 
 def tiny_config(model_dir, steps: int = 3, name: str = "tiny", evaluate: bool = True) -> RunConfig:
@@ -79,13 +79,8 @@ def start_worker(store):
         assert not t.is_alive(), "worker loop did not stop"
 
 
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.05) -> bool:
+    return _wait_for(predicate, timeout, every)
 
 
 def test_eta_from_step_times():

@@ -18,6 +18,7 @@ import pytest
 from engine.config import RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import submit, wait
+from tests.waiting import wait_for as _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_S = 8.0  # short, so a dead owner is found out in seconds; long enough for heartbeats (every lease/6) on a loaded 2-core machine
@@ -39,12 +40,7 @@ def tiny_config(model_dir, steps: int, name: str = "proc", evaluate: bool = Fals
 
 
 def wait_for(predicate, timeout: float = 120.0, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return False
+    return _wait_for(predicate, timeout, every)
 
 
 @pytest.fixture

@@ -4,26 +4,20 @@ checkpoint and it completes with its curves continuing: every step once, none re
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from engine.config import RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import submit
 from tests.e2e.conftest import start_server, stop_workers
+from tests.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.browser
 STEPS = 12
 
 
-def wait_for(predicate, timeout: float = 300.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+def wait_for(predicate, timeout: float = 300.0, every: float = 0.2) -> bool:
+    return _wait_for(predicate, timeout, every)
 
 
 def test_resume_button_continues_a_cancelled_run_in_the_worker(browser, tmp_path, tiny_gpt2_dir):

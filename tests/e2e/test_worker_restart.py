@@ -4,7 +4,6 @@ a new server over the same store shows it completing, using the same worker (it 
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -12,17 +11,13 @@ from engine.config import RewardBackendSettings, RunConfig
 from engine.store import Store
 from engine.worker import submit
 from tests.e2e.conftest import start_server, stop_workers
+from tests.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.browser
 
 
-def wait_for(predicate, timeout: float = 300.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
+def wait_for(predicate, timeout: float = 300.0, every: float = 0.2) -> bool:
+    return _wait_for(predicate, timeout, every)
 
 
 def test_a_run_survives_a_ui_restart(browser, tmp_path, tiny_gpt2_dir):
