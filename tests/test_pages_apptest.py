@@ -218,13 +218,15 @@ def test_live_page_shows_curves_samples_and_cancels(db):
     assert at.title[0].value == "Live run"
     charts = at.get("plotly_chart")
     assert len(charts) == 8
-    assert any("step 3/10" in p.proto.text and "ETA 0:14" in p.proto.text for p in at.get("progress"))
+    assert any("step 3/10" in p.proto.text and "ETA ~15 s" in p.proto.text for p in at.get("progress"))
     assert any("18 metric rows · last step 3" in c.value for c in at.caption)
+    assert "### Starting: the worker took the run" in [m.value for m in at.markdown]  # plain words, no raw phase
     samples = at.dataframe[0].value  # the only table on the page (a display-only table has no key in AppTest)
     assert list(samples["response"]) == ["r3", "r2", "r1"] and "profanity" in samples.columns
 
-    by_key(at.button, "cancel-run").click().run()
+    by_key(at.button, "cancel-run").click().run()  # the confirming button inside the "Cancel run" popover
     assert db.get_run(run_id).cancel_requested
+    assert any("Stopping after the current step" in i.value for i in at.info)  # answered in the same rerun
 
 
 def test_live_page_shows_error_and_traceback(db):
