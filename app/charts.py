@@ -249,7 +249,7 @@ def toxicity_histogram(table: pd.DataFrame, bins: int = 20, height: int = 300) -
     """Distribution of toxicity before and after (from the before/after table)."""
     fig = go.Figure()
     edges = dict(start=0.0, end=1.0, size=1.0 / bins)
-    for col, name, color in (("toxicity_before", "before", PALETTE[7]), ("toxicity_after", "after", PALETTE[2])):
+    for col, name, color in (("toxicity_before", "before", PALETTE[7]), ("toxicity_after", "after", PALETTE[0])):
         if col in table:
             fig.add_trace(go.Histogram(x=table[col].dropna(), name=name, xbins=edges, marker_color=color, opacity=0.6))
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=10, r=10, t=40, b=10),

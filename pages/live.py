@@ -4,7 +4,7 @@ error and traceback, live curves, judge accounting, recent samples, and on compl
 Watching costs the run nothing measurable: the page is drawn once, then a tiny `st.fragment` timer checks a cheap
 signature (the run row's status / phase / message / step and whether metric rows newer than the last seen exist).
 When nothing changed it draws nothing and the browser receives only the fragment's bookkeeping messages; when
-something changed it redraws the page once. A hidden browser tab stops the timer altogether (a small component
+something changed it redraws the page once (at most every MIN_REDRAW_S; at once when the run ends). A hidden browser tab stops the timer altogether (a small component
 reports `document.visibilityState`), and it restarts when the tab shows again.
 """
 
@@ -83,6 +83,9 @@ def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
     return held[1]
 
 
+MIN_REDRAW_S = 5.0  # a redraw (charts included) costs the browser and this server CPU the run shares: at most this often
+
+
 def tab_visible() -> bool:
     """Whether this browser tab is visible (document.visibilityState); a change reruns the page once."""
     result = _VISIBILITY(key="tab-visibility", default={"visible": True}, on_visible_change=lambda: None,
@@ -141,6 +144,7 @@ cache.refresh(lab)
 late = status.status == "running" and (status.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
 st.session_state["_live_sig"] = (run_id, live_view.signature(status.status, status.phase, status.message,
                                                              status.step, status.error, cache.last_id, late))
+st.session_state["_live_drawn"] = time.monotonic()
 visible = tab_visible()
 
 t0 = time.perf_counter()
@@ -223,7 +227,9 @@ def watch() -> None:
     new_rows = cache.refresh(lab)
     late_now = s.status == "running" and (s.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
     sig = (run_id, live_view.signature(s.status, s.phase, s.message, s.step, s.error, cache.last_id, late_now))
-    if new_rows or st.session_state.get("_live_sig") != sig:
+    ended = s.status not in ("queued", "running")
+    quiet = time.monotonic() - st.session_state.get("_live_drawn", 0.0) < MIN_REDRAW_S
+    if (new_rows or st.session_state.get("_live_sig") != sig) and (ended or not quiet):
         st.rerun()
 
 

@@ -247,12 +247,15 @@ def test_before_after_cards_table_and_filters(db):
     run_id = add_finished_run(db, tox_after=0.9)
     at = app("before_after", run_id)
     metrics = {m.label: m for m in at.metric}
-    assert metrics["Mean toxicity · before"].value == "0.5250"
-    assert metrics["Mean toxicity · after"].value == "0.4750"
-    assert metrics["Improvement of the mean"].value == "42.9 %"
-    assert metrics["Mean KL to the reference"].value == "1.234"
-    assert (metrics["Toxic rate · before"].value, metrics["Toxic rate · after"].value) == ("50.0%", "25.0%")
-    assert metrics["Std of toxicity · after"].value == "0.3000"
+    assert metrics["Toxicity before"].value == "0.525"
+    assert metrics["Toxicity after"].value == "0.475"
+    assert metrics["Change %"].value == "-42.9 %"  # (after − before) / before: negative = less toxic
+    assert metrics["KL to reference"].value == "1.234"
+    assert (metrics["Toxic · before"].value, metrics["Toxic · after"].value) == ("50.0%", "25.0%")
+    assert metrics["Std · after"].value == "0.300"
+    # the result in words; CI of the improvement [-20, 80] %: the change's interval crosses 0, in neutral colour
+    assert [i.value for i in at.info][0].startswith("**Toxicity fell 42.9 %, not significant: the 95 % CI")
+    assert not at.success and not [e for e in errors(at) if "Toxicity" in e]
     table = by_key(at.dataframe, "ba-table").value
     assert list(table["idx"]) == [0, 1, 2, 3]
     assert list(table["response_after"]) == [f"kind answer {i}" for i in range(4)]
@@ -268,6 +271,29 @@ def test_before_after_cards_table_and_filters(db):
     captions = [c.value for c in at.caption]
     assert any("n = 4 hold-out prompts" in c for c in captions)
     assert any(c.startswith("1 of 4 prompts") for c in captions)
+
+
+def test_before_after_says_a_significant_fall_in_green_a_rise_in_red_and_the_split(db):
+    run_id = add_finished_run(db)
+    summary = db.get_run(run_id).summary
+    db.set_summary(run_id, {**summary, "pct_improvement_mean": 68.0, "pct_ci_low": 60.0, "pct_ci_high": 75.0,
+                            "split": "validation"})
+    at = app("before_after", run_id)
+    assert at.success[0].value == ("**Toxicity fell 68.0 % (95 % CI 60–75 %), significant.** Numbers from the "
+                                   "**validation** split.")
+    db.set_summary(run_id, {**summary, "pct_improvement_mean": -30.0, "pct_ci_low": -50.0, "pct_ci_high": -10.0})
+    at = app("before_after", run_id)
+    assert at.error[0].value == "**Toxicity rose 30.0 % (95 % CI 10–50 %), significant.**"
+
+
+def test_before_after_of_a_cancelled_run_says_so(db):
+    run_id = db.create_run(RunConfig(name="stopped").to_yaml(), name="stopped", total_steps=5)
+    db.set_status(run_id, "running")
+    db.add_evaluations(run_id, "before", [{"idx": 0, "prompt": "p", "response": "r", "toxicity": 0.5}])
+    db.set_status(run_id, "cancelled")
+    at = app("before_after", run_id)
+    assert "cancelled before its evaluation finished" in at.warning[0].value
+    assert not [i for i in at.info if "appears when the run completes" in i.value]
 
 
 def test_before_after_counts_responses_when_several_per_prompt(db):
