@@ -62,3 +62,49 @@ def strip_template(prompt: str, template: str | None) -> str:
     if prompt.startswith(head) and prompt.endswith(tail) and len(prompt) >= len(head) + len(tail):
         return prompt[len(head):len(prompt) - len(tail)].strip()
     return prompt
+
+
+_SECTION = {"ppo": "ppo", "dpo": "dpo", "dpo_ai": "dpo", "reward_model": "reward_model", "rloo": "online",
+            "grpo": "online"}
+
+
+def key_hyperparameters(config: dict) -> dict:
+    """The settings a user changes most, from a run's config dict: learning rate, steps, batch, KL coefficient
+    (PPO's init_kl_coef, else the method's beta), reward mix; read from the method's own section."""
+    method = config.get("method") or "ppo"
+    sec = config.get(_SECTION.get(method, "ppo")) or {}
+    kl = sec.get("init_kl_coef", sec.get("beta"))
+    mix = []
+    for b in (config.get("reward") or {}).get("backends") or []:
+        if isinstance(b, dict):
+            w = b.get("weight", 1.0)
+            mix.append(f"{b.get('name') or b.get('kind', '?')}×{w:g}" if isinstance(w, (int, float)) else "?")
+    return {"learning rate": sec.get("learning_rate"), "steps": sec.get("max_ppo_steps", sec.get("max_steps")),
+            "batch": sec.get("batch_size"), "KL coef": kl, "reward mix": " + ".join(mix)}
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"ppo.learning_rate": 5e-05, "reward.backends": "[...]", ...}: nested dicts joined with dots; lists as text."""
+    out = {}
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = repr(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def config_diff(configs: dict):
+    """Only the config fields that differ between runs: one row per field, one column per run label."""
+    import pandas as pd
+
+    flat = {label: flatten(cfg or {}) for label, cfg in configs.items()}
+    fields = sorted({f for d in flat.values() for f in d})
+    _missing = object()
+    rows = []
+    for f in fields:
+        values = [flat[label].get(f, _missing) for label in flat]
+        if any(v != values[0] for v in values[1:]) and f not in ("name", "output_dir"):
+            rows.append({"field": f, **{label: ("—" if v is _missing else str(v)) for label, v in zip(flat, values, strict=True)}})
+    return pd.DataFrame(rows, columns=["field", *flat])

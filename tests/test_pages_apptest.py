@@ -314,9 +314,14 @@ def test_runs_page_lists_compares_and_deletes(db):
     table = by_key(at.dataframe, "runs-table").value
     assert set(table["id"]) == {a, b}
     row = table.set_index("id").loc[a]
-    assert row["status"] == "completed" and row["rewards"] == "profanity×1 + jigsaw×0.5"
+    assert row["status"] == "completed" and row["reward mix"] == "profanity×1 + jigsaw×0.5"
     assert row["model"] == "builtin:smollm2" and row["step"] == "5/5"
     assert math.isclose(row["tox_after"], 0.3) and math.isclose(row["mean_kl"], 1.234)
+    # results and key hyperparameters first; change % = (after − before) / before: negative = less toxic
+    assert list(table.columns[:11]) == ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl",
+                                        "learning rate", "steps", "batch", "KL coef", "reward mix"]
+    assert row["change_%"] == pytest.approx(-42.9)
+    assert row["learning rate"] == pytest.approx(RunConfig().ppo.learning_rate) and row["steps"] == 28
 
     order = list(table["id"])
     at.session_state["runs-table"] = {"selection": {"rows": [order.index(a), order.index(b)], "columns": []}}
@@ -324,6 +329,9 @@ def test_runs_page_lists_compares_and_deletes(db):
     assert not at.exception, [e.value for e in at.exception]
     assert len([c for c in at.get("plotly_chart")]) == 4  # 3 default curves + before/after bars
     assert set(at.dataframe[1].value["id"]) == {a, b}  # the comparison table, under the runs table
+    # only the fields that differ: here none but the name (the diff's own cases: tests/test_results.py)
+    assert any("have the same config" in c.value for c in at.caption)
+    assert any("The first run you selected" in m.value for m in at.markdown)
 
     target = a  # the first selected row is the one the actions apply to
     by_key(at.button, "delete-run").click().run()

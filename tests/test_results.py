@@ -28,3 +28,23 @@ def test_strip_template_keeps_the_dialogue():
     assert results.strip_template(prompt, template) == "Human: hi\n\nAssistant: hello"
     assert results.strip_template("not from it", template) == "not from it"
     assert results.strip_template(prompt, None) == prompt
+
+
+def test_config_diff_lists_only_the_fields_that_differ():
+    from engine.config import RunConfig
+
+    a, b = RunConfig(name="a").to_dict(), RunConfig(name="b").to_dict()
+    b["ppo"]["learning_rate"] = 1e-5
+    diff = results.config_diff({"run a": a, "run b": b})
+    assert list(diff["field"]) == ["ppo.learning_rate"]  # the name differs too, but says nothing
+    assert diff.iloc[0]["run b"] == "1e-05"
+    assert results.config_diff({"run a": a, "run a2": RunConfig(name="a").to_dict()}).empty
+
+
+def test_key_hyperparameters_from_the_methods_own_section():
+    from engine.config import RunConfig
+
+    ppo = results.key_hyperparameters(RunConfig().to_dict())
+    assert ppo["steps"] == RunConfig().ppo.max_ppo_steps and ppo["KL coef"] == RunConfig().ppo.init_kl_coef
+    dpo = RunConfig(method="dpo").to_dict()
+    assert results.key_hyperparameters(dpo)["learning rate"] == RunConfig().dpo.learning_rate
