@@ -520,3 +520,15 @@ def test_launch_says_trl_methods_are_causal_only_next_to_the_method(db, tiny_t5_
         assert by_key(at.button, "start-run").disabled
     by_key(at.selectbox, "cfg-method").set_value("ppo").run()
     assert not errors(at)
+
+
+def test_every_page_names_the_run_training_in_the_sidebar(db):
+    run_id = db.create_run(RunConfig(name="busy").to_yaml(), name="busy", total_steps=28)
+    db.set_status(run_id, "running")
+    db.set_progress(run_id, 5, 28)
+    for name in ("runs", "before_after"):
+        at = app(name, run_id)
+        assert "**1 run training**" in [m.value for m in at.sidebar.markdown]
+        assert any(link.label == "busy step 5/28" for link in at.sidebar.get("page_link"))
+    db.set_status(run_id, "cancelled")
+    assert not [m for m in app("runs").sidebar.markdown if "training" in m.value]
