@@ -2,7 +2,10 @@
 tabs (Playwright + Debian's chromium) open on its Live page; and the bytes per second an idle Live tab receives
 (websocket frames counted with Playwright's page.on("websocket")).
 
-Usage: python bench/bench_live_tabs.py [--steps 24] [--tabs 0 1 3] [--idle-s 30] [--smoke]
+Usage: python bench/bench_live_tabs.py [--steps 40] [--tabs 0 1 3] [--rounds 2] [--idle-s 30] [--smoke]
+
+Step times count only the steps taken after the tabs had loaded (metric rows' time); scenarios alternate order
+round by round so a shared machine's drift spreads over all of them.
 
 The lab's server runs with RLAIF_LAB_LOCAL_WORKER=0; this process starts the one worker (Lab.connect), so every
 scenario has the same worker whether or not a page was opened. "Idle": a run held running by this process (claimed,
@@ -112,13 +115,14 @@ def step_times(store, run_id: str) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--tabs", type=int, nargs="+", default=[0, 1, 3])
     ap.add_argument("--idle-s", type=float, default=30.0)
+    ap.add_argument("--rounds", type=int, default=2, help="runs per scenario, in alternating order")
     ap.add_argument("--smoke", action="store_true", help="3 steps, 0 and 1 tab, a 5-s idle window")
     args = ap.parse_args()
     if args.smoke:
-        args.steps, args.tabs, args.idle_s = 3, [0, 1], 5.0
+        args.steps, args.tabs, args.idle_s, args.rounds = 3, [0, 1], 5.0, 1
     if not Path(CHROMIUM).exists():
         print(f"no chromium at {CHROMIUM}: nothing measured (apt-get install -y chromium)")
         return
@@ -144,24 +148,30 @@ def main() -> None:
                 warm = lab.start_run(tiny_config(tmp / "model", tmp / "runs", 2, "warm-up"))
                 while lab.get_run(warm).is_active:
                     time.sleep(0.5)
+                measured: dict[int, list[float]] = {n: [] for n in args.tabs}
+                received: dict[int, list[float]] = {n: [] for n in args.tabs}
+                for rnd in range(args.rounds):  # alternate the order so the machine's drift hits every scenario
+                    for n in (args.tabs if rnd % 2 == 0 else args.tabs[::-1]):
+                        run_id = lab.start_run(tiny_config(tmp / "model", tmp / "runs", args.steps, f"tabs-{n}"))
+                        tabs = Tabs(browser, url, run_id, n)  # opened while the worker loads the run
+                        tabs.received = 0  # the first draw is not what watching costs
+                        loaded, t0 = time.time(), time.monotonic()
+                        while lab.get_run(run_id).is_active:
+                            tabs.wait(0.5)
+                        wall = time.monotonic() - t0
+                        tabs.close()
+                        status = lab.get_run(run_id).status
+                        if status != "completed":
+                            raise SystemExit(f"run {run_id} ended {status}: {lab.get_run(run_id).error}")
+                        rows = lab.store.metrics(run_id, keys=["time/step_s"])
+                        watched = rows[rows["time"] > loaded]["value"].tolist()  # steps taken with the tabs open
+                        measured[n] += watched or rows["value"].tolist()
+                        received[n].append(tabs.received / wall / max(n, 1))
+                        print(f"round {rnd + 1}, {n} Live tab(s): median step "
+                              f"{statistics.median(watched or rows['value'].tolist()):.3f} s over {len(watched)} "
+                              f"watched steps; {received[n][-1] / 1024:.2f} KiB/s per tab", flush=True)
                 for n in args.tabs:
-                    run_id = lab.start_run(tiny_config(tmp / "model", tmp / "runs", args.steps, f"tabs-{n}"))
-                    while lab.get_run(run_id).status == "queued":
-                        time.sleep(0.2)
-                    tabs = Tabs(browser, url, run_id, n)
-                    tabs.received = 0  # the first draw is not what watching costs
-                    t0 = time.monotonic()
-                    while lab.get_run(run_id).is_active:
-                        tabs.wait(0.5)
-                    wall = time.monotonic() - t0
-                    tabs.close()
-                    status = lab.get_run(run_id).status
-                    if status != "completed":
-                        raise SystemExit(f"run {run_id} ended {status}: {lab.get_run(run_id).error}")
-                    times = step_times(lab.store, run_id)
-                    results[n] = (statistics.median(times), tabs.received / wall / max(n, 1))
-                    print(f"{n} Live tab(s): median step {results[n][0]:.3f} s over {len(times)} steps; "
-                          f"{results[n][1] / 1024:.2f} KiB/s per tab while it trained", flush=True)
+                    results[n] = (statistics.median(measured[n]), statistics.mean(received[n]))
                 # an idle Live tab: a run held running (claimed and heartbeating) that reports nothing new
                 holder = Store(str(db), owner=new_owner_id("bench"))
                 idle = holder.create_run(RunConfig(name="idle").to_yaml(), name="idle", total_steps=10)
@@ -201,6 +211,7 @@ def main() -> None:
         for n, (median, _) in results.items():
             if n and base:
                 print(f"{n} tab(s): step time {100 * (median / base - 1):+.1f} % vs no tab")
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"an idle Live tab receives {idle_bps:.0f} B/s (visible), {hidden_bps:.0f} B/s (hidden)")
 
 

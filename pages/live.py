@@ -152,6 +152,7 @@ c1, c2 = st.columns([4, 1])
 line = live_view.phase_text(status.status, status.phase, status.message, status.step, status.total)
 with c1:
     st.markdown(f"### {md(line)}")
+    st.caption(f"Status: {status.status}")
     elapsed = ((rec.finished_at or utcnow()) - rec.started_at).total_seconds() if rec.started_at else None
     times = list(rec.step_times)
     if not times and "time/step_s" in cache.wide().columns:  # an owner that stored no step times: the metric rows

@@ -103,6 +103,7 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     pg.wait_for_timeout(1500)
     pg.screenshot(path=screenshot_dir / "live.png")
 
+    pg.get_by_role("button", name="Cancel run").click()  # a popover that asks first
     pg.locator(".st-key-cancel-run button").click()
     pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=60_000)
     with lab_server.store() as store:
