@@ -4,7 +4,8 @@ error and traceback, live curves, judge accounting, recent samples, and on compl
 Watching costs the run nothing measurable: the page is drawn once, then a tiny `st.fragment` timer checks a cheap
 signature (the run row's status / phase / message / step and whether metric rows newer than the last seen exist).
 When nothing changed it draws nothing and the browser receives only the fragment's bookkeeping messages; when
-something changed it redraws the page once (at most every MIN_REDRAW_S; at once when the run ends). A hidden browser tab stops the timer altogether (a small component
+something changed it redraws the page once (at most every MIN_REDRAW_S, and at most DRAW_BUDGET of the time given what
+the last draw took; at once when the run ends). A hidden browser tab stops the timer altogether (a small component
 reports `document.visibilityState`), and it restarts when the tab shows again.
 """
 
@@ -19,6 +20,7 @@ from app.safe_text import md
 from engine.api import chain_links
 from engine.store import utcnow
 
+T_PAGE = time.perf_counter()
 lab = state.lab()
 st.title("Live run")
 run_id = state.select_run(prefer_active=True)
@@ -84,6 +86,7 @@ def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
 
 
 MIN_REDRAW_S = 5.0  # a redraw (charts included) costs the browser and this server CPU the run shares: at most this often
+DRAW_BUDGET = 0.05  # ... and at most this share of the time: a page that took 0.6 s to draw waits >= 12 s
 
 
 def tab_visible() -> bool:
@@ -229,9 +232,11 @@ def watch() -> None:
     late_now = s.status == "running" and (s.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
     sig = (run_id, live_view.signature(s.status, s.phase, s.message, s.step, s.error, cache.last_id, late_now))
     ended = s.status not in ("queued", "running")
-    quiet = time.monotonic() - st.session_state.get("_live_drawn", 0.0) < MIN_REDRAW_S
+    wait_s = max(MIN_REDRAW_S, st.session_state.get("_live_draw_s", 0.0) / DRAW_BUDGET)
+    quiet = time.monotonic() - st.session_state.get("_live_drawn", 0.0) < wait_s
     if (new_rows or st.session_state.get("_live_sig") != sig) and (ended or not quiet):
         st.rerun()
 
 
 watch()
+st.session_state["_live_draw_s"] = time.perf_counter() - T_PAGE  # what a redraw costs this server

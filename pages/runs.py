@@ -55,6 +55,11 @@ hyper = pd.DataFrame([results.key_hyperparameters(config_of(runs_by_id[i])) if i
                       for i in overview["id"]], index=overview.index)
 first = ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl"]
 overview = pd.concat([overview[first], hyper, overview.drop(columns=[*first, "improvement_%", "rewards"])], axis=1)
+# per-row actions: links to the run's pages (the buttons below act on the first selected run)
+overview["live"] = "./live?run=" + overview["id"]
+overview["before/after"] = "./before_after?run=" + overview["id"]
+overview = overview[[*first, "live", "before/after", *[c for c in overview.columns if c not in (*first, "live",
+                                                                                            "before/after")]]]
 st.caption("Select rows to compare runs; the actions at the bottom apply to the first run you selected (named "
            "there). " + results.CHANGE_LABEL + ".")
 RESULT_COLUMNS = {
@@ -64,6 +69,9 @@ RESULT_COLUMNS = {
     "mean_kl": st.column_config.NumberColumn("mean KL", format="%.2f"),
     "learning rate": st.column_config.NumberColumn(format="%.2e"),
     "KL coef": st.column_config.NumberColumn(format="%.3g"),
+    "live": st.column_config.LinkColumn("curves", display_text="Live", help="open the run's Live page"),
+    "before/after": st.column_config.LinkColumn("result", display_text="Before/after",
+                                                help="open the run's Before/after page"),
 }
 picked = st.dataframe(overview, key="runs-table", hide_index=True, on_select="rerun", selection_mode="multi-row",
                       column_config=RESULT_COLUMNS)

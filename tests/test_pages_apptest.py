@@ -318,8 +318,9 @@ def test_runs_page_lists_compares_and_deletes(db):
     assert row["model"] == "builtin:smollm2" and row["step"] == "5/5"
     assert math.isclose(row["tox_after"], 0.3) and math.isclose(row["mean_kl"], 1.234)
     # results and key hyperparameters first; change % = (after − before) / before: negative = less toxic
-    assert list(table.columns[:11]) == ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl",
-                                        "learning rate", "steps", "batch", "KL coef", "reward mix"]
+    assert list(table.columns[:13]) == ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl", "live",
+                                        "before/after", "learning rate", "steps", "batch", "KL coef", "reward mix"]
+    assert row["live"] == f"./live?run={a}" and row["before/after"] == f"./before_after?run={a}"  # row actions
     assert row["change_%"] == pytest.approx(-42.9)
     assert row["learning rate"] == pytest.approx(RunConfig().ppo.learning_rate) and row["steps"] == 28
 

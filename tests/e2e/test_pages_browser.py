@@ -52,8 +52,9 @@ def test_live_redraws_on_new_rows_only_pauses_hidden_and_confirms_cancel(lab_ser
         pg.goto(f"{lab_server.url}/live?run={run_id}")
         pg.get_by_text("Starting: the worker took the run").wait_for()  # plain words, not the phase name
         pg.get_by_text("last step 1").wait_for()
-        assert pg.locator(".st-key-chart-kl").get_by_text("KL to the reference (nats)").count() == 1
-        assert pg.locator(".st-key-chart-kl").get_by_text("training step").count() == 1
+        kl = pg.locator(".st-key-chart-kl")
+        kl.locator("text.ytitle", has_text="KL to the reference (nats)").wait_for(state="attached", timeout=90_000)
+        assert kl.locator("text.xtitle", has_text="training step").count() == 1
         sidebar = pg.locator("[data-testid='stSidebar']")
         sidebar.get_by_text("1 run training").wait_for()
         assert sidebar.get_by_text(f"held-{width} step 1/10").count() == 1
