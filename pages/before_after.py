@@ -42,15 +42,15 @@ else:
     change = results.summary_change(summary)
     ci = f"95 % CI [{fmt(summary.get('pct_ci_low'), '.1f')} %, {fmt(summary.get('pct_ci_high'), '.1f')} %]"
     cards = [
-        ("Toxicity before", fmt(before.get("mean"), ".3f"), None, "mean evaluator probability over the hold-out"),
-        ("Toxicity after", fmt(after.get("mean"), ".3f"), fmt(after["mean"] - before["mean"], "+.3f"), None),
-        ("Change %", fmt(change, "+.1f") + " %", None, f"{results.CHANGE_LABEL}; improvement {ci}"),
-        ("KL to reference", fmt(summary.get("mean_kl"), ".3f"), None, "mean KL(policy ‖ reference), nats per response"),
-        ("Std · before", fmt(before.get("std"), ".3f"), None, "standard deviation of toxicity"),
-        ("Std · after", fmt(after.get("std"), ".3f"), fmt(after["std"] - before["std"], "+.3f"),
+        ("Before", fmt(before.get("mean"), ".3f"), None, "mean toxicity before training (evaluator probability)"),
+        ("After", fmt(after.get("mean"), ".3f"), fmt(after["mean"] - before["mean"], "+.3f"), "mean toxicity after training"),
+        ("Change", fmt(change, "+.0f") + "%", None, f"{results.CHANGE_LABEL}; improvement {ci}"),
+        ("KL", fmt(summary.get("mean_kl"), ".2f"), None, "mean KL(policy ‖ reference), nats per response"),
+        ("Std before", fmt(before.get("std"), ".3f"), None, "standard deviation of toxicity"),
+        ("Std after", fmt(after.get("std"), ".3f"), fmt(after["std"] - before["std"], "+.3f"),
          f"improvement {fmt(summary.get('pct_improvement_std'), '.1f')} %"),
-        ("Toxic · before", fmt(before.get("toxic_rate"), ".1%"), None, "share of responses above the threshold"),
-        ("Toxic · after", fmt(after.get("toxic_rate"), ".1%"),
+        ("Toxic before", fmt(before.get("toxic_rate"), ".0%"), None, "share of responses above the threshold"),
+        ("Toxic after", fmt(after.get("toxic_rate"), ".0%"),
          fmt(100 * (after["toxic_rate"] - before["toxic_rate"]), "+.1f") + " pp", None),
     ]
     for i, (label, value, delta, help_text) in enumerate(cards):

@@ -151,7 +151,7 @@ st.session_state["_live_drawn"] = time.monotonic()
 visible = tab_visible()
 
 t0 = time.perf_counter()
-c1, c2 = st.columns([4, 1])
+c1, c2 = st.columns([3, 1])
 line = live_view.phase_text(status.status, status.phase, status.message, status.step, status.total)
 with c1:
     st.markdown(f"### {md(line)}")

@@ -247,12 +247,12 @@ def test_before_after_cards_table_and_filters(db):
     run_id = add_finished_run(db, tox_after=0.9)
     at = app("before_after", run_id)
     metrics = {m.label: m for m in at.metric}
-    assert metrics["Toxicity before"].value == "0.525"
-    assert metrics["Toxicity after"].value == "0.475"
-    assert metrics["Change %"].value == "-42.9 %"  # (after − before) / before: negative = less toxic
-    assert metrics["KL to reference"].value == "1.234"
-    assert (metrics["Toxic · before"].value, metrics["Toxic · after"].value) == ("50.0%", "25.0%")
-    assert metrics["Std · after"].value == "0.300"
+    assert metrics["Before"].value == "0.525"
+    assert metrics["After"].value == "0.475"
+    assert metrics["Change"].value == "-43%"  # (after − before) / before: negative = less toxic
+    assert metrics["KL"].value == "1.23"
+    assert (metrics["Toxic before"].value, metrics["Toxic after"].value) == ("50%", "25%")
+    assert metrics["Std after"].value == "0.300"
     # the result in words; CI of the improvement [-20, 80] %: the change's interval crosses 0, in neutral colour
     assert [i.value for i in at.info][0].startswith("**Toxicity fell 42.9 %, not significant: the 95 % CI")
     assert not at.success and not [e for e in errors(at) if "Toxicity" in e]

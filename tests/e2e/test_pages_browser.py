@@ -117,9 +117,10 @@ def test_before_after_sentence_and_numbers_readable(lab_server, wide_page, scree
     pg.goto(f"{lab_server.url}/before_after?run={run_id}")
     pg.get_by_text("Toxicity fell 66.7 % (95 % CI 60–75 %), significant.").wait_for()
     # the numbers of the cards are whole: nothing cut ("0.07…")
-    values = pg.locator("[data-testid='stMetricValue']")
-    values.first.wait_for()
-    cut = values.evaluate_all("els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)")
+    cards = pg.locator("[data-testid='stMetric']")
+    cards.first.wait_for()
+    cut = cards.evaluate_all("""els => els.flatMap(c => [c, ...c.querySelectorAll('*')])
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
     assert cut == [], f"cut numbers at {width} px: {cut}"
     # the table shows the dialogue, not the template's first words
     table = pg.locator(".st-key-ba-table")
