@@ -4,8 +4,9 @@ tabs (Playwright + Debian's chromium) open on its Live page; and the bytes per s
 
 Usage: python bench/bench_live_tabs.py [--steps 40] [--tabs 0 1 3] [--rounds 2] [--idle-s 30] [--smoke]
 
-Step times count only the steps taken after the tabs had loaded (metric rows' time); scenarios alternate order
-round by round so a shared machine's drift spreads over all of them.
+The worker is paused (SIGSTOP) while a scenario's tabs load, and step times count only the steps taken after they
+had loaded (metric rows' time); scenarios alternate order round by round so a shared machine's drift spreads over
+all of them.
 
 The lab's server runs with RLAIF_LAB_LOCAL_WORKER=0; this process starts the one worker (Lab.connect), so every
 scenario has the same worker whether or not a page was opened. "Idle": a run held running by this process (claimed,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -152,8 +154,18 @@ def main() -> None:
                 received: dict[int, list[float]] = {n: [] for n in args.tabs}
                 for rnd in range(args.rounds):  # alternate the order so the machine's drift hits every scenario
                     for n in (args.tabs if rnd % 2 == 0 else args.tabs[::-1]):
-                        run_id = lab.start_run(tiny_config(tmp / "model", tmp / "runs", args.steps, f"tabs-{n}"))
-                        tabs = Tabs(browser, url, run_id, n)  # opened while the worker loads the run
+                        # the worker waits (SIGSTOP) while the tabs load, so every step is taken with them open
+                        pids = [w.pid for w in lab.store.live_workers()]
+                        for pid in pids:
+                            os.kill(pid, signal.SIGSTOP)
+                        try:
+                            run_id = lab.start_run(tiny_config(tmp / "model", tmp / "runs", args.steps,
+                                                               f"tabs-{n}"))
+                            tabs = Tabs(browser, url, run_id, n)
+                            tabs.wait(2)
+                        finally:
+                            for pid in pids:
+                                os.kill(pid, signal.SIGCONT)
                         tabs.received = 0  # the first draw is not what watching costs
                         loaded, t0 = time.time(), time.monotonic()
                         while lab.get_run(run_id).is_active:
