@@ -144,6 +144,10 @@ def main() -> None:
         server, url = start_server(db, tmp / "server.log")
         results = {}
         try:
+            # Chromium's profile sockets live under $TMPDIR and a Unix socket path holds at most 107 bytes: a deep
+            # temporary folder (pytest's) makes the browser die at launch. Its profile is removed when it closes.
+            if len(tempfile.gettempdir()) > 40 and Path("/tmp").is_dir():
+                os.environ["TMPDIR"] = "/tmp"
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
                 # warm-up: the worker's first run pays imports and caches
