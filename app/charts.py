@@ -34,19 +34,23 @@ class Panel:
     secondary: tuple[str, ...] = ()  # drawn against a right-hand axis (e.g. the KL coefficient)
     band: tuple[str, str] | None = None  # (mean key, std key): a shaded mean ± std
     prefix: str | None = None  # a line per key directly under this prefix (one per reward backend)
+    y_title: str = ""  # the left axis: quantity and unit
+    y2_title: str = ""  # the right axis (secondary keys)
 
 
 PANELS: tuple[Panel, ...] = (
     Panel("kl", "KL to the reference (objective/kl) and its coefficient", ("objective/kl",),
-          secondary=("objective/kl_coef",)),
-    Panel("returns", "Mean return (ppo/returns/mean)", ("ppo/returns/mean",)),
+          secondary=("objective/kl_coef",), y_title="KL to the reference (nats)",
+          y2_title="KL coefficient β (dashed)"),
+    Panel("returns", "Mean return (ppo/returns/mean)", ("ppo/returns/mean",), y_title="return (reward units)"),
     Panel("reward", "Reward: mean ± std, and each backend", band=("env/reward_mean", "env/reward_std"),
-          prefix="env/reward/"),
-    Panel("losses", "Losses", ("ppo/loss/policy", "ppo/loss/value")),
-    Panel("entropy", "Entropy (objective/entropy)", ("objective/entropy",)),
-    Panel("clipfrac", "Policy clip fraction (ppo/policy/clipfrac)", ("ppo/policy/clipfrac",)),
-    Panel("length", "Mean response length (tokens)", ("env/response_length_mean",)),
-    Panel("throughput", "Throughput (tokens/s)", ("time/tokens_per_s",)),
+          prefix="env/reward/", y_title="reward (reward units)"),
+    Panel("losses", "Losses", ("ppo/loss/policy", "ppo/loss/value"), y_title="loss"),
+    Panel("entropy", "Entropy (objective/entropy)", ("objective/entropy",), y_title="entropy (nats per token)"),
+    Panel("clipfrac", "Policy clip fraction (ppo/policy/clipfrac)", ("ppo/policy/clipfrac",),
+          y_title="fraction of tokens clipped"),
+    Panel("length", "Mean response length (tokens)", ("env/response_length_mean",), y_title="tokens"),
+    Panel("throughput", "Throughput (tokens/s)", ("time/tokens_per_s",), y_title="tokens per second"),
 )
 
 
@@ -137,11 +141,24 @@ def prefixed(prefix: str, columns: Sequence[str]) -> list[str]:
 # ---- figures ----------------------------------------------------------------------------------------
 
 
+def honest_range(values: Sequence[float] | np.ndarray, min_rel: float = 0.10) -> list[float] | None:
+    """A y range for a slowly moving quantity (the KL coefficient) that shows at least ±`min_rel` of its value,
+    so a < 1 % change does not fill the axis and look like a cliff; None when there is nothing finite to show."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    center = (lo + hi) / 2
+    half = max((hi - lo) / 2 * 1.1, abs(center) * min_rel, 1e-12)
+    return [center - half, center + half]
+
+
 def _layout(fig: go.Figure, title: str, x: str, height: int) -> go.Figure:
     fig.update_layout(title={"text": title, "font": {"size": 14}}, height=height, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0.0),
                       hovermode="x unified", uirevision=title)  # uirevision keeps zoom across live updates
-    fig.update_xaxes(title_text="step" if x == "step" else "wall time (s)")
+    fig.update_xaxes(title_text="training step" if x == "step" else "wall time since the first step (s)")
     return fig
 
 
@@ -197,8 +214,12 @@ def panel_figure(wide: pd.DataFrame, panel: Panel, x: str = "step", smoothing: f
     for key in secondary:
         add(key, yaxis="y2", dash="dash")
     if secondary:
-        fig.update_layout(yaxis2=dict(overlaying="y", side="right", showgrid=False, title_text=", ".join(secondary),
-                                      tickformat=".6~g"))
+        values = np.concatenate([wide[k].to_numpy(dtype=float) for k in secondary])
+        fig.update_layout(yaxis2=dict(overlaying="y", side="right", showgrid=False,
+                                      title_text=panel.y2_title or ", ".join(secondary), tickformat=".4~g",
+                                      range=honest_range(values)))
+    if panel.y_title:
+        fig.update_layout(yaxis_title_text=panel.y_title)
     if not fig.data:
         fig.add_annotation(text="no data yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return _layout(fig, panel.title, x, height)
@@ -228,7 +249,7 @@ def toxicity_histogram(table: pd.DataFrame, bins: int = 20, height: int = 300) -
     """Distribution of toxicity before and after (from the before/after table)."""
     fig = go.Figure()
     edges = dict(start=0.0, end=1.0, size=1.0 / bins)
-    for col, name, color in (("toxicity_before", "before", PALETTE[7]), ("toxicity_after", "after", PALETTE[2])):
+    for col, name, color in (("toxicity_before", "before", PALETTE[7]), ("toxicity_after", "after", PALETTE[0])):
         if col in table:
             fig.add_trace(go.Histogram(x=table[col].dropna(), name=name, xbins=edges, marker_color=color, opacity=0.6))
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=10, r=10, t=40, b=10),

@@ -48,4 +48,6 @@ except StoreUnavailable as exc:
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")
          for name, (_, title, icon) in state.PAGE_FILES.items()]
-st.navigation(pages).run()
+navigation = st.navigation(pages)
+state.running_indicator()  # "1 run training: NAME step 5/28" in the sidebar of every page (links need the pages)
+navigation.run()

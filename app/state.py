@@ -116,3 +116,16 @@ def metric_cache(run_id: str) -> MetricCache:
     if not isinstance(cache, MetricCache) or cache.run_id != run_id:
         cache = st.session_state["_metric_cache"] = MetricCache(run_id)
     return cache
+
+
+def running_indicator() -> None:
+    """In the sidebar of every page: "1 run training: NAME step 5/28", linked to its Live page (nothing when idle)."""
+    running = lab().list_runs("running")
+    if not running:
+        return
+    with st.sidebar.container(key="running-indicator"):
+        n = len(running)
+        st.markdown(f"**{n} run{'s' if n > 1 else ''} training**")
+        for r in running[:5]:
+            st.page_link(page_path("live"), label=plain(f"{r.name} step {r.step}/{r.total_steps or '?'}"),
+                         query_params={"run": r.id}, icon=":material/monitoring:")

@@ -1,10 +1,12 @@
-"""Before/after page: the evaluation summary of a run (cards) and its hold-out responses side by side."""
+"""Before/after page: the run's result in one sentence (coloured by what happened, significance included), the
+evaluation summary (cards), and its hold-out responses side by side with the selected one in full beside the table."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, state, tables
+from app import charts, results, state, tables
+from app.safe_text import md
 from app.tables import fmt
 
 lab = state.lab()
@@ -26,20 +28,29 @@ if not before:
         st.info(f"Run {run_id} is {record.status} and has no evaluation yet"
                 + (" (it is written before training starts and after it ends)." if record.is_active else "."))
         st.stop()
-    st.info("Only part of the evaluation exists so far; the summary appears when the run completes.")
+    if record.is_active:
+        st.info("Only part of the evaluation exists so far; the summary appears when the run completes.")
+    else:
+        st.warning(f"This run {record.status if record.status != 'completed' else 'ended'} before its evaluation "
+                   "finished: there is no summary, only the responses that were scored.", icon=":material/info:")
 else:
+    sentence, kind = results.result_sentence(summary)
+    box = {"good": st.success, "bad": st.error}.get(kind, st.info)
+    split = summary.get("split")
+    box(f"**{sentence}**" + (f" Numbers from the **{md(str(split))}** split." if split else ""),
+        icon={"good": ":material/trending_down:", "bad": ":material/trending_up:"}.get(kind, ":material/info:"))
+    change = results.summary_change(summary)
     ci = f"95 % CI [{fmt(summary.get('pct_ci_low'), '.1f')} %, {fmt(summary.get('pct_ci_high'), '.1f')} %]"
     cards = [
-        ("Mean toxicity · before", fmt(before.get("mean")), None, "mean evaluator probability over the hold-out"),
-        ("Mean toxicity · after", fmt(after.get("mean")), fmt(after["mean"] - before["mean"], "+.4f"), None),
-        ("Improvement of the mean", fmt(summary.get("pct_improvement_mean"), ".1f") + " %", None,
-         f"(before − after) / before; {ci}"),
-        ("Mean KL to the reference", fmt(summary.get("mean_kl"), ".3f"), None, "KL(policy ‖ reference), nats per response"),
-        ("Std of toxicity · before", fmt(before.get("std")), None, None),
-        ("Std of toxicity · after", fmt(after.get("std")), fmt(after["std"] - before["std"], "+.4f"),
+        ("Before", fmt(before.get("mean"), ".3f"), None, "mean toxicity before training (evaluator probability)"),
+        ("After", fmt(after.get("mean"), ".3f"), fmt(after["mean"] - before["mean"], "+.3f"), "mean toxicity after training"),
+        ("Change", fmt(change, "+.0f") + "%", None, f"{results.CHANGE_LABEL}; improvement {ci}"),
+        ("KL", fmt(summary.get("mean_kl"), ".2f"), None, "mean KL(policy ‖ reference), nats per response"),
+        ("Std before", fmt(before.get("std"), ".3f"), None, "standard deviation of toxicity"),
+        ("Std after", fmt(after.get("std"), ".3f"), fmt(after["std"] - before["std"], "+.3f"),
          f"improvement {fmt(summary.get('pct_improvement_std'), '.1f')} %"),
-        ("Toxic rate · before", fmt(before.get("toxic_rate"), ".1%"), None, "share of responses above the threshold"),
-        ("Toxic rate · after", fmt(after.get("toxic_rate"), ".1%"),
+        ("Toxic before", fmt(before.get("toxic_rate"), ".0%"), None, "share of responses above the threshold"),
+        ("Toxic after", fmt(after.get("toxic_rate"), ".0%"),
          fmt(100 * (after["toxic_rate"] - before["toxic_rate"]), "+.1f") + " pp", None),
     ]
     if "relevance_before" in summary:
@@ -79,30 +90,39 @@ with c1:
 with c2:
     query = st.text_input("Search prompts and responses", key="ba-search", placeholder="text to find")
 shown = tables.filter_before_after(table, view, query)
-st.caption(f"{len(shown)} of {tables.holdout_count(len(table), k, prefix='')} · change = toxicity after − before (negative is better) · "
-           "click a column to sort, a row to read it in full")
-picked = st.dataframe(
-    shown, key="ba-table", hide_index=True, on_select="rerun", selection_mode="single-row", height=420,
-    column_config={
-        "idx": st.column_config.NumberColumn("#", width="small"),
-        "prompt": st.column_config.TextColumn(width="medium"),
-        "response_before": st.column_config.TextColumn("response before", width="medium"),
-        "toxicity_before": st.column_config.NumberColumn("toxicity before", format="%.3f"),
-        "response_after": st.column_config.TextColumn("response after", width="medium"),
-        "toxicity_after": st.column_config.NumberColumn("toxicity after", format="%.3f"),
-        "change": st.column_config.NumberColumn(format="%+.3f"),
-    })
-st.download_button("Download CSV", shown.to_csv(index=False), file_name=f"{run_id}-before-after.csv",
-                   mime="text/csv", key="ba-download", icon=":material/download:")
+try:
+    template = lab.run_config(run_id).data.template
+except Exception:  # noqa: BLE001 - a config from an older version: show the prompts as stored
+    template = None
+shown = shown.assign(prompt=[results.strip_template(p, template) for p in shown["prompt"]]) if len(shown) else shown
+st.caption(f"{len(shown)} of {tables.holdout_count(len(table), k, prefix='')} · change = toxicity after − before "
+           "(negative is better) · the prompt column shows the dialogue without the prompt template · click a row "
+           "to read it in full on the right")
+left, right = st.columns([3, 2])
+with left:
+    picked = st.dataframe(
+        shown, key="ba-table", hide_index=True, on_select="rerun", selection_mode="single-row", height=480,
+        column_config={
+            "idx": st.column_config.NumberColumn("#", width="small"),
+            "prompt": st.column_config.TextColumn("dialogue", width="medium"),
+            "response_before": st.column_config.TextColumn("response before", width="medium"),
+            "toxicity_before": st.column_config.NumberColumn("toxicity before", format="%.3f"),
+            "response_after": st.column_config.TextColumn("response after", width="medium"),
+            "toxicity_after": st.column_config.NumberColumn("toxicity after", format="%.3f"),
+            "change": st.column_config.NumberColumn(format="%+.3f"),
+        })
+    st.download_button("Download CSV", shown.to_csv(index=False), file_name=f"{run_id}-before-after.csv",
+                       mime="text/csv", key="ba-download", icon=":material/download:")
 
 rows = picked.selection.rows if picked is not None else []
-if rows:
-    row = shown.iloc[rows[0]]
-    with st.container(border=True, key="ba-detail"):
-        st.markdown(f"**Prompt #{row['idx']}**")
+with right, st.container(border=True, key="ba-detail", height=540):
+    if not rows:
+        st.caption("Click a row of the table to read its dialogue and both responses in full here.")
+    else:
+        row = shown.iloc[rows[0]]
+        st.markdown(f"**Dialogue #{row['idx']}**")
         st.text(row["prompt"])
-        b, a = st.columns(2)
-        b.markdown(f"**Before** · toxicity {fmt(row['toxicity_before'], '.3f')}")
-        b.text(row["response_before"])
-        a.markdown(f"**After** · toxicity {fmt(row['toxicity_after'], '.3f')}")
-        a.text(row["response_after"])
+        st.markdown(f"**Before** · toxicity {fmt(row['toxicity_before'], '.3f')}")
+        st.text(row["response_before"])
+        st.markdown(f"**After** · toxicity {fmt(row['toxicity_after'], '.3f')}")
+        st.text(row["response_after"])

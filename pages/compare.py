@@ -14,11 +14,12 @@ TABLE_COLUMNS = {
     "same_holdout": st.column_config.CheckboxColumn("same hold-out", help="same prompts as the first run"),
     "tox_before": st.column_config.NumberColumn("toxicity before", format="%.4f"),
     "tox_after": st.column_config.NumberColumn("toxicity after", format="%.4f"),
-    "tox_change_%": st.column_config.NumberColumn("Δ mean", format="%+.1f %%",
-                                                  help="(after − before) / before: negative is less toxic"),
+    "tox_change_%": st.column_config.NumberColumn("change % (mean)", format="%+.1f %%",
+                                                  help="(after − before) / before × 100: negative is less toxic "
+                                                       "(the Runs page's change %)"),
     "tox_std_before": st.column_config.NumberColumn("std before", format="%.4f"),
     "tox_std_after": st.column_config.NumberColumn("std after", format="%.4f"),
-    "tox_std_change_%": st.column_config.NumberColumn("Δ std", format="%+.1f %%"),
+    "tox_std_change_%": st.column_config.NumberColumn("change % (std)", format="%+.1f %%"),
     "toxic_rate_before": st.column_config.NumberColumn("toxic rate before", format="percent"),
     "toxic_rate_after": st.column_config.NumberColumn("toxic rate after", format="percent"),
     "harmlessness_after": st.column_config.NumberColumn("harmlessness", format="%.4f",
@@ -68,6 +69,8 @@ selected = st.multiselect(
 if not selected:
     st.info("Pick one or more runs to compare.")
     st.stop()
+st.caption(f"Reference hold-out: that of **{md(names[selected[0]])}**, the first run in the list (put another "
+           "first to compare against its prompts).")
 
 scorers = {r.id: r for r in lab.helpfulness_scorers()}
 scorer = None
@@ -126,7 +129,7 @@ with st.container(key="cmp-table"):  # a display-only table gets no key of its o
                  column_order=[c for c in table.columns if c not in ("status", "harmlessness_before")])
 st.download_button("Download CSV", table.to_csv(index=False), file_name="compare-methods.csv", mime="text/csv",
                    key="cmp-download", icon=":material/download:")
-st.caption("Δ = (after − before) / before. Compute counts training only (evaluation is the same for every run): "
+st.caption("change % = (after − before) / before × 100; negative = less toxic (as on the Runs page). Compute counts training only (evaluation is the same for every run): "
            "rollouts (PPO), completions (RLOO, GRPO) or preference pairs (DPO); sampled = responses the policy "
            "generated for training.")
 

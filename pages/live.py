@@ -1,9 +1,13 @@
-"""Live run page: status, progress and ETA, cancel, error and traceback, live curves, reward-hacking alarms with
-their evidence samples, judge accounting and recent samples.
+"""Live run page: what the run is doing in plain words, elapsed time and a stable ETA, a log, cancel (confirmed) or
+resume, error and traceback, live curves, reward-hacking alarms with their evidence samples, judge accounting, recent
+samples, and on completion a link to its result.
 
-The panel below the controls is an `st.fragment` that re-runs on a timer in the browser while the run is
-queued or running: only it re-runs, it reads only metric rows newer than the last it saw, and it
-rebuilds figures only when there are new rows.
+Watching costs the run nothing measurable: the page is drawn once, then a tiny `st.fragment` timer checks a cheap
+signature (the run row's status / phase / message / step and whether metric rows newer than the last seen exist).
+When nothing changed it draws nothing and the browser receives only the fragment's bookkeeping messages; when
+something changed it redraws the page once (at most every MIN_REDRAW_S, and at most DRAW_BUDGET of the time given what
+the last draw took; at once when the run ends). A hidden browser tab stops the timer altogether (a small component
+reports `document.visibilityState`), and it restarts when the tab shows again.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import time
 
 import streamlit as st
 
-from app import auth, charts, judges, state
+from app import auth, charts, judges, live_view, state
 from app.resume import resume_control, resume_note
 from app.safe_text import md
 from engine.api import chain_links
+from engine.store import utcnow
 
+T_PAGE = time.perf_counter()
 lab = state.lab()
 st.title("Live run")
 run_id = state.select_run(prefer_active=True)
@@ -35,13 +41,6 @@ with c3:
     refresh_s = st.selectbox("refresh (s)", [0.5, 1.0, 2.0, 5.0], index=1, key="refresh-s")
 
 was_active = lab.get_run(run_id).is_active
-
-
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "ETA —"
-    m, s = divmod(int(round(seconds)), 60)
-    return f"ETA {m}:{s:02d}" if m < 60 else f"ETA {m // 60} h {m % 60:02d} min"
 
 
 def chain_notes(run_id: str) -> None:
@@ -88,6 +87,42 @@ def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
     return held[1]
 
 
+MIN_REDRAW_S = 5.0  # a redraw (charts included) costs the browser and this server CPU the run shares: at most this often
+DRAW_BUDGET = 0.05  # ... and at most this share of the time: a page that took 0.6 s to draw waits >= 12 s
+
+
+def tab_visible() -> bool:
+    """Whether this browser tab is visible (document.visibilityState); a change reruns the page once."""
+    result = _VISIBILITY(key="tab-visibility", default={"visible": True}, on_visible_change=lambda: None,
+                         height=0)
+    return bool(getattr(result, "visible", True))
+
+
+_VISIBILITY = st.components.v2.component("rlaif_lab_tab_visibility", js="""
+export default function (component) {
+  const { setStateValue } = component;
+  let last = true;
+  const report = () => {
+    const visible = document.visibilityState === 'visible';
+    if (visible !== last) { last = visible; setStateValue('visible', visible); }
+  };
+  document.addEventListener('visibilitychange', report);
+  report();
+  return () => document.removeEventListener('visibilitychange', report);
+}
+""")
+
+
+def log_lines(run_id: str, line: str) -> list[tuple[str, str]]:
+    """The phase changes and messages this page saw for the run (time, line), newest last, 200 kept."""
+    logs = st.session_state.setdefault("_live_log", {})
+    log = logs.setdefault(run_id, [])
+    if not log or log[-1][1] != line:
+        log.append((time.strftime("%H:%M:%S"), line))
+        del log[:-200]
+    return log
+
+
 def alarm_panel(run_id: str) -> None:
     """The reward-hacking alarms fired so far: what, since which step, value vs threshold, evidence samples."""
     cards = lab.alarms(run_id)
@@ -105,73 +140,127 @@ def alarm_panel(run_id: str) -> None:
                              column_config={"response": st.column_config.TextColumn(width="large")})
 
 
-@st.fragment(run_every=refresh_s if was_active else None)
-def live_panel() -> None:
-    t0 = time.perf_counter()
-    status = lab.status(run_id)
-    c1, c2 = st.columns([4, 1])
-    with c1:
-        phase = f" · {status.phase}" if status.phase != status.status else ""
-        st.markdown(f"**Status:** `{status.status}`{phase}  {status.message}")
-        total = status.total or "?"
-        st.progress(status.fraction, text=f"step {status.step}/{total} · {fmt_eta(status.eta_s)}")
-        owner_line(status)
-    with c2:
-        if status.status in ("queued", "running"):
-            if st.button("Cancel run", key="cancel-run", icon=":material/stop_circle:", type="secondary"):
-                try:
-                    after = lab.cancel_run(run_id, user=auth.user())
-                    st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
-                except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
-                    st.toast(md(str(exc)))
+def cancel_control(status) -> None:
+    """Cancel asks first (a popover), then answers at once: the store's flag is set in this click's rerun."""
+    if st.session_state.get("_cancel_asked") == run_id and status.status == "running":
+        st.info("Stopping after the current step…", icon=":material/hourglass_top:")
+        return
+    if status.status not in ("queued", "running"):
+        return
+    with st.popover("Cancel run", icon=":material/stop_circle:"):
+        st.markdown("Stop this run? A running run stops **after its current step**; what it has done is kept.")
+        if st.button("Yes, cancel the run", key="cancel-run", type="primary"):
+            try:
+                after = lab.cancel_run(run_id, user=auth.user())
+                st.session_state["_cancel_asked"] = run_id
+                st.toast("Cancelled." if after == "cancelled" else "Stopping after the current step…")
+            except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
+                st.toast(md(str(exc)))
+            st.rerun()
+
+
+rec = lab.get_run(run_id)
+status = lab.status(run_id)
+cache = state.metric_cache(run_id)
+cache.refresh(lab)
+late = status.status == "running" and (status.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
+st.session_state["_live_sig"] = (run_id, live_view.signature(status.status, status.phase, status.message,
+                                                             status.step, status.error, cache.last_id, late))
+st.session_state["_live_drawn"] = time.monotonic()
+visible = tab_visible()
+
+t0 = time.perf_counter()
+c1, c2 = st.columns([3, 1])
+line = live_view.phase_text(status.status, status.phase, status.message, status.step, status.total)
+with c1:
+    st.markdown(f"### {md(line)}")
+    st.caption(f"Status: {status.status}")
+    elapsed = ((rec.finished_at or utcnow()) - rec.started_at).total_seconds() if rec.started_at else None
+    times = list(rec.step_times)
+    if not times and "time/step_s" in cache.wide().columns:  # an owner that stored no step times: the metric rows
+        times = cache.wide()["time/step_s"].dropna().tolist()
+    eta = live_view.stable_eta(times, status.step, status.total) if status.status == "running" else None
+    total = status.total or "?"
+    st.progress(status.fraction, text=f"step {status.step}/{total} · elapsed {live_view.fmt_duration(elapsed)}"
+                + (f" · {live_view.fmt_eta(eta)}" if status.status == "running" else ""))
+    owner_line(status)
+with c2:
+    cancel_control(status)
+    if status.status not in ("queued", "running"):
+        resume_control(lab, run_id, key="resume-run")
+resume_note()
+if status.status == "completed":
+    with st.container(border=True, key="result-strip"):
+        summary = rec.summary or {}
+        before, after = summary.get("toxicity_before_mean"), summary.get("toxicity_after_mean")
+        if isinstance(before, float) and isinstance(after, float):
+            st.markdown(f"**The run completed.** Mean toxicity of the hold-out responses: {before:.3f} before, "
+                        f"{after:.3f} after.")
         else:
-            resume_control(lab, run_id, key="resume-run")
-    resume_note()
-    if status.error and status.status != "cancelled":
-        st.error(md(status.error, limit=2000, keep_newlines=True))
-    elif status.error:
-        st.warning(md(status.error, limit=2000, keep_newlines=True))
-    if status.traceback:
-        with st.expander("Traceback"):
-            st.code(status.traceback, language="text")
-    chain_notes(run_id)
+            st.markdown("**The run completed.**")
+        st.page_link(state.page_path("before_after"), label="Open Before/after", query_params={"run": run_id},
+                     icon=":material/compare_arrows:")
+if status.error and status.status != "cancelled":
+    st.error(md(status.error, limit=2000, keep_newlines=True))
+elif status.error:
+    st.warning(md(status.error, limit=2000, keep_newlines=True))
+if status.traceback:
+    with st.expander("Traceback"):
+        st.code(status.traceback, language="text")
+with st.expander("Log: phase changes and messages"):
+    entries = log_lines(run_id, line + (f" — {status.message}" if status.message else ""))
+    st.caption("What this page saw, newest last (the store keeps the run's latest phase and message).")
+    st.code("\n".join(f"{t}  {text}" for t, text in entries[-60:]), language="text")
+chain_notes(run_id)
 
-    cache = state.metric_cache(run_id)
-    cache.refresh(lab)
-    figs = figures(cache, x_axis, smoothing)
-    cols = st.columns(2)
-    for i, (name, fig) in enumerate(figs.items()):
-        with cols[i % 2]:
-            st.plotly_chart(fig, key=f"chart-{name}", config={"displaylogo": False})
-    last_step = int(cache.long["step"].max()) if not cache.long.empty else 0
-    st.caption(f"{len(cache.long):,} metric rows · last step {last_step} · "
-               f"panel built in {1000 * (time.perf_counter() - t0):.0f} ms", help="updated live while the run is active")
+figs = figures(cache, x_axis, smoothing)
+cols = st.columns(2)
+for i, (name, fig) in enumerate(figs.items()):
+    with cols[i % 2]:
+        st.plotly_chart(fig, key=f"chart-{name}", config={"displaylogo": False})
+last_step = int(cache.long["step"].max()) if not cache.long.empty else 0
+st.caption(f"{len(cache.long):,} metric rows · last step {last_step} · "
+           f"drawn in {1000 * (time.perf_counter() - t0):.0f} ms",
+           help="redrawn only when the run reports something new")
 
-    alarm_panel(run_id)
+alarm_panel(run_id)
 
-    judge_rows = judges.judge_table(cache.wide())  # reads only the judge/* columns
-    if not judge_rows.empty:
-        st.subheader("Judge accounting")
-        judge_box = st.container(key="judge-accounting")  # a stable selector for browser tests and screenshots
-        judge_box.dataframe(judge_rows, key="judge-table", hide_index=True,
-                            column_config={"p50 latency (s)": st.column_config.NumberColumn(format="%.3f"),
-                                           "p95 latency (s)": st.column_config.NumberColumn(format="%.3f"),
-                                           "est. cost (USD)": st.column_config.NumberColumn(format="$%.4f")})
-        if judge_rows["est. cost (USD)"].isna().any():
-            judge_box.caption("Cumulative over the run. No cost estimate for a model without a price in the table.")
-        else:
-            judge_box.caption("Cumulative over the run.")
-
-    st.subheader("Recent samples")
-    samples = lab.samples(run_id, last_n=24)
-    if samples.empty:
-        st.caption("No samples yet: they appear after the first PPO step.")
+judge_rows = judges.judge_table(cache.wide())  # reads only the judge/* columns
+if not judge_rows.empty:
+    st.subheader("Judge accounting")
+    judge_box = st.container(key="judge-accounting")  # a stable selector for browser tests and screenshots
+    judge_box.dataframe(judge_rows, key="judge-table", hide_index=True,
+                        column_config={"p50 latency (s)": st.column_config.NumberColumn(format="%.3f"),
+                                       "p95 latency (s)": st.column_config.NumberColumn(format="%.3f"),
+                                       "est. cost (USD)": st.column_config.NumberColumn(format="$%.4f")})
+    if judge_rows["est. cost (USD)"].isna().any():
+        judge_box.caption("Cumulative over the run. No cost estimate for a model without a price in the table.")
     else:
-        st.dataframe(samples, key="samples-table", hide_index=True, height=320,
-                     column_config={"prompt": st.column_config.TextColumn(width="large"),
-                                    "response": st.column_config.TextColumn(width="large")})
-    if was_active and status.status not in ("queued", "running"):
-        st.rerun()  # the run ended: redraw the whole page once, without the timer
+        judge_box.caption("Cumulative over the run.")
+
+st.subheader("Recent samples")
+samples = lab.samples(run_id, last_n=24)
+if samples.empty:
+    st.caption("No samples yet: they appear after the first PPO step.")
+else:
+    st.dataframe(samples, key="samples-table", hide_index=True, height=320,
+                 column_config={"prompt": st.column_config.TextColumn(width="large"),
+                                "response": st.column_config.TextColumn(width="large")})
 
 
-live_panel()
+@st.fragment(run_every=refresh_s if (was_active and visible) else None)
+def watch() -> None:
+    """The timer: draws nothing; redraws the page only when the run's signature changed (or it ended)."""
+    s = lab.status(run_id)
+    new_rows = cache.refresh(lab)
+    late_now = s.status == "running" and (s.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
+    sig = (run_id, live_view.signature(s.status, s.phase, s.message, s.step, s.error, cache.last_id, late_now))
+    ended = s.status not in ("queued", "running")
+    wait_s = max(MIN_REDRAW_S, st.session_state.get("_live_draw_s", 0.0) / DRAW_BUDGET)
+    quiet = time.monotonic() - st.session_state.get("_live_drawn", 0.0) < wait_s
+    if (new_rows or st.session_state.get("_live_sig") != sig) and (ended or not quiet):
+        st.rerun()
+
+
+watch()
+st.session_state["_live_draw_s"] = time.perf_counter() - T_PAGE  # what a redraw costs this server

@@ -1,12 +1,14 @@
-"""Runs page: the workers serving the store; every run with its status and key results; overlay several runs'
-curves and before/after numbers; export, clone, cancel or delete a run."""
+"""Runs page: the workers serving the store; every run with its results and key hyperparameters first; overlay
+several runs' curves and before/after numbers, and the config fields in which they differ; export, clone, cancel or
+delete a run (the actions name the run they apply to)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+import yaml
 
-from app import auth, charts, forms, state
+from app import auth, charts, forms, results, state
 from app.resume import resume_control, resume_note
 from app.safe_text import md, plain
 from engine.config import ConfigError
@@ -37,12 +39,40 @@ if overview.empty:
     st.page_link(state.page_path("launch"), label="Start one on the Launch page", icon=":material/rocket_launch:")
     st.stop()
 
-st.caption("Select rows to compare runs; the first selected run is the one the actions below apply to.")
+
+
+def config_of(run) -> dict:
+    try:
+        data = yaml.safe_load(run.config_yaml)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+runs_by_id = {r.id: r for r in lab.list_runs()}
+# results and the key hyperparameters first; one sign convention: change % = (after − before) / before
+overview["change_%"] = -overview["improvement_%"]
+hyper = pd.DataFrame([results.key_hyperparameters(config_of(runs_by_id[i])) if i in runs_by_id else {}
+                      for i in overview["id"]], index=overview.index)
+first = ["name", "status", "alarms", "change_%", "tox_before", "tox_after", "mean_kl"]
+overview = pd.concat([overview[first], hyper, overview.drop(columns=[*first, "improvement_%", "rewards"])], axis=1)
+# per-row actions: links to the run's pages (the buttons below act on the first selected run)
+overview["live"] = "./live?run=" + overview["id"]
+overview["before/after"] = "./before_after?run=" + overview["id"]
+overview = overview[[*first, "live", "before/after", *[c for c in overview.columns if c not in (*first, "live",
+                                                                                            "before/after")]]]
+st.caption("Select rows to compare runs; the actions at the bottom apply to the first run you selected (named "
+           "there). " + results.CHANGE_LABEL + ".")
 RESULT_COLUMNS = {
-    "tox_before": st.column_config.NumberColumn("toxicity before", format="%.4f"),
-    "tox_after": st.column_config.NumberColumn("toxicity after", format="%.4f"),
-    "improvement_%": st.column_config.NumberColumn("improvement %", format="%.1f"),
-    "mean_kl": st.column_config.NumberColumn("mean KL", format="%.3f"),
+    "change_%": st.column_config.NumberColumn("change %", format="%+.1f %%", help=results.CHANGE_LABEL),
+    "tox_before": st.column_config.NumberColumn("toxicity before", format="%.3f"),
+    "tox_after": st.column_config.NumberColumn("toxicity after", format="%.3f"),
+    "mean_kl": st.column_config.NumberColumn("mean KL", format="%.2f"),
+    "learning rate": st.column_config.NumberColumn(format="%.2e"),
+    "KL coef": st.column_config.NumberColumn(format="%.3g"),
+    "live": st.column_config.LinkColumn("curves", display_text="Live", help="open the run's Live page"),
+    "before/after": st.column_config.LinkColumn("result", display_text="Before/after",
+                                                help="open the run's Before/after page"),
 }
 picked = st.dataframe(overview, key="runs-table", hide_index=True, on_select="rerun", selection_mode="multi-row",
                       column_config=RESULT_COLUMNS)
@@ -79,14 +109,23 @@ summaries = {labels[rid]: r.summary for rid, r in records.items() if r.summary a
 if summaries:
     st.subheader("Before / after")
     st.plotly_chart(charts.compare_summaries_figure(summaries), key="compare-summaries")
-    st.dataframe(overview[overview["id"].isin(selected)][["id", "name", "tox_before", "tox_after", "improvement_%",
-                                                          "mean_kl"]], hide_index=True, key="compare-table",
+    st.dataframe(overview[overview["id"].isin(selected)][["name", "change_%", "tox_before", "tox_after", "mean_kl",
+                                                          "id"]], hide_index=True, key="compare-table",
                  column_config=RESULT_COLUMNS)
 
-st.subheader("Actions")
+if len(selected) > 1:
+    st.subheader("Config: the fields that differ")
+    diff = results.config_diff({labels[rid]: config_of(r) for rid, r in records.items()})
+    if diff.empty:
+        st.caption("The selected runs have the same config (apart from name and output folder).")
+    else:
+        st.dataframe(diff, hide_index=True, key="config-diff")
+
 target = selected[0]
 record = records[target]
-st.markdown(f"On **{md(record.name)} ({target})** · `{record.status}`")
+st.subheader(f"Actions on {plain(record.name)}")
+st.markdown(f"The first run you selected: **{md(record.name)} ({target})** · `{record.status}`"
+            + (f" (of {len(selected)} selected)" if len(selected) > 1 else ""))
 
 
 def clone() -> None:

@@ -93,7 +93,7 @@ def test_reward_panel_band_and_one_line_per_backend_and_time_axis():
     mean, std = wide["env/reward_mean"].to_numpy(), wide["env/reward_std"].to_numpy()
     assert np.allclose(band.y[:6], mean + std) and np.allclose(band.y[6:], (mean - std)[::-1])
     assert list(fig.data[1].x) == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]  # seconds since the first row
-    assert fig.layout.xaxis.title.text == "wall time (s)"
+    assert fig.layout.xaxis.title.text == "wall time since the first step (s)"
     with pytest.raises(ValueError, match="x must be"):
         charts.panel_figure(wide, panel, x="epoch")
 
@@ -165,3 +165,35 @@ def test_comparison_bars_and_tradeoff_scatter():
     assert fig.layout.xaxis.title.text == "harmlessness" and fig.layout.yaxis.title.text == "helpfulness"
     empty = charts.tradeoff_figure(points.iloc[:0], "x", "y", "t")
     assert not empty.data and "no run has both values" in empty.layout.annotations[0].text
+
+
+def test_every_live_panel_titles_its_axes_with_units():
+    cols = ["objective/kl", "objective/kl_coef", "ppo/returns/mean", "env/reward_mean", "env/reward_std",
+            "ppo/loss/policy", "objective/entropy", "ppo/policy/clipfrac", "env/response_length_mean",
+            "time/tokens_per_s"]
+    figs = charts.run_figures(charts.to_wide(long_frame(6, cols)))
+    for name, fig in figs.items():
+        assert fig.layout.yaxis.title.text, f"panel {name} has no y-axis title"
+        assert fig.layout.xaxis.title.text == "training step"
+    assert "nats" in figs["kl"].layout.yaxis.title.text
+    assert "coefficient" in figs["kl"].layout.yaxis2.title.text
+    assert figs["throughput"].layout.yaxis.title.text == "tokens per second"
+
+
+def test_kl_coefficient_axis_shows_a_small_change_as_small():
+    long = long_frame(20, ["objective/kl", "objective/kl_coef"])
+    wide = charts.to_wide(long)
+    wide["objective/kl_coef"] = np.linspace(0.200, 0.1985, len(wide))  # a 0.75 % fall
+    fig = charts.panel_figure(wide, charts.PANELS[0])
+    lo, hi = fig.layout.yaxis2.range
+    assert hi - lo >= 0.2 * 0.19925 * 0.999, "the axis spans at least ±10 % of the value"
+    assert lo <= 0.1985 and hi >= 0.200, "every value is on the axis"
+    # a large change keeps its own span (the range is not clamped to ±10 %)
+    wide["objective/kl_coef"] = np.linspace(0.2, 0.05, len(wide))
+    lo, hi = charts.panel_figure(wide, charts.PANELS[0]).layout.yaxis2.range
+    assert lo < 0.05 and hi > 0.2 and (hi - lo) < 0.2
+
+
+def test_honest_range_of_nothing_finite_is_none():
+    assert charts.honest_range([np.nan, np.inf]) is None
+    assert charts.honest_range([0.0, 0.0]) is not None

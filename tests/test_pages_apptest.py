@@ -260,13 +260,15 @@ def test_live_page_shows_curves_samples_and_cancels(db):
     assert at.title[0].value == "Live run"
     charts = at.get("plotly_chart")
     assert len(charts) == 8
-    assert any("step 3/10" in p.proto.text and "ETA 0:14" in p.proto.text for p in at.get("progress"))
+    assert any("step 3/10" in p.proto.text and "ETA ~15 s" in p.proto.text for p in at.get("progress"))
     assert any("18 metric rows · last step 3" in c.value for c in at.caption)
+    assert "### Starting: the worker took the run" in [m.value for m in at.markdown]  # plain words, no raw phase
     samples = at.dataframe[0].value  # the only table on the page (a display-only table has no key in AppTest)
     assert list(samples["response"]) == ["r3", "r2", "r1"] and "profanity" in samples.columns
 
-    by_key(at.button, "cancel-run").click().run()
+    by_key(at.button, "cancel-run").click().run()  # the confirming button inside the "Cancel run" popover
     assert db.get_run(run_id).cancel_requested
+    assert any("Stopping after the current step" in i.value for i in at.info)  # answered in the same rerun
 
 
 def test_live_page_shows_error_and_traceback(db):
@@ -287,12 +289,15 @@ def test_before_after_cards_table_and_filters(db):
     run_id = add_finished_run(db, tox_after=0.9)
     at = app("before_after", run_id)
     metrics = {m.label: m for m in at.metric}
-    assert metrics["Mean toxicity · before"].value == "0.5250"
-    assert metrics["Mean toxicity · after"].value == "0.4750"
-    assert metrics["Improvement of the mean"].value == "42.9 %"
-    assert metrics["Mean KL to the reference"].value == "1.234"
-    assert (metrics["Toxic rate · before"].value, metrics["Toxic rate · after"].value) == ("50.0%", "25.0%")
-    assert metrics["Std of toxicity · after"].value == "0.3000"
+    assert metrics["Before"].value == "0.525"
+    assert metrics["After"].value == "0.475"
+    assert metrics["Change"].value == "-43%"  # (after − before) / before: negative = less toxic
+    assert metrics["KL"].value == "1.23"
+    assert (metrics["Toxic before"].value, metrics["Toxic after"].value) == ("50%", "25%")
+    assert metrics["Std after"].value == "0.300"
+    # the result in words; CI of the improvement [-20, 80] %: the change's interval crosses 0, in neutral colour
+    assert [i.value for i in at.info][0].startswith("**Toxicity fell 42.9 %, not significant: the 95 % CI")
+    assert not at.success and not [e for e in errors(at) if "Toxicity" in e]
     table = by_key(at.dataframe, "ba-table").value
     assert list(table["idx"]) == [0, 1, 2, 3]
     assert list(table["response_after"]) == [f"kind answer {i}" for i in range(4)]
@@ -308,6 +313,29 @@ def test_before_after_cards_table_and_filters(db):
     captions = [c.value for c in at.caption]
     assert any("n = 4 hold-out prompts" in c for c in captions)
     assert any(c.startswith("1 of 4 prompts") for c in captions)
+
+
+def test_before_after_says_a_significant_fall_in_green_a_rise_in_red_and_the_split(db):
+    run_id = add_finished_run(db)
+    summary = db.get_run(run_id).summary
+    db.set_summary(run_id, {**summary, "pct_improvement_mean": 68.0, "pct_ci_low": 60.0, "pct_ci_high": 75.0,
+                            "split": "validation"})
+    at = app("before_after", run_id)
+    assert at.success[0].value == ("**Toxicity fell 68.0 % (95 % CI 60–75 %), significant.** Numbers from the "
+                                   "**validation** split.")
+    db.set_summary(run_id, {**summary, "pct_improvement_mean": -30.0, "pct_ci_low": -50.0, "pct_ci_high": -10.0})
+    at = app("before_after", run_id)
+    assert at.error[0].value == "**Toxicity rose 30.0 % (95 % CI 10–50 %), significant.**"
+
+
+def test_before_after_of_a_cancelled_run_says_so(db):
+    run_id = db.create_run(RunConfig(name="stopped").to_yaml(), name="stopped", total_steps=5)
+    db.set_status(run_id, "running")
+    db.add_evaluations(run_id, "before", [{"idx": 0, "prompt": "p", "response": "r", "toxicity": 0.5}])
+    db.set_status(run_id, "cancelled")
+    at = app("before_after", run_id)
+    assert "cancelled before its evaluation finished" in at.warning[0].value
+    assert not [i for i in at.info if "appears when the run completes" in i.value]
 
 
 def test_before_after_counts_responses_when_several_per_prompt(db):
@@ -356,9 +384,15 @@ def test_runs_page_lists_compares_and_deletes(db):
     table = by_key(at.dataframe, "runs-table").value
     assert set(table["id"]) == {a, b}
     row = table.set_index("id").loc[a]
-    assert row["status"] == "completed" and row["rewards"] == "profanity×1 + jigsaw×0.5"
+    assert row["status"] == "completed" and row["reward mix"] == "profanity×1 + jigsaw×0.5"
     assert row["model"] == "builtin:smollm2" and row["step"] == "5/5"
     assert math.isclose(row["tox_after"], 0.3) and math.isclose(row["mean_kl"], 1.234)
+    # results and key hyperparameters first; change % = (after − before) / before: negative = less toxic
+    assert list(table.columns[:13]) == ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl", "live",
+                                        "before/after", "learning rate", "steps", "batch", "KL coef", "reward mix"]
+    assert row["live"] == f"./live?run={a}" and row["before/after"] == f"./before_after?run={a}"  # row actions
+    assert row["change_%"] == pytest.approx(-42.9)
+    assert row["learning rate"] == pytest.approx(RunConfig().ppo.learning_rate) and row["steps"] == 28
 
     order = list(table["id"])
     at.session_state["runs-table"] = {"selection": {"rows": [order.index(a), order.index(b)], "columns": []}}
@@ -366,6 +400,9 @@ def test_runs_page_lists_compares_and_deletes(db):
     assert not at.exception, [e.value for e in at.exception]
     assert len([c for c in at.get("plotly_chart")]) == 4  # 3 default curves + before/after bars
     assert set(at.dataframe[1].value["id"]) == {a, b}  # the comparison table, under the runs table
+    # only the fields that differ: here none but the name (the diff's own cases: tests/test_results.py)
+    assert any("have the same config" in c.value for c in at.caption)
+    assert any("The first run you selected" in m.value for m in at.markdown)
 
     target = a  # the first selected row is the one the actions apply to
     by_key(at.button, "delete-run").click().run()
@@ -554,3 +591,15 @@ def test_launch_says_trl_methods_are_causal_only_next_to_the_method(db, tiny_t5_
         assert by_key(at.button, "start-run").disabled
     by_key(at.selectbox, "cfg-method").set_value("ppo").run()
     assert not errors(at)
+
+
+def test_every_page_names_the_run_training_in_the_sidebar(db):
+    run_id = db.create_run(RunConfig(name="busy").to_yaml(), name="busy", total_steps=28)
+    db.set_status(run_id, "running")
+    db.set_progress(run_id, 5, 28)
+    for name in ("runs", "before_after"):
+        at = app(name, run_id)
+        assert "**1 run training**" in [m.value for m in at.sidebar.markdown]
+        assert any(link.label == "busy step 5/28" for link in at.sidebar.get("page_link"))
+    db.set_status(run_id, "cancelled")
+    assert not [m for m in app("runs").sidebar.markdown if "training" in m.value]

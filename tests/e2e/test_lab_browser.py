@@ -103,6 +103,7 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     pg.wait_for_timeout(1500)
     pg.screenshot(path=screenshot_dir / "live.png")
 
+    pg.get_by_role("button", name="Cancel run").click()  # a popover that asks first
     pg.locator(".st-key-cancel-run button").click()
     pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=60_000)
     with lab_server.store() as store:
@@ -284,7 +285,7 @@ def test_compare_page_table_and_scatter(lab_server, page, tiny_gpt2_dir, tmp_pat
     assert set(runs.values()) <= set(shown)
     ppo = shown[runs["cmp-ppo"]]  # the accessible table holds the raw values of the columns in view
     assert float(ppo[header.index("toxicity after")]) == pytest.approx(0.2)
-    assert float(ppo[header.index("Δ mean")]) == pytest.approx(100 * (0.2 - 0.525) / 0.525)
+    assert float(ppo[header.index("change % (mean)")]) == pytest.approx(100 * (0.2 - 0.525) / 0.525)
     assert ppo[header.index("same hold-out")] == "true"
     traces = pg.evaluate("""() => document.querySelector('.st-key-cmp-scatter .js-plotly-plot')._fullData
         .map(t => [t.name, t.hovertext ? Array.from(t.hovertext) : []])""")

@@ -1,0 +1,137 @@
+"""Issue 16 in a real browser at 1400 px and 1024 px: the Live page redraws only when the run reports something new,
+stops its timer in a hidden tab, says what the run does in words, asks before cancelling and answers at once, titles
+its axes; the sidebar names the run training; Before/after states the result in a sentence, readable at 1024 px.
+
+The run is held "running" by a Store in this process (claimed, heartbeating), so the test decides when it changes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import RunConfig
+from engine.store import Store, new_owner_id
+from engine.worker import cancel
+
+pytestmark = pytest.mark.browser
+WIDTHS = [1400, 1024]
+
+
+def held_run(db, name: str, total: int = 10) -> tuple[Store, str]:
+    """A run this process owns (the server's worker must not take it: claim it before the worker does)."""
+    holder = Store(db, owner=new_owner_id("test"))
+    for _ in range(20):
+        run_id = holder.create_run(RunConfig(name=name).to_yaml(), name=name, total_steps=total)
+        try:
+            holder.claim_run(run_id)
+            return holder, run_id
+        except ValueError:  # the worker was quicker: stop that one
+            cancel(holder, run_id)
+    pytest.fail("could not claim a run before the worker")
+
+
+def progress_text(pg) -> str:
+    return pg.locator("[data-testid='stProgress']").first.inner_text()
+
+
+@pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}px")
+def wide_page(browser, request):
+    context = browser.new_context(viewport={"width": request.param, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg, request.param
+    context.close()
+
+
+def test_live_redraws_on_new_rows_only_pauses_hidden_and_confirms_cancel(lab_server, wide_page, screenshot_dir):
+    pg, width = wide_page
+    holder, run_id = held_run(lab_server.db, f"held-{width}")
+    try:
+        holder.log_metrics(run_id, 1, {"objective/kl": 0.5, "objective/kl_coef": 0.2, "time/step_s": 1.0})
+        holder.set_progress(run_id, 1, 10)
+        pg.goto(f"{lab_server.url}/live?run={run_id}")
+        pg.get_by_text("Starting: the worker took the run").wait_for()  # plain words, not the phase name
+        pg.get_by_text("last step 1").wait_for()
+        kl = pg.locator(".st-key-chart-kl")
+        kl.locator("text.ytitle", has_text="KL to the reference (nats)").wait_for(state="attached", timeout=90_000)
+        assert kl.locator("text.xtitle", has_text="training step").count() == 1
+        sidebar = pg.locator("[data-testid='stSidebar']")
+        sidebar.get_by_text("1 run training").wait_for()
+        assert sidebar.get_by_text(f"held-{width} step 1/10").count() == 1
+
+        # idle: several timer ticks, and the page is not redrawn (its elapsed time would move)
+        idle = progress_text(pg)
+        pg.wait_for_timeout(7000)
+        assert progress_text(pg) == idle
+        # a new row: the page redraws by itself
+        holder.log_metrics(run_id, 2, {"objective/kl": 0.6, "objective/kl_coef": 0.2, "time/step_s": 1.0})
+        holder.set_progress(run_id, 2, 10)
+        pg.get_by_text("last step 2").wait_for(timeout=60_000)
+
+        # a hidden tab stops its timer: a new row is not drawn until the tab shows again
+        pg.evaluate("""() => {
+            Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        pg.wait_for_timeout(3000)  # the page's rerun that drops the timer
+        holder.log_metrics(run_id, 3, {"objective/kl": 0.7, "objective/kl_coef": 0.2, "time/step_s": 1.0})
+        holder.set_progress(run_id, 3, 10)
+        pg.wait_for_timeout(8000)
+        assert pg.get_by_text("last step 3").count() == 0, "a hidden tab kept refreshing"
+        pg.evaluate("""() => {
+            Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        pg.get_by_text("last step 3").wait_for(timeout=60_000)
+        pg.screenshot(path=screenshot_dir / f"live-{width}.png")
+
+        # Cancel asks first, then answers in the same click
+        pg.get_by_role("button", name="Cancel run").click()
+        pg.get_by_text("Stop this run?").wait_for()
+        assert not holder.get_run(run_id).cancel_requested
+        pg.locator(".st-key-cancel-run button").click()
+        pg.get_by_text("Stopping after the current step").first.wait_for()
+        assert holder.get_run(run_id).cancel_requested
+    finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()
+
+
+def test_before_after_sentence_and_numbers_readable(lab_server, wide_page, screenshot_dir):
+    pg, width = wide_page
+    with Store(lab_server.db) as store:
+        run_id = store.create_run(RunConfig(name=f"done-{width}").to_yaml(), name=f"done-{width}", total_steps=2)
+        store.set_status(run_id, "running")
+        template = RunConfig().data.template
+        rows = [{"idx": i, "prompt": template.format(dialogue=f"Human: question {i}"), "response": f"answer {i}",
+                 "toxicity": t} for i, t in enumerate([0.8, 0.6, 0.4])]
+        store.add_evaluations(run_id, "before", rows)
+        store.add_evaluations(run_id, "after", [{**r, "toxicity": r["toxicity"] / 3} for r in rows])
+        store.set_summary(run_id, {
+            "before": {"mean": 0.6, "std": 0.163299, "toxic_rate": 0.6666, "max": 0.8, "n": 3},
+            "after": {"mean": 0.2, "std": 0.054433, "toxic_rate": 0.0, "max": 0.2667, "n": 3},
+            "pct_improvement_mean": 66.6667, "pct_improvement_std": 66.6, "delta_ci_low": -0.5, "delta_ci_high": -0.3,
+            "pct_ci_low": 60.0, "pct_ci_high": 75.0, "mean_kl": 4.56789, "length_before": 10.0, "length_after": 9.0,
+            "evaluator": "profanity"})
+        store.set_status(run_id, "completed")
+    pg.goto(f"{lab_server.url}/before_after?run={run_id}")
+    pg.get_by_text("Toxicity fell 66.7 % (95 % CI 60–75 %), significant.").wait_for()
+    # the numbers of the cards are whole: nothing cut ("0.07…")
+    cards = pg.locator("[data-testid='stMetric']")
+    cards.first.wait_for()
+    cut = cards.evaluate_all("""els => els.flatMap(c => [c, ...c.querySelectorAll('*')])
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+    assert cut == [], f"cut numbers at {width} px: {cut}"
+    # the table shows the dialogue, not the template's first words
+    table = pg.locator(".st-key-ba-table")
+    table.wait_for()
+    pg.wait_for_timeout(500)
+    pg.screenshot(path=screenshot_dir / f"before_after-{width}.png")
+    header = RunConfig().data.template.split("{dialogue}")[0].strip()
+    pg.locator(".st-key-ba-table table tr").nth(3).wait_for(state="attached")
+    cells = pg.locator(".st-key-ba-table table tr").evaluate_all("rows => rows.map(r => r.innerText)")
+    assert any("Human: question 0" in c for c in cells) and not any(header in c for c in cells)
+    # the row's full text opens beside the table (its box is to the right of the table, at the same height)
+    detail = pg.locator(".st-key-ba-detail")
+    tb, db = table.bounding_box(), detail.bounding_box()
+    assert db["x"] >= tb["x"] + tb["width"] - 2 and db["y"] < tb["y"] + tb["height"]
