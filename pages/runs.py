@@ -54,7 +54,7 @@ runs_by_id = {r.id: r for r in lab.list_runs()}
 overview["change_%"] = -overview["improvement_%"]
 hyper = pd.DataFrame([results.key_hyperparameters(config_of(runs_by_id[i])) if i in runs_by_id else {}
                       for i in overview["id"]], index=overview.index)
-first = ["name", "status", "alarms", "change_%", "tox_before", "tox_after", "mean_kl"]
+first = ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl"]
 overview = pd.concat([overview[first], hyper, overview.drop(columns=[*first, "improvement_%", "rewards"])], axis=1)
 # per-row actions: links to the run's pages (the buttons below act on the first selected run)
 overview["live"] = "./live?run=" + overview["id"]
