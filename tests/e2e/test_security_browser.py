@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CHROMIUM, ROOT, free_port
+from tests.e2e.conftest import CHROMIUM, ROOT, free_port, stop_workers
 from tests.recording_listener import RecordingListener
 
 pytestmark = pytest.mark.browser
@@ -72,6 +72,8 @@ def stop(server: Server) -> None:
         server.process.wait(15)
     except subprocess.TimeoutExpired:
         server.process.kill()
+    if server.db.exists():
+        stop_workers(server.db)  # the lab's worker outlives its server by design
 
 
 def listening_addresses(port: int) -> list[str]:
