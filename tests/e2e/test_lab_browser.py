@@ -56,7 +56,7 @@ def kl_points(pg) -> int:
 
 
 def status_of(pg) -> str:
-    return pg.locator("[data-testid='stMarkdownContainer']", has_text="Status:").first.inner_text()
+    return pg.get_by_text("Status:").first.inner_text()  # the Live page's caption under the phase line
 
 
 def launch_from_yaml(pg, server, cfg: RunConfig, tmp_path) -> str:
@@ -78,15 +78,16 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     pg = page
     # validation shows next to the field before anything starts, in the real page
     open_page(pg, f"{lab_server.url}/")
+    pg.get_by_text("PPO settings", exact=True).click()  # the non-essential fields live in expanders
     box = pg.locator(".st-key-cfg-ppo-mini_batch_size input")
     box.fill("5")
     box.press("Enter")
-    pg.get_by_text("must divide batch_size (32) exactly, got 5").wait_for()
+    pg.get_by_text("must divide batch_size (32) exactly, got 5", exact=True).wait_for()  # under its field
     # the error and the Start button are drawn by the same rerun, top to bottom: wait for the button's turn
     pg.locator(".st-key-start-run button:disabled").wait_for(timeout=30_000)
     box.fill("4")
     box.press("Enter")
-    pg.get_by_text("must divide batch_size").wait_for(state="detached")
+    expect(pg.get_by_text("must divide batch_size")).to_have_count(0)  # under the field and in the list at the top
     pg.screenshot(path=screenshot_dir / "launch.png")
 
     long_run = tiny_config(tiny_gpt2_dir, "e2e-long", steps=2000, out=tmp_path / "runs", evaluate=False)
@@ -121,16 +122,15 @@ def test_finished_run_before_after_table(lab_server, page, tiny_gpt2_dir, tmp_pa
     rows = pg.locator(".st-key-ba-table table tr").evaluate_all(
         "rs => rs.map(r => Array.from(r.querySelectorAll('td,th')).map(c => c.textContent))")
     header, body = rows[0], rows[1:]
-    assert header == ["#", "prompt", "response before", "toxicity before", "response after", "toxicity after",
-                      "change"]
+    # the table shares the row with the detail pane: its accessible mirror holds the columns in view
+    assert header[:4] == ["#", "dialogue", "response before", "toxicity before"]
     assert [r[0] for r in body] == [str(i) for i in range(8)]
     with lab_server.store() as store:
         expected = store.evaluations(run_id)
     before = expected[expected.phase == "before"].set_index("idx")
     for r in body:
         assert float(r[3]) == pytest.approx(before.loc[int(r[0]), "toxicity"], abs=1e-3)
-        assert float(r[6]) == pytest.approx(float(r[5]) - float(r[3]), abs=1e-3)
-    assert pg.get_by_text("Mean toxicity · after").count() == 1
+    assert pg.get_by_text("Std after", exact=True).count() == 1
     pg.screenshot(path=screenshot_dir / "before_after.png")
 
 
@@ -146,12 +146,12 @@ def test_runs_and_playground_pages(lab_server, page, screenshot_dir):
         other = store.create_run(RunConfig(name="listed").to_yaml(), name="listed")
         store.set_status(other, "running")
         store.set_status(other, "failed", error="ValueError: for the list")
-        expected = {r.id: r.status for r in store.list_runs()}
+        expected = {r.name: r.status for r in store.list_runs()}  # names are unique in this session
     open_page(pg, f"{lab_server.url}/runs")
     pg.locator(".st-key-runs-table table tr").nth(len(expected)).wait_for(state="attached")
     rows = table_rows(pg, ".st-key-runs-table")
     header = rows[0]
-    shown = {r[header.index("id")]: r[header.index("status")] for r in rows[1:]}
+    shown = {r[header.index("name")]: r[header.index("status")] for r in rows[1:]}  # name and status lead the table
     assert shown == expected
     pg.screenshot(path=screenshot_dir / "runs.png")
 
@@ -205,13 +205,13 @@ def redraw_ms(pg, label: str, axis_title: str) -> tuple[float, int]:
     pg.wait_for_function("t => Array.from(document.querySelectorAll('.js-plotly-plot')).every("
                          "d => d.layout && d.layout.xaxis.title.text === t)", arg=axis_title, timeout=30_000)
     ms = 1000 * (time.perf_counter() - t)
-    text = pg.locator("[data-testid='stCaptionContainer']", has_text="panel built in").inner_text()
-    return ms, int(text.split("panel built in ")[1].split(" ms")[0])
+    text = pg.locator("[data-testid='stCaptionContainer']", has_text="drawn in").inner_text()
+    return ms, int(text.split("drawn in ")[1].split(" ms")[0])
 
 
 def redraws(pg) -> list[tuple[float, int]]:
-    return [redraw_ms(pg, "wall time", "wall time (s)"), redraw_ms(pg, "step", "step"),
-            redraw_ms(pg, "wall time", "wall time (s)")]
+    wall = "wall time since the first step (s)"
+    return [redraw_ms(pg, "wall time", wall), redraw_ms(pg, "step", "training step"), redraw_ms(pg, "wall time", wall)]
 
 
 def test_render_time_of_a_20000_step_run(lab_server, page):
@@ -224,9 +224,9 @@ def test_render_time_of_a_20000_step_run(lab_server, page):
     small_ms = charts_drawn_ms(page, f"{lab_server.url}/live?run={small}", 10)
     small_redraws = redraws(page)
     big_ms = charts_drawn_ms(page, f"{lab_server.url}/live?run={big}", 1000)
-    caption = page.locator("[data-testid='stCaptionContainer']", has_text="panel built in").inner_text()
+    caption = page.locator("[data-testid='stCaptionContainer']", has_text="drawn in").inner_text()
     assert "400,000 metric rows · last step 20000" in caption
-    built_ms = int(caption.split("panel built in ")[1].split(" ms")[0])
+    built_ms = int(caption.split("drawn in ")[1].split(" ms")[0])
     for name in ("kl", "returns", "reward", "losses", "entropy", "clipfrac", "length", "throughput"):
         for _, n in page.evaluate(CHART_POINTS_JS, name):
             assert 0 < n <= 4000  # ~2,000 per series (a mean ± std band draws both edges)
