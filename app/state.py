@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app.safe_text import plain
+from app.safe_text import md, plain
 from engine.api import Lab
 from engine.store import DB_ENV_VAR, resolve_url
 
@@ -127,5 +127,5 @@ def running_indicator() -> None:
         n = len(running)
         st.markdown(f"**{n} run{'s' if n > 1 else ''} training**")
         for r in running[:5]:
-            st.page_link(page_path("live"), label=plain(f"{r.name} step {r.step}/{r.total_steps or '?'}"),
+            st.page_link(page_path("live"), label=md(f"{r.name} step {r.step}/{r.total_steps or '?'}"),  # labels render Markdown
                          query_params={"run": r.id}, icon=":material/monitoring:")

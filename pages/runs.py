@@ -123,7 +123,7 @@ if len(selected) > 1:
 
 target = selected[0]
 record = records[target]
-st.subheader(f"Actions on {plain(record.name)}")
+st.subheader(f"Actions on {md(record.name)}")
 st.markdown(f"The first run you selected: **{md(record.name)} ({target})** · `{record.status}`"
             + (f" (of {len(selected)} selected)" if len(selected) > 1 else ""))
 

@@ -15,6 +15,7 @@ import pytest
 from engine import api
 from engine.config import ConfigError, RewardBackendSettings, RunConfig
 from engine.store import Store
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -114,6 +115,8 @@ def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(store_url):
     dead.register_worker(device="cpu")
     run_id = dead.create_run(small_config().to_yaml(), total_steps=3)
     dead.claim_run(run_id)
+    # the worker row's current run travels with its heartbeat (a thread): wait for it rather than race it
+    assert wait_for(lambda: lab.workers_table()["run"].tolist() == [run_id], timeout=30, every=0.02)
     table = lab.workers_table()
     assert table[["worker", "device", "state", "run"]].values.tolist() == [["w-dead-1", "cpu", "live", run_id]]
     dead.unregister_worker()

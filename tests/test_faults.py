@@ -54,11 +54,10 @@ def test_store_unwritable_mid_run_ends_interrupted_after_the_lease_with_one_clea
     assert wait_for(lambda: store.get_run(run_id).step >= 3, timeout=300), log_of(tmp_path, "worker")
 
     filler = db_disk / "filler"
-    with open(filler, "wb") as f:  # fill the database's disk to the last byte
-        try:
+    with open(filler, "wb", buffering=0) as f:  # fill the database's disk to the last byte (unbuffered: the
+        try:                                    # failing write is this one, not a flush when the file closes)
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     # The worker's next write fails; so does recording the run as failed: the worker says so, once.

@@ -113,18 +113,26 @@ def lab_server(tmp_path_factory) -> LabServer:
 
 
 @pytest.fixture(scope="session")
-def browser(lab_server):
+def chromium_browser():
+    """Debian's chromium under the one sync Playwright of this process (a second one cannot start beside it)."""
     from playwright.sync_api import sync_playwright
 
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        # One visit opens the server's lab, which starts its worker process (so tests find it serving).
-        first = b.new_page()
-        first.goto(lab_server.url)
-        first.wait_for_selector("[data-testid='stApp'] h1", timeout=60_000)
-        first.close()
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def browser(lab_server, chromium_browser):
+    # One visit opens the server's lab, which starts its worker process (so tests find it serving).
+    first = chromium_browser.new_page()
+    first.goto(lab_server.url)
+    first.wait_for_selector("[data-testid='stApp'] h1", timeout=60_000)
+    first.close()
+    return chromium_browser
 
 
 @pytest.fixture

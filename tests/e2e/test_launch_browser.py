@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, start_server
+from tests.e2e.conftest import CHROMIUM, start_server
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=60_000)  # the first page load imports the engine on a busy machine
@@ -39,13 +39,9 @@ def empty_lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def chromium(chromium_browser):
+    """conftest's session chromium (one sync Playwright per process)."""
+    return chromium_browser
 
 
 class Recorder:

@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import expect
 
 from engine.store import Store
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, free_port
+from tests.e2e.conftest import free_port
 from tests.e2e.test_lab_browser import tiny_config
 from tests.e2e.test_security_browser import start_lab, stop
 
@@ -106,15 +106,9 @@ def team_lab(tmp_path_factory, tiny_gpt2_dir):
 
 
 @pytest.fixture(scope="module")
-def chromium(team_lab):
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM}")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
+def chromium(team_lab, chromium_browser):
+    """conftest's session chromium (one sync Playwright per process)."""
+    return chromium_browser
 
 
 def as_user(chromium, name: str | None, headers: dict | None = None):
