@@ -142,6 +142,8 @@ def alarm_panel(run_id: str) -> None:
 
 def cancel_control(status) -> None:
     """Cancel asks first (a popover), then answers at once: the store's flag is set in this click's rerun."""
+    if (refused := st.session_state.pop("_cancel_refused", None)) is not None:
+        st.error(md(refused), icon=":material/block:")  # shown after the rerun (a toast would be lost with it)
     if st.session_state.get("_cancel_asked") == run_id and status.status == "running":
         st.info("Stopping after the current step…", icon=":material/hourglass_top:")
         return
@@ -155,7 +157,7 @@ def cancel_control(status) -> None:
                 st.session_state["_cancel_asked"] = run_id
                 st.toast("Cancelled." if after == "cancelled" else "Stopping after the current step…")
             except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
-                st.toast(md(str(exc)))
+                st.session_state["_cancel_refused"] = str(exc)
             st.rerun()
 
 

@@ -152,7 +152,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     pg.locator(".st-key-start-run button").click()
     pg.wait_for_url("**/live?run=*", timeout=60_000)
     run_id = pg.url.split("run=")[1].split("&")[0]
-    pg.locator(".st-key-cancel-run button").wait_for()  # her live page is drawn (a queued run: no worker here)
+    pg.get_by_role("button", name="Cancel run").wait_for()  # her live page is drawn (a queued run: no worker here)
     with Store(lab.db) as store:
         assert store.get_run(run_id).owner_user == "alice@example.org"
         assert store.get_run(run_id).status == "queued"
@@ -161,12 +161,14 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     ctx_b, pb = as_user(chromium, "bob@example.org", headers={"X-Lab-User": ADMIN})  # a forged header too
     signed_in(pb, f"{url}/live?run={run_id}", "bob@example.org")  # the proxy's name wins, not the forged one
     expect(pb.get_by_text("Signed in as lead@example.org")).to_have_count(0)
+    pb.get_by_role("button", name="Cancel run").click()  # a popover that asks first
     pb.locator(".st-key-cancel-run button").click()
     pb.get_by_text(f"run {run_id} belongs to alice@example.org: only its owner or an admin may cancel it").wait_for()
     with Store(lab.db) as store:
         assert store.get_run(run_id).status == "queued"
 
     # alice cancels her own run
+    pg.get_by_role("button", name="Cancel run").click()
     pg.locator(".st-key-cancel-run button").click()
     pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=60_000)
     with Store(lab.db) as store:
