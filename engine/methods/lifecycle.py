@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,18 @@ class PolicyRun:
         self.checkpoint_dir = (self.out_dir / "checkpoints").resolve()
         self.resume: Resume | None = None
         self.determinism: dict[str, Any] = {}  # what deterministic mode set (engine.determinism.deterministic_run)
+        # Wall seconds per phase (load, evaluate_before, train, evaluate_after, save), in the summary: where a run's
+        # time goes. A resumed run counts this process's phases only.
+        self.phase_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, phase: str):
+        """Add the wall time of the enclosed block to phase_seconds[phase]."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - t0
 
     # ---- the steps, in order -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -243,7 +256,8 @@ class PolicyRun:
 
         cfg, ev = self.cfg, self.cfg.evaluation
         self.notify(Progress("save", message="saving the trained policy"))
-        ckpt = method.save_policy(self.bundle, self.out_dir / "policy")
+        with self.timed("save"):
+            ckpt = method.save_policy(self.bundle, self.out_dir / "policy")
         steps = int(train_summary.get("train_steps", cfg.total_steps))
         self.store.delete_checkpoint(self.run_id, ckpt)  # a resumed run saved it before the after-evaluation failed
         self.store.add_checkpoint(self.run_id, steps, str(ckpt))
@@ -256,7 +270,8 @@ class PolicyRun:
         summary.update(train_summary)
         if self.evaluator is not None and self.before is not None:
             tox_before, len_before, _ = self.before
-            tox_after, len_after, kl_after = self.evaluate("after")
+            with self.timed("evaluate_after"):
+                tox_after, len_after, kl_after = self.evaluate("after")
             summary.update(summarize(tox_before, tox_after, threshold=ev.toxic_threshold,
                                      bootstrap_samples=ev.bootstrap_samples, seed=ev.seed,
                                      samples_per_prompt=ev.samples_per_prompt))
@@ -271,6 +286,7 @@ class PolicyRun:
             elif ev.relevance:
                 summary["relevance_error"] = self.relevance_error or "the before side has no relevance scores"
         summary["wall_seconds"] = time.perf_counter() - self.t_start
+        summary["phase_seconds"] = {k: round(v, 2) for k, v in self.phase_seconds.items()}
         if self.determinism:
             summary["deterministic"] = self.determinism["deterministic"]
             summary["threads"] = self.determinism["threads"]
@@ -344,8 +360,9 @@ def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str,
     run.device = pick_device(cfg.model.device)
     notify(Progress("load", message="loading the reward backends, the evaluator and the policy"))
     try:
-        method.load(run)
-        run.load(method.seed(cfg))
+        with run.timed("load"):
+            method.load(run)
+            run.load(method.seed(cfg))
         if resume:
             run.resume = run.find_resume(method.read_checkpoint)
             if run.resume is None:
@@ -358,8 +375,10 @@ def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str,
         else:
             store.set_progress(run_id, 0, cfg.total_steps)
             if run.evaluator is not None:
-                run.before = run.evaluate("before")
-        summary = method.train(run)
+                with run.timed("evaluate_before"):
+                    run.before = run.evaluate("before")
+        with run.timed("train"):
+            summary = method.train(run)
         return run.finish(summary, method)
     finally:
         method.close()
