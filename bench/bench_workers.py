@@ -30,6 +30,7 @@ def tiny_config(model_dir: Path, steps: int, out: Path, i: int) -> RunConfig:
     cfg.evaluation.enabled = False
     cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(model_dir), "cpu", "none"
     cfg.data.source, cfg.data.holdout_size = "builtin", 4
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.num_generations, cfg.ppo.max_ppo_steps = 4, 2, 1, steps
     cfg.generation.max_new_tokens = 8

@@ -183,6 +183,8 @@ def _report(store, run_id: str, summary: dict) -> int:
         print(f"held-out pairwise accuracy {summary['pairwise_accuracy']:.3f}; model {summary.get('model_path')}")
     if "wall_seconds" in summary:
         print(f"wall time {summary['wall_seconds']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB")
+        if summary.get("phase_seconds"):
+            print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["phase_seconds"].items()))
     return 0 if record.status == "completed" else 1
 
 

@@ -39,6 +39,7 @@ def _tour() -> RunConfig:
     p.learning_rate = 1e-4
     cfg.generation.max_new_tokens = 16
     cfg.data.holdout_size = 50
+    cfg.data.validation_size = 0  # a tour chooses no settings
     cfg.evaluation.samples_per_prompt = 1
     return cfg
 

@@ -29,6 +29,7 @@ def small_config(name: str = "api") -> RunConfig:
     cfg = RunConfig(name=name)
     cfg.model.name_or_path = "builtin:tiny-gpt2"
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, 3
     cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"

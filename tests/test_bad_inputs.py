@@ -221,6 +221,7 @@ def base(tmp_path_factory) -> dict:
     cfg.model.name_or_path = "builtin:tiny-gpt2"
     cfg.model.device = "cpu"
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.evaluation.evaluator.kind = "profanity"
     cfg.output_dir = str(out)

@@ -60,6 +60,7 @@ def test_dpo_ai_run_through_the_runner(tiny_gpt2_dir, tmp_path):
     cfg.model.name_or_path = str(tiny_gpt2_dir)
     cfg.generation.max_new_tokens = 8
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 8, 96
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.bootstrap_samples = 200
     cfg.reward.backends = [RewardBackendSettings(kind="profanity", name="labeller")]

@@ -67,6 +67,7 @@ def test_cancel_request_stops_trl_training_and_marks_the_run_cancelled(tiny_gpt2
     cfg.model.name_or_path = str(tiny_gpt2_dir)
     cfg.generation.max_new_tokens = cfg.generation.min_length = 4
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 4, 64
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.dpo.max_steps, cfg.dpo.batch_size, cfg.dpo.max_response_tokens, cfg.dpo.eval_pairs = 50, 2, 16, 0
     cfg.evaluation.samples_per_prompt = 1

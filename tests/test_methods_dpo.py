@@ -31,6 +31,7 @@ def method_config(model_dir, tmp_path, method="dpo", steps=3) -> RunConfig:
     cfg.model.name_or_path = str(model_dir)
     cfg.generation.max_new_tokens = 8
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.data.max_prompt_tokens = 96
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")

@@ -57,6 +57,7 @@ def online_config(model_dir, tmp_path, method) -> RunConfig:
     cfg.model.name_or_path = str(model_dir)
     cfg.generation.max_new_tokens = cfg.generation.min_length = 8
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.data.max_prompt_tokens = 96
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")

@@ -146,6 +146,7 @@ def test_start_run_and_validate_refuse_before_anything_is_stored(tmp_path, monke
         with RecordingListener() as ear:
             cfg = RunConfig(name="exfil")
             cfg.data.source = "builtin"
+            cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
             cfg.reward.backends = [openai_judge(ear.url + "/v1", key_env="AWS_SECRET_ACCESS_KEY")]
             errors = api.validate_config(cfg, check_data=True, policy=policy)
             assert "reward.backends[0].kind" in errors

@@ -18,6 +18,7 @@ def tiny_config(model_dir, tmp_path, steps=3) -> RunConfig:
     cfg.ppo.learning_rate = 1e-3
     cfg.generation.max_new_tokens = 8
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.data.max_prompt_tokens = 96
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")

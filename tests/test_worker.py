@@ -26,6 +26,7 @@ def tiny_config(model_dir, steps: int = 3, name: str = "tiny", evaluate: bool = 
     cfg.model.name_or_path = str(model_dir)
     cfg.model.device = "cpu"
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")

@@ -34,6 +34,7 @@ def tiny_config(model_dir, name: str, steps: int, out, evaluate: bool = True) ->
     cfg.model.name_or_path = str(model_dir)
     cfg.model.device = "cpu"
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")

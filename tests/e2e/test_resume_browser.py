@@ -26,6 +26,7 @@ def test_resume_button_continues_a_cancelled_run_in_the_worker(browser, tmp_path
     cfg.evaluation.enabled = False
     cfg.model.name_or_path, cfg.model.device = str(tiny_gpt2_dir), "cpu"
     cfg.data.source, cfg.data.holdout_size = "builtin", 8
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, STEPS
     cfg.generation.max_new_tokens = 8

@@ -216,6 +216,7 @@ def exfiltration_config(backend):
 
     cfg = RunConfig(name="exfiltrate")
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [backend]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     return cfg
