@@ -66,6 +66,9 @@ LABELS: dict[str, tuple[str, str]] = {
     "data.train_size": ("Training prompts", "Empty: every prompt not held out."),
     "data.holdout_size": ("Hold-out prompts", "Prompts kept out of training to measure toxicity before and after. "
                           "Below 200 the interval of the change is wide."),
+    "data.validation_size": ("Validation prompts", "Prompts kept out of training to choose settings on (set "
+                             "Evaluate on: validation while tuning); the test prompts stay untouched. 0: none "
+                             "(small data sources)."),
     "data.max_prompt_tokens": ("Prompt length (tokens)", "Longer prompts are cut from the left (the newest turns "
                                "stay). Shorter: faster steps."),
     "data.split_seed": ("Split seed", "Which prompts are held out; keep it fixed to compare runs on the same hold-out."),

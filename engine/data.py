@@ -559,8 +559,9 @@ def split_three(items: Sequence[str], test_size: float, validation_size: float =
         raise ValueError(f"train_size must be >= 1 or None, got {train_size}")
     n_train = n - n_test - n_val if train_size is None else train_size
     if n_test + n_val + n_train > n or n_train < 1:
-        raise ValueError(f"{source} has {n} {kind} after filtering and de-duplication; train + validation + test = "
-                         f"{n_test + n_val + max(n_train, 1)}")
+        raise ValueError(f"{source} has {n} {kind} after filtering and de-duplication; train ({max(n_train, 1)}) + "
+                         f"validation ({n_val}) + test ({n_test}) = {n_test + n_val + max(n_train, 1)}: lower "
+                         f"data.validation_size, data.holdout_size or data.train_size")
     order = list(range(n))
     random.Random(seed).shuffle(order)
     test = [pool[i] for i in order[n - n_test:]] if n_test else []

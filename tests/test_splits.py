@@ -40,7 +40,7 @@ def test_the_test_split_does_not_move_when_validation_or_train_size_changes(vali
 
 
 def test_bad_sizes_name_the_setting():
-    with pytest.raises(ValueError, match="train \\+ validation \\+ test"):
+    with pytest.raises(ValueError, match=r"train \(1\) \+ validation \(15\) \+ test \(10\) = 26: lower data.validation_size"):
         split_three(_prompts(20), test_size=10, validation_size=15)
     with pytest.raises(ValueError, match="validation_size"):
         split_three(_prompts(20), test_size=5, validation_size=-1)
