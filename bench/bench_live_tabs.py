@@ -73,7 +73,7 @@ def tiny_config(model_dir: Path, out: Path, steps: int, name: str):
     cfg.output_dir = str(out)
     cfg.evaluation.enabled = False
     cfg.model.name_or_path, cfg.model.device = str(model_dir), "cpu"
-    cfg.data.source, cfg.data.holdout_size = prompt_source(), 8
+    cfg.data.source, cfg.data.holdout_size, cfg.data.validation_size = prompt_source(), 8, 0
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, steps
     cfg.generation.max_new_tokens = 16

@@ -62,6 +62,7 @@ def main() -> None:
         from _tiny import prompt_source
 
         cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = prompt_source(), 4, 64
+        cfg.data.validation_size = 0
         cfg.generation.max_new_tokens, cfg.generation.min_length = 4, 2
     train, _ = prepare_prompts(cfg)
     reward = build_reward(cfg.reward)

@@ -55,6 +55,7 @@ def rm_config(model_dir, tmp_path, steps=40) -> RunConfig:
     cfg = RunConfig(name="tiny-rm", method="reward_model")
     cfg.model.name_or_path = str(model_dir)
     cfg.data.source = str(synthetic_pairs_file(tmp_path))
+    cfg.data.validation_size = 0  # 80 synthetic dialogues
     cfg.data.holdout_size = 8
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.reward_model.max_steps, cfg.reward_model.batch_size = steps, 8

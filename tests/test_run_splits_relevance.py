@@ -83,3 +83,34 @@ def test_a_run_records_split_relevance_and_determinism(tiny_gpt2_dir, tmp_path):
     assert m1[cols].equals(m2[cols])
     assert summary2["relevance_after"] == summary["relevance_after"]
     assert summary2["mean_kl"] == summary["mean_kl"]
+
+
+def test_no_training_pair_comes_from_a_validation_or_test_dialogue(tiny_gpt2_dir, tmp_path):
+    from engine.data import format_prompt
+    from engine.methods.dpo import human_pairs
+    from engine.methods.lifecycle import kept_out_prompts
+
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path, split="test")
+    _, validation, test = split_prompts(cfg)
+    assert kept_out_prompts(cfg) == validation + test
+    pairs, dropped = human_pairs(cfg, kept_out_prompts(cfg))
+    assert dropped == len(validation) + len(test)  # every kept-out prompt is an HH dialogue with its pair
+    trained_on = {format_prompt(p["prompt"] + p["chosen"], cfg.data.template) for p in pairs}
+    assert not trained_on & set(validation) and not trained_on & set(test)
+
+
+def test_the_alarm_probe_answers_validation_prompts_not_test_ones(tiny_gpt2_dir, tmp_path):
+    from engine.methods.lifecycle import PolicyRun
+    from engine.methods.ppo_alarms import RunAlarms
+
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path, split="test")
+    run = PolicyRun(cfg, Store(str(tmp_path / "s.db")), "r", lambda p: None, lambda: None)
+    run.prepare()
+    run.load(0)
+    probe = RunAlarms(run, ["profanity"]).probe_prompts
+    assert probe and set(probe) <= set(run.validation) and not set(probe) & set(run.holdout)
+    cfg.data.validation_size = 0  # no validation split: the probe falls back to the evaluated prompts
+    run = PolicyRun(cfg, Store(str(tmp_path / "s2.db")), "r", lambda p: None, lambda: None)
+    run.prepare()
+    run.load(0)
+    assert set(RunAlarms(run, ["profanity"]).probe_prompts) <= set(run.holdout)

@@ -82,7 +82,8 @@ def train_dpo(bundle, train_pairs: Sequence[dict], eval_pairs: Sequence[dict], c
 
 
 def human_pairs(cfg: RunConfig, raw_holdout: Sequence[str]) -> tuple[list[dict], int]:
-    """The HH preference pairs of cfg.data.source, without those whose dialogue is a hold-out prompt."""
+    """The HH preference pairs of cfg.data.source, without those whose dialogue is one of `raw_holdout` (pass
+    every kept-out prompt: validation and test, `lifecycle.kept_out_prompts`)."""
     from engine.config import ConfigError, FieldError
     from engine.data import load_preference_pairs
 
@@ -109,7 +110,7 @@ class DPO(PolicyMethod):
         from engine.methods.callbacks import StoreCallback
 
         cfg = run.cfg
-        pairs, dropped = human_pairs(cfg, run.raw_holdout)
+        pairs, dropped = human_pairs(cfg, run.raw_kept_out)
         d = cfg.dpo
         cap = usable_pairs(d.max_pairs, d.max_steps, d.batch_size, d.gradient_accumulation_steps)
         train_pairs, eval_pairs = split_pairs(pairs, d.eval_pairs, cap, cfg.data.split_seed)

@@ -59,6 +59,13 @@ def split_prompts(cfg: RunConfig) -> tuple[list[str], list[str], list[str]]:
     return train, validation, test
 
 
+def kept_out_prompts(cfg: RunConfig) -> list[str]:
+    """Every prompt no training may see (validation + test, untruncated): preference pairs on these dialogues are
+    dropped, so neither the numbers that choose settings nor the reported ones come from trained-on dialogues."""
+    _, validation, test = split_prompts(cfg)
+    return validation + test
+
+
 def prepare_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
     """Train prompts and the prompts the run evaluates: the split `evaluation.split` names (test by default;
     validation while choosing settings). Raises ConfigError on an empty or too small source."""
@@ -107,6 +114,9 @@ class PolicyRun:
         self.holdout: list[str] = []
         self.raw_train: list[str] = []  # untruncated
         self.raw_holdout: list[str] = []  # untruncated, to match against HH dialogues
+        self.raw_validation: list[str] = []  # untruncated validation split (empty without one)
+        self.raw_kept_out: list[str] = []  # validation + test, untruncated: no training pair may come from these
+        self.validation: list[str] = []  # the validation prompts cut to the token budget (the alarms' probe)
         self.before: tuple[list[float], list[int], list[float]] | None = None
         self.relevance = None  # engine.relevance.RelevanceScorer, when evaluation.relevance and it loads
         self.relevance_error = ""  # why relevance is not measured, when it was asked for
@@ -134,7 +144,9 @@ class PolicyRun:
         """Validate the config and split the prompts (text only: bad input fails before any model loads)."""
         self.cfg.check()
         self.notify(Progress("data", message="loading prompts"))
-        self.raw_train, self.raw_holdout = prepare_prompts(self.cfg)
+        self.raw_train, validation, test = split_prompts(self.cfg)
+        self.raw_holdout = validation if self.cfg.evaluation.split == "validation" else test
+        self.raw_validation, self.raw_kept_out = validation, validation + test
 
     def load(self, seed: int) -> None:
         """Load the evaluator and the policy (seeded), and cut the prompts to the token budget."""
@@ -161,6 +173,7 @@ class PolicyRun:
         tok, budget, template = self.bundle.tokenizer, cfg.data.max_prompt_tokens, cfg.data.template
         self.train_prompts = data_mod.truncate_left(self.raw_train, tok, budget, template=template)
         self.holdout = data_mod.truncate_left(self.raw_holdout, tok, budget, template=template)
+        self.validation = data_mod.truncate_left(self.raw_validation, tok, budget, template=template)
 
     def evaluate(self, which: str) -> tuple[list[float], list[int], list[float]]:
         """Responses to the hold-out prompts ("before": the base model; "after": the trained policy), scored by the

@@ -30,7 +30,10 @@ class RunAlarms:
         self.run, self.cfg, self.members = run, cfg.alarms, list(members)
         self.monitor = Monitor(cfg.alarms, cfg.ppo.kl_target)
         a = cfg.alarms
-        self.probe_prompts = list(run.holdout[:a.probe_prompts]) if run.evaluator is not None else []
+        # The probe answers validation prompts when the run has a validation split (so no training-time decision,
+        # such as an alarm that stops the run, ever looks at the test split), else the evaluated prompts.
+        probe_pool = run.validation or run.holdout
+        self.probe_prompts = list(probe_pool[:a.probe_prompts]) if run.evaluator is not None else []
         self.stop: Firing | None = None
         self.fired: list[Firing] = []
 

@@ -123,7 +123,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
 
     from engine.methods.callbacks import StoreCallback
     from engine.methods.dpo import human_pairs
-    from engine.methods.lifecycle import peak_rss_gb, prepare_prompts
+    from engine.methods.lifecycle import kept_out_prompts, peak_rss_gb
     from engine.models import pick_device
     from engine.progress import Progress
     from engine.rewards import build_backend
@@ -132,8 +132,7 @@ def run_reward_model(cfg: RunConfig, store, run_id: str, notify: Callable, check
     cfg.check()
     r = cfg.reward_model
     notify(Progress("data", message="loading preference pairs"))
-    _, holdout = prepare_prompts(cfg)
-    pairs, dropped = human_pairs(cfg, holdout)
+    pairs, dropped = human_pairs(cfg, kept_out_prompts(cfg))  # pairs from validation or test dialogues dropped
     cap = usable_pairs(r.max_pairs, r.max_steps, r.batch_size, r.gradient_accumulation_steps)
     train_pairs, eval_pairs = split_pairs(pairs, r.eval_pairs, cap, cfg.data.split_seed)
     torch.manual_seed(r.seed)
