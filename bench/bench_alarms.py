@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     rollouts = []
     trainer = PPOTrainer(bundle, reward_fn, cfg.ppo, cfg.generation, max_prompt_tokens=budget,
                          callbacks=[lambda step, metrics, ro: rollouts.append(ro)])
-    run = SimpleNamespace(cfg=cfg, bundle=bundle, evaluator=evaluator, holdout=holdout, store=None, run_id="bench")
+    run = SimpleNamespace(cfg=cfg, bundle=bundle, evaluator=evaluator, holdout=holdout, validation=[], store=None,
+                          run_id="bench")
     alarms = RunAlarms(run, reward.names)
     batches = PromptBatches(train, cfg.ppo.batch_size // cfg.ppo.num_generations, cfg.data.split_seed)
 

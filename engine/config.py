@@ -23,7 +23,7 @@ BUILTIN_MODELS = {
     "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
 }
 MIXED_PRECISION = ("none", "bf16")  # not "no": YAML reads a bare no as false
-REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "bedrock_judge", "openai_judge")
+REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "overlap", "bedrock_judge", "openai_judge")
 JUDGE_KINDS = ("bedrock_judge", "openai_judge")  # LLM judges: their rubric declares a score range
 METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
 # Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
@@ -781,6 +781,12 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
                 errors.append(FieldError(prefix + f".options.{key}", "profanity takes only options.transform"))
         if "transform" in b.options:
             _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
+    if b.kind == "overlap":
+        for key in b.options:
+            errors.append(FieldError(prefix + f".options.{key}", "overlap takes no options"))
+        if b.score_on != "response":
+            errors.append(FieldError(prefix + ".score_on", "overlap compares the response with the prompt: leave "
+                                     "score_on at response"))
     if b.kind in JUDGE_KINDS:
         from engine.rewards.judge_options import check_options
 
@@ -913,7 +919,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
     ev = cfg.evaluation
     if ev.enabled:
         e.extend(validate_backend(ev.evaluator, "evaluation.evaluator"))
-        if ev.evaluator.kind in ("bedrock_judge", "openai_judge"):
+        if ev.evaluator.kind in ("bedrock_judge", "openai_judge", "overlap"):
             e.append(FieldError("evaluation.evaluator.kind", "the evaluator must give a toxicity probability: "
                                 "use profanity, jigsaw or hf_classifier"))
         _range(e, "evaluation.batch_size", ev.batch_size, 1, 4096)

@@ -1,7 +1,8 @@
 """Reward backends: one interface (`base.RewardBackend`), built from config by `build_backend`.
 
 Kinds: `profanity` (alt-profanity-check, offline), `jigsaw` (Jigsaw BiLSTM ported to PyTorch, offline),
-`hf_classifier` (any Hugging Face sequence classifier, label picked by name), `bedrock_judge` and
+`hf_classifier` (any Hugging Face sequence classifier, label picked by name), `overlap` (share of the
+response's content words found in the prompt: stays on topic), `bedrock_judge` and
 `openai_judge` (LLM judges). A run's reward is always an `Ensemble` of (backend, weight) pairs — a
 single backend is a one-member ensemble — so every backend's raw score is recorded the same way.
 """
@@ -38,6 +39,10 @@ def build_backend(settings: "RewardBackendSettings", device: str = "cpu") -> Any
 
         kwargs.setdefault("device", device)
         return HFClassifierBackend(**kwargs)
+    if settings.kind == "overlap":
+        from engine.rewards.overlap import OverlapBackend
+
+        return OverlapBackend(**kwargs)
     if settings.kind == "bedrock_judge":
         from engine.rewards.bedrock_judge import BedrockJudge
 
