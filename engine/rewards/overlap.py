@@ -64,5 +64,5 @@ class OverlapBackend:
         prompts, responses = check_texts(prompts, "prompts"), check_texts(responses, "responses")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
-        scores = [overlap(p, r) for p, r in zip(prompts, responses)]
+        scores = [overlap(p, r) for p, r in zip(prompts, responses, strict=True)]
         return RewardResult(scores=scores, raw={"content_words": [float(len(content_words(r))) for r in responses]})
