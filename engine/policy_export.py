@@ -30,7 +30,6 @@ from engine.policy_source import PolicySource, PolicySourceError, find_policy
 # Files a run directory holds for training only: never exported.
 TRAINING_ONLY = {"value_head.pt", "optimizer.pt", "scheduler.pt", "scaler.pt", "trainer_state.json",
                  "training_args.bin", "policy.pt", "trainer.pt", "state.pt"}
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")
 STORED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # already dense: zipped without compression
 UI_ZIP_LIMIT_BYTES = 2 * 2**30  # the UI's download button serves a zip from the server's memory; above: the CLI
 
@@ -74,7 +73,7 @@ def materialize(source: PolicySource, out: Path) -> None:
 
 def _ensure_tokenizer(source: PolicySource, out: Path) -> None:
     """A Trainer checkpoint may lack the tokenizer: save the base's (the run never changes it)."""
-    if any((out / name).is_file() for name in TOKENIZER_FILES) or not source.base:
+    if (out / "tokenizer_config.json").is_file() or not source.base:
         return
     from engine.models import is_seq2seq, load_tokenizer, resolve_model_path
 
@@ -119,7 +118,6 @@ def export_policy(store, run_id: str, dest: str | Path, *, step: int | None = No
         raise PolicySourceError(f"{dest} already exists and is not empty: give a new directory", "dest")
     tmp = _fresh_dir(dest)
     try:
-        adapter = tmp
         if source.kind == "ppo":
             materialize(source, tmp)
         else:

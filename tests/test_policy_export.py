@@ -271,3 +271,47 @@ def test_cli_run_refuses_a_bad_reference_before_registering(trained, tiny_gpt2_d
     assert cli(["--db", str(store.url), "run", str(path)]) == 2
     assert "no checkpoint after step 42" in capsys.readouterr().err
     assert len(store.list_runs()) == before
+
+
+def test_seq2seq_policy_exports_and_continues_with_the_base_as_reference(tiny_t5_dir, tmp_path):
+    """A T5 policy (weights perturbed as training would) recorded as a run's final policy: the export loads with
+    AutoModelForSeq2SeqLM and its card says so; a run continuing from it loads exactly those weights into the policy
+    while its reference stays the base."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from engine.methods.lifecycle import PolicyRun
+
+    store = Store(tmp_path / "runs.db")
+    cfg = tiny_config(tiny_t5_dir, tmp_path / "out", lora=False)
+    source_id = store.create_run(cfg.to_yaml(), name="t5", total_steps=2)
+    trained = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    final = tmp_path / "out" / source_id / "policy"
+    trained.save_pretrained(final)  # no tokenizer files, as in a Trainer checkpoint that did not save them
+    store.add_checkpoint(source_id, 2, str(final))
+    store.set_status(source_id, "running")
+    store.set_status(source_id, "completed")
+
+    def t5_logits(lm):
+        lm.eval()
+        with torch.no_grad():
+            return lm(input_ids=IDS, decoder_input_ids=IDS[:, :3]).logits
+
+    out = export_policy(store, source_id, tmp_path / "t5-export")
+    torch.testing.assert_close(t5_logits(AutoModelForSeq2SeqLM.from_pretrained(out)), t5_logits(trained),
+                               rtol=0, atol=1e-6)
+    assert "AutoModelForSeq2SeqLM" in (out / "README.md").read_text()
+    assert (out / "tokenizer_config.json").is_file()  # the base's tokenizer saved beside it
+
+    new = tiny_config(tiny_t5_dir, tmp_path / "out", lora=False)
+    new.model.init_from = f"run:{source_id}"
+    new_id = store.create_run(new.to_yaml(), name="t5-continued")
+    run = PolicyRun(new, store, new_id, notify=lambda p: None, check_cancel=lambda: None)
+    run.prepare()
+    run.load(seed=0)
+    torch.testing.assert_close(t5_logits(run.bundle.policy.lm), t5_logits(trained), rtol=0, atol=1e-6)
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
+    torch.testing.assert_close(t5_logits(run.bundle.reference), t5_logits(base), rtol=0, atol=1e-6)
