@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import forms
+from app import forms, state
 from app.safe_text import md
 from engine.api import Lab
 from engine.config import ConfigError
@@ -24,11 +24,11 @@ def _continue(lab: Lab, run_id: str, step: int | None) -> None:
     try:
         forms.load_into_state(lab.continue_config(run_id, step))
         st.session_state["preset"] = "custom"
-        st.session_state["go-launch"] = True
+        st.session_state["policy-go-launch"] = True
         st.session_state["launch-note"] = ("success", f"Continuing run {run_id}: model.init_from is set; change "
                                            "what you like (steps, reward, learning rate) and start it.")
     except (ValueError, ConfigError) as exc:  # no such policy any more; a config that no longer loads
-        st.session_state["runs-note"] = f"Cannot continue run {run_id}: {exc}"
+        st.session_state["policy-note"] = f"Cannot continue run {run_id}: {exc}"
 
 
 def _build(lab: Lab, run_id: str, step: int | None, merge: bool) -> None:
@@ -37,15 +37,19 @@ def _build(lab: Lab, run_id: str, step: int | None, merge: bool) -> None:
             path = lab.policy_zip(run_id, step=step, merge=merge)
         st.session_state["policy-zip"] = (run_id, step, merge, str(path))
     except (ValueError, OSError, RuntimeError) as exc:  # no such policy; a full disk; weights that do not load
-        st.session_state["runs-note"] = f"Could not export run {run_id}'s policy: {exc}"
+        st.session_state["policy-note"] = f"Could not export run {run_id}'s policy: {exc}"
 
 
 def policy_panel(lab: Lab, run_id: str) -> None:
     """The "Trained policy" section for run `run_id`: which policy (final or a checkpoint), Build zip → Download,
     Merge (LoRA runs) and Continue training. Nothing for a run without a policy (a reward model, a run that saved
     none)."""
+    if st.session_state.pop("policy-go-launch", False):  # Continue training was pressed: Launch, prefilled
+        st.switch_page(state.page_path("launch"))
     choices = lab.policy_choices(run_id)
     st.subheader("Trained policy")
+    if (note := st.session_state.pop("policy-note", None)) is not None:
+        st.error(md(note, limit=2000))
     if not choices:
         st.caption("This run has no policy to export or continue from yet (a reward-model run, or no checkpoint "
                    "saved so far).")

@@ -1,4 +1,4 @@
-"""The Runs page's "Trained policy" panel (AppTest): Build policy zip → a Download button for a zip built on disk by
+"""The Runs (and Before / after) page's "Trained policy" panel (AppTest): Build policy zip → a Download button for a zip built on disk by
 the engine that `from_pretrained` loads; "Continue training" opens Launch prefilled with model.init_from, which starts
 a run; a run without a policy says so."""
 
@@ -48,6 +48,7 @@ def test_runs_page_builds_a_policy_zip_and_continues_training(db, tmp_path, tiny
     from transformers import AutoModelForCausalLM
 
     run_id = run_with_policy(db, tmp_path, tiny_gpt2_dir)
+    assert by_key(app("before_after", run_id).button, "policy-build")  # the run's result page offers it too
     at = select(app("runs"), run_id)
     assert by_key(at.checkbox, f"policy-merge-{run_id}").disabled  # full weights: nothing to merge
     assert not [b for b in at.get("download_button") if b.key == "policy-download"]
