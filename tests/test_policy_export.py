@@ -315,3 +315,38 @@ def test_seq2seq_policy_exports_and_continues_with_the_base_as_reference(tiny_t5
     torch.testing.assert_close(t5_logits(run.bundle.policy.lm), t5_logits(trained), rtol=0, atol=1e-6)
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
     torch.testing.assert_close(t5_logits(run.bundle.reference), t5_logits(base), rtol=0, atol=1e-6)
+
+
+def test_a_trainer_checkpoint_of_a_dpo_run_exports_and_starts_a_ppo_run(tiny_gpt2_dir, tmp_path):
+    """The TRL methods' own `checkpoint-N` directories (optimizer, scheduler, RNG state beside the weights) are
+    policies too: the export leaves the training state out, and a PPO run can continue from one."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.methods.lifecycle import PolicyRun
+
+    store = Store(tmp_path / "runs.db")
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path / "out", lora=False)
+    cfg.method, cfg.name = "dpo", "dpo-source"
+    d = cfg.dpo
+    d.max_steps, d.batch_size, d.learning_rate, d.max_response_tokens, d.eval_pairs = 2, 4, 1e-2, 16, 4
+    cfg.evaluation.enabled = False
+    run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method="dpo", total_steps=cfg.total_steps)
+    execute(cfg, store, run_id)
+    source = find_policy(store, run_id, 1)
+    assert source.kind == "full" and source.path.name == "checkpoint-1" and not source.final
+    assert (source.path / "optimizer.pt").is_file()  # the Trainer's state is there ...
+    out = export_policy(store, run_id, tmp_path / "dpo-step1", step=1)
+    assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json"} & {p.name for p in out.iterdir()}  # ... not here
+    step1 = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(logits_of(step1), logits_of(AutoModelForCausalLM.from_pretrained(source.path)),
+                               rtol=0, atol=0)
+    final = AutoModelForCausalLM.from_pretrained(find_policy(store, run_id).path)
+    assert not torch.allclose(logits_of(step1), logits_of(final), atol=1e-4)
+
+    new = tiny_config(tiny_gpt2_dir, tmp_path / "out", lora=False)  # PPO, continuing the DPO run's checkpoint
+    new.model.init_from = f"run:{run_id}@1"
+    new_id = store.create_run(new.to_yaml(), name="ppo-after-dpo")
+    run = PolicyRun(new, store, new_id, notify=lambda p: None, check_cancel=lambda: None)
+    run.prepare()
+    run.load(seed=0)
+    torch.testing.assert_close(logits_of(run.bundle.policy.lm), logits_of(step1), rtol=0, atol=1e-6)
