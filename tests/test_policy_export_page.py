@@ -18,7 +18,7 @@ def run_with_policy(store, tmp_path, model_dir) -> str:
     it; its config names the same base."""
     cfg = RunConfig(name="has-a-policy")
     cfg.model.name_or_path, cfg.model.device = str(model_dir), "cpu"
-    cfg.data.source = "builtin"
+    cfg.data.source, cfg.data.holdout_size = "builtin", 4
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.output_dir = str(tmp_path / "runs")
