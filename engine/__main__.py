@@ -289,6 +289,9 @@ def cmd_show(args) -> int:
     store = _store(args)
     r = store.get_run(args.run)
     print(f"run {r.id}  {_printable(r.name)}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
+    init_from = _init_from(r.config_yaml)
+    if init_from:
+        print(f"continued from {_printable(init_from)}")
     if r.error:
         print("error: " + "\n".join(_printable(line) for line in r.error.splitlines()))
         if args.traceback and r.traceback:
@@ -309,6 +312,16 @@ def cmd_show(args) -> int:
     if summary.get("before"):
         print(format_summary(summary))
     return 0
+
+
+def _init_from(config_yaml: str) -> str:
+    """model.init_from of a stored config ("" when unset or unreadable)."""
+    from engine.config import ConfigError, RunConfig
+
+    try:
+        return RunConfig.from_yaml(config_yaml).model.init_from
+    except ConfigError:
+        return ""
 
 
 def cmd_export(args) -> int:

@@ -188,7 +188,7 @@ def test_cli_export_policy(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("which,step", [("lora", None), ("full", 1)], ids=["lora-final", "full-checkpoint"])
-def test_continue_training_starts_from_the_source_weights(trained, which, step):
+def test_continue_training_starts_from_the_source_weights(trained, which, step, capsys):
     store, runs, root = trained
     source_id, source = runs[which]
     cfg = api.Lab(store, start_worker=False).continue_config(source_id, step)
@@ -198,6 +198,8 @@ def test_continue_training_starts_from_the_source_weights(trained, which, step):
     torch.testing.assert_close(captured["start"], source["final" if step is None else step], rtol=0, atol=1e-6)
     summary = store.get_run(new_id).summary
     assert summary["init_from"] == cfg.model.init_from
+    assert cli(["--db", str(store.url), "show", new_id]) == 0
+    assert f"continued from {cfg.model.init_from}" in capsys.readouterr().out
     # the KL reference (and the "before" side) is still the base model: the same responses as the source's before
     before_new = store.evaluations(new_id, "before")["response"].tolist()
     assert before_new == store.evaluations(source_id, "before")["response"].tolist()
