@@ -16,6 +16,9 @@ LABELS: dict[str, tuple[str, str]] = {
     "model.device": ("Device", "auto uses a GPU when there is one, else the CPU."),
     "model.chat_template": ("Chat template", "Wrap the prompt as a user turn of the model's chat template. auto: for "
                             "chat models whose tokenizer has one."),
+    "model.init_from": ("Start from a trained policy", "Continue training: run:<run id> (its final policy), "
+                        "run:<run id>@<step> (a checkpoint) or a model / adapter directory. Empty: start from the "
+                        "model above, which stays the KL reference either way."),
     "model.lora.enabled": ("Train LoRA adapters", "Train small adapter matrices instead of every weight: less memory, "
                            "usually wants a ~10x larger learning rate."),
     "model.lora.r": ("LoRA rank", "Size of each adapter; 8–16 is usual. Larger: more capacity, more memory."),

@@ -1,5 +1,5 @@
-"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `runs`, `show RUN`, `export RUN`, `init`,
-`validate`.
+"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `runs`, `show RUN`, `export RUN` (its
+data; `--policy OUT [--step N] [--merge]`: its trained policy), `init`, `validate`.
 
 `run` executes a run in this process, holding its lease (owner "cli-<host>-<pid>-<hex>", heartbeated by a thread) so
 no other process takes it for dead while it lives. With method reward_model and reward_model.then_ppo it runs RLHF's
@@ -123,6 +123,10 @@ def cmd_run(args) -> int:
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
     store = _store(args, owner=new_owner_id("cli"))
+    if cfg.model.init_from:  # continue training: the source policy must exist and fit, before the run is registered
+        from engine.policy_source import resolve_init_from
+
+        resolve_init_from(store, cfg)
     on_progress = ProgressBars()
     bars = on_progress.bars
 
@@ -287,6 +291,9 @@ def cmd_show(args) -> int:
     store = _store(args)
     r = store.get_run(args.run)
     print(f"run {r.id}  {_printable(r.name)}  [{r.status}]  method={r.method}  step {r.step}/{r.total_steps}")
+    init_from = _init_from(r.config_yaml)
+    if init_from:
+        print(f"continued from {_printable(init_from)}")
     if r.error:
         print("error: " + "\n".join(_printable(line) for line in r.error.splitlines()))
         if args.traceback and r.traceback:
@@ -309,9 +316,24 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _init_from(config_yaml: str) -> str:
+    """model.init_from of a stored config ("" when unset or unreadable)."""
+    from engine.config import ConfigError, RunConfig
+
+    try:
+        return RunConfig.from_yaml(config_yaml).model.init_from
+    except ConfigError:
+        return ""
+
+
 def cmd_export(args) -> int:
     store = _store(args)
     r = store.get_run(args.run)
+    if args.policy:
+        return _export_policy(args, store, r.id)
+    if args.merge or args.step is not None:
+        print("error: --merge and --step go with --policy OUT", file=sys.stderr)
+        return 2
     out = Path(args.out or f"export-{r.id}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(r.config_yaml)
@@ -321,6 +343,29 @@ def cmd_export(args) -> int:
     store.samples(r.id).to_csv(out / "samples.csv", index=False)
     (out / "summary.json").write_text(json.dumps(r.summary or {}, indent=2))
     print(f"exported run {r.id} to {out}/")
+    return 0
+
+
+def _export_policy(args, store, run_id: str) -> int:
+    """`export RUN --policy OUT[.zip] [--step N] [--merge]`: the run's policy as a from_pretrained directory, or a
+    zip when OUT ends in .zip (engine.policy_export)."""
+    from engine.policy_export import export_policy, policy_zip
+    from engine.policy_source import PolicySourceError
+
+    out = Path(args.policy)
+    try:
+        if out.suffix == ".zip":
+            if out.exists():
+                print(f"error: {out} already exists", file=sys.stderr)
+                return 2
+            path = policy_zip(store, run_id, out, step=args.step, merge=args.merge)
+        else:
+            path = export_policy(store, run_id, out, step=args.step, merge=args.merge)
+    except PolicySourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported run {run_id}'s {'checkpoint after step ' + str(args.step) if args.step is not None else 'policy'}"
+          f"{' (adapter merged into its base)' if args.merge else ''} to {path}")
     return 0
 
 
@@ -363,9 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--traceback", action="store_true")
     p.set_defaults(fn=cmd_show)
-    p = sub.add_parser("export", help="export a run's config, metrics, samples and evaluations")
+    p = sub.add_parser("export", help="export a run's config, metrics, samples and evaluations, or its policy")
     p.add_argument("run")
-    p.add_argument("--out")
+    p.add_argument("--out", help="directory for the config, metrics, samples and evaluations")
+    p.add_argument("--policy", metavar="OUT", help="export the trained policy instead: a from_pretrained directory "
+                   "(full weights, or the LoRA adapter) with the tokenizer and a model card; a zip if OUT ends in .zip")
+    p.add_argument("--step", type=int, default=None, help="with --policy: the checkpoint after this step (default: "
+                   "the final policy)")
+    p.add_argument("--merge", action="store_true", help="with --policy: merge the LoRA adapter into its base model "
+                   "and save one full model")
     p.set_defaults(fn=cmd_export)
     for sp in sub.choices.values():  # `--db` after the command works too: `python -m engine worker --db URL`
         sp.add_argument("--db", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

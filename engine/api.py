@@ -497,6 +497,47 @@ class Lab:
                 pass
         self.store.delete_run(run_id)
 
+    # the trained policy: export, merge, continue training (engine.policy_source, engine.policy_export)
+    def check_init_from(self, cfg: RunConfig) -> None:
+        """ConfigError naming the field when model.init_from names no usable policy for `cfg` (unknown run, no
+        policy, checkpoint missing, another base, LoRA settings that do not fit); loads no model."""
+        from engine.policy_source import resolve_init_from
+
+        resolve_init_from(self.store, as_config(cfg))
+
+    def init_from_problems(self, cfg: RunConfig | dict[str, Any] | str) -> dict[str, list[str]]:
+        """`check_init_from`'s problems as {field: [messages]} (empty: fine), for the Launch form."""
+        try:
+            self.check_init_from(as_config(cfg))
+        except ConfigError as exc:
+            return errors_by_field(exc.errors)
+        return {}
+
+    def policy_choices(self, run_id: str) -> list[tuple[int | None, str]]:
+        """(step or None for the final policy, label) of what a run's policy can be exported or continued from."""
+        from engine.policy_source import policy_choices
+
+        return policy_choices(self.store, run_id)
+
+    def policy_is_adapter(self, run_id: str) -> bool:
+        """Whether run `run_id` trained a LoRA adapter (the merge action applies)."""
+        return bool(self.run_config(run_id).model.lora.enabled)
+
+    def policy_zip(self, run_id: str, step: int | None = None, merge: bool = False) -> Path:
+        """Build (or reuse) the zip of a run's policy on disk: full weights or LoRA adapter (`merge`: merged into
+        its base), tokenizer, model card. Returns its path (engine.policy_export.policy_zip). PolicySourceError
+        (a ValueError) saying why when the run has no such policy."""
+        from engine.policy_export import policy_zip
+
+        return policy_zip(self.store, run_id, step=step, merge=merge)
+
+    def continue_config(self, run_id: str, step: int | None = None) -> RunConfig:
+        """A new run's config that starts from run `run_id`'s final policy (or its checkpoint after `step`): the
+        source's config with model.init_from = run:<id>[@step] (for the Launch form to adjust and start)."""
+        from engine.policy_source import continue_config
+
+        return continue_config(self.store, run_id, step)
+
     def list_runs(self, status: str | Sequence[str] | None = None) -> list[RunRecord]:
         self.housekeeping()
         return self.store.list_runs(status)

@@ -69,6 +69,9 @@ class ModelSettings:
     # A seed pins the run: torch threads fixed, deterministic kernels, every RNG seeded (engine/determinism.py).
     deterministic: bool = True
     threads: int = 0  # torch threads for the run; 0: every core the process may use (recorded with the run)
+    # Continue training: the policy starts from "run:<id>" (its final policy), "run:<id>@<step>" (a checkpoint) or a
+    # directory from_pretrained loads (full model or LoRA adapter); the KL reference stays name_or_path.
+    init_from: str = ""  # empty: start from name_or_path; run:<id>, run:<id>@<step> or a model/adapter directory
 
 
 @dataclass
@@ -583,6 +586,46 @@ def _is_type(value: Any, tp: type) -> bool:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
+INIT_RUN_PREFIX = "run:"
+_INIT_RUN = re.compile(r"run:([^@\s]+)(?:@(\d+))?")
+
+
+def parse_init_from(value: str) -> tuple[str, int | None] | None:
+    """("<run id>", step or None) for a "run:<id>[@<step>]" reference; None for a path (or ""). ValueError when it
+    starts with "run:" but is malformed."""
+    if not value.startswith(INIT_RUN_PREFIX):
+        return None
+    m = _INIT_RUN.fullmatch(value)
+    if m is None:
+        raise ValueError(f"{_show(value)} is not a run reference: write run:<run id> (its final policy) or "
+                         "run:<run id>@<step> (its checkpoint after that step)")
+    return m.group(1), (int(m.group(2)) if m.group(2) is not None else None)
+
+
+def init_from_problem(value: Any) -> str | None:
+    """Why model.init_from cannot name a starting policy (its syntax, and a path's existence), or None. Whether a
+    referenced run exists and has that policy is engine.policy_source's check (it needs the store)."""
+    if not isinstance(value, str):
+        return f"must be text (run:<id>, run:<id>@<step> or a directory), got {_show(value)}"
+    if not value:
+        return None
+    try:
+        if parse_init_from(value) is not None:
+            return None
+    except ValueError as exc:
+        return str(exc)
+    try:
+        path = Path(os.path.expanduser(value))
+        is_dir = path.is_dir()
+    except (OSError, ValueError):
+        return f"not a usable path: {_show(value)}"
+    if not is_dir:
+        return f"no such directory: {_show(value)}; give run:<run id>[@<step>] or a saved model / adapter directory"
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        return (f"{_show(value)} holds neither config.json (a full model) nor adapter_config.json (a LoRA adapter)")
+    return None
+
+
 def model_path_problem(name_or_path: str) -> str | None:
     """Why `name_or_path` cannot name a model, or None. Hub ids are accepted as they are (no network here)."""
     if not name_or_path:
@@ -818,6 +861,8 @@ def validate(cfg: RunConfig) -> list[FieldError]:
         e.append(FieldError("model.name_or_path", f"must be text, got {_show(m.name_or_path)}"))
     elif (problem := model_path_problem(m.name_or_path)):
         e.append(FieldError("model.name_or_path", problem))
+    if (problem := init_from_problem(m.init_from)):
+        e.append(FieldError("model.init_from", problem))
     _choice(e, "model.architecture", m.architecture, ("auto", "causal", "seq2seq"))
     _choice(e, "model.chat_template", m.chat_template, ("auto", "on", "off"))
     _choice(e, "model.dtype", m.dtype, ("float32", "bfloat16", "float16", "auto"))

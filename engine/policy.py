@@ -5,7 +5,7 @@ score_text) so that a config written in a browser can only
 - use an LLM judge the operator listed: an OpenAI-compatible `base_url` with the one `api_key_env` and the model
   ids allowed for it, a Bedrock `region` / `endpoint_url` with its model ids (no entry: no judge at all), and
 - name files inside the operator's folders: `output_dir` (outputs), `data.source` (data), `model.name_or_path`,
-  `reward_model.base_model`, hf_classifier `options.model` and jigsaw `options.model_dir` (models), resolved with
+  `model.init_from` (a directory; `run:<id>` references are checked against the store), `reward_model.base_model`, hf_classifier `options.model` and jigsaw `options.model_dir` (models), resolved with
   realpath so that `..` and symlinks cannot leave them.
 Each problem is a FieldError naming the field; a refused path is never looked at (the message is the same whether
 or not the file exists), and `sanitized` gives the copy of a config that validation may inspect instead.
@@ -167,6 +167,9 @@ class BrowserPolicy:
                             ("reward_model.base_model", cfg.reward_model.base_model)):
             if isinstance(name, str) and is_local_model(name):
                 add(self.path_problem(field, name, "models"))
+        init_from = cfg.model.init_from
+        if isinstance(init_from, str) and init_from and not init_from.startswith("run:"):  # a directory
+            add(self.path_problem("model.init_from", init_from, "models"))
         for i, b in enumerate(cfg.reward.backends):
             out += self.backend_problems(b, f"reward.backends[{i}]")
         out += self.backend_problems(cfg.evaluation.evaluator, "evaluation.evaluator")
@@ -185,6 +188,8 @@ class BrowserPolicy:
             safe.model.name_or_path = _PLACEHOLDER_MODEL
         if "reward_model.base_model" in fields:
             safe.reward_model.base_model = None
+        if "model.init_from" in fields:
+            safe.model.init_from = ""
         for prefix, b in [(f"reward.backends[{i}]", b) for i, b in enumerate(safe.reward.backends)] + [
                 ("evaluation.evaluator", safe.evaluation.evaluator)]:
             if f"{prefix}.options.model" in fields and b.kind == "hf_classifier":

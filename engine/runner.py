@@ -158,6 +158,10 @@ def run(cfg: RunConfig, store: Store | None = None, on_progress: Callable[[Progr
     cfg.check()
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered (cheap: text only)
     store = store or Store()
+    if cfg.model.init_from:  # an unknown run, a missing checkpoint, another base: refused before it is registered
+        from engine.policy_source import resolve_init_from
+
+        resolve_init_from(store, cfg)
     run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
     if on_run is not None:
         on_run(run_id, cfg)

@@ -58,7 +58,7 @@ def eta_seconds(step_times, step: int, total: int | None, window: int = ETA_WIND
 
 
 def submit(store: Store, cfg: RunConfig, priority: int = 0, user: str | None = None) -> str:
-    """Validate `cfg` (fields, then its data) and create it in the store as a queued run; returns its id.
+    """Validate `cfg` (fields, a model.init_from source in the store, then its data) and create it in the store as a queued run; returns its id.
 
     Raises engine.config.ConfigError (a ValueError naming each field) before anything is stored.
     """
@@ -67,6 +67,10 @@ def submit(store: Store, cfg: RunConfig, priority: int = 0, user: str | None = N
     if not isinstance(cfg, RunConfig):
         raise ValueError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
     cfg.check()
+    if cfg.model.init_from:  # continue training: an unknown run, a missing checkpoint, another base fail here
+        from engine.policy_source import resolve_init_from
+
+        resolve_init_from(store, cfg)
     prepare_prompts(cfg)  # a missing / empty / too small data source fails here, not in the worker
     return store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps,
                             priority=priority, owner_user=user)

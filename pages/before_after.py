@@ -1,11 +1,13 @@
 """Before/after page: the run's result in one sentence (coloured by what happened, significance included), the
-evaluation summary (cards), and its hold-out responses side by side with the selected one in full beside the table."""
+evaluation summary (cards), and its hold-out responses side by side with the selected one in full beside the table;
+below, the trained policy's download and "Continue training" (app.policy_actions)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from app import charts, results, state, tables
+from app.policy_actions import policy_panel
 from app.safe_text import md
 from app.tables import fmt
 
@@ -27,6 +29,7 @@ if not before:
     if table.empty:
         st.info(f"Run {run_id} is {record.status} and has no evaluation yet"
                 + (" (it is written before training starts and after it ends)." if record.is_active else "."))
+        policy_panel(lab, run_id)
         st.stop()
     if record.is_active:
         st.info("Only part of the evaluation exists so far; the summary appears when the run completes.")
@@ -126,3 +129,5 @@ with right, st.container(border=True, key="ba-detail", height=540):
         st.text(row["response_before"])
         st.markdown(f"**After** · toxicity {fmt(row['toxicity_after'], '.3f')}")
         st.text(row["response_after"])
+
+policy_panel(lab, run_id)  # download the trained policy (merged or not), or continue training from it

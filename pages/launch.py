@@ -178,6 +178,8 @@ st.radio("Start from", list(PRESET_LABELS), key="preset", horizontal=True, on_ch
 
 cfg, problems = forms.state_to_config(st.session_state)
 errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
+if cfg is not None and not errors and cfg.model.init_from:  # continue training: the source checked in the store
+    errors = lab.init_from_problems(cfg)
 method = st.session_state.get(forms.key_of("method"), "ppo")
 essentials = ESSENTIALS.get(method, ())
 advice = launch_advice.warnings(cfg, on_gpu=device_of(cfg) != "cpu") if cfg is not None and not errors else []

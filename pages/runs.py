@@ -1,6 +1,7 @@
 """Runs page: the workers serving the store; every run with its results and key hyperparameters first; overlay
 several runs' curves and before/after numbers, and the config fields in which they differ; export, clone, cancel or
-delete a run (the actions name the run they apply to)."""
+delete a run (the actions name the run they apply to); download its trained policy, merged or not, or continue
+training from it (app.policy_actions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import streamlit as st
 import yaml
 
 from app import auth, charts, forms, results, state
+from app.policy_actions import policy_panel
 from app.resume import resume_control, resume_note
 from app.safe_text import md, plain
 from engine.config import ConfigError
@@ -164,6 +166,7 @@ else:
 
 resume_control(lab, target, key="runs-resume")
 resume_note()
+policy_panel(lab, target)
 
 if st.session_state.get("confirm-delete") == target and not record.is_active:
     with st.container(border=True, key="delete-confirm"):

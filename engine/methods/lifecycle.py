@@ -125,6 +125,8 @@ class PolicyRun:
         # Absolute: the store records checkpoint paths, and the UI or the next worker may run in another directory.
         self.checkpoint_dir = (self.out_dir / "checkpoints").resolve()
         self.resume: Resume | None = None
+        self.resuming = False  # set by run_policy: a resumed run's weights come from its own checkpoint
+        self.init_source = None  # engine.policy_source.PolicySource: model.init_from, checked in prepare()
         self.determinism: dict[str, Any] = {}  # what deterministic mode set (engine.determinism.deterministic_run)
         # Wall seconds per phase (load, evaluate_before, train, evaluate_after, save), in the summary: where a run's
         # time goes. A resumed run counts this process's phases only.
@@ -143,6 +145,11 @@ class PolicyRun:
     def prepare(self) -> None:
         """Validate the config and split the prompts (text only: bad input fails before any model loads)."""
         self.cfg.check()
+        if self.cfg.model.init_from and not self.resuming:
+            from engine.policy_source import resolve_init_from
+
+            # again in the worker: the source run may have been deleted since this run was queued
+            self.init_source = resolve_init_from(self.store, self.cfg)
         self.notify(Progress("data", message="loading prompts"))
         self.raw_train, validation, test = split_prompts(self.cfg)
         self.raw_holdout = validation if self.cfg.evaluation.split == "validation" else test
@@ -169,6 +176,11 @@ class PolicyRun:
                     log.warning("relevance not measured: %s", exc)
         torch.manual_seed(seed)
         self.bundle = load_policy(cfg.model)
+        if self.init_source is not None:  # continue training: the policy (not the reference) starts from it
+            from engine.policy_source import apply_init
+
+            self.notify(Progress("load", message=f"starting from {self.init_source.describe()}"))
+            apply_init(self.bundle, self.init_source)
         self.check_cancel()
         tok, budget, template = self.bundle.tokenizer, cfg.data.max_prompt_tokens, cfg.data.template
         self.train_prompts = data_mod.truncate_left(self.raw_train, tok, budget, template=template)
@@ -272,7 +284,9 @@ class PolicyRun:
         with self.timed("save"):
             ckpt = method.save_policy(self.bundle, self.out_dir / "policy")
         steps = int(train_summary.get("train_steps", cfg.total_steps))
-        self.store.delete_checkpoint(self.run_id, ckpt)  # a resumed run saved it before the after-evaluation failed
+        # absolute: an export or a continued run may read it from another working directory
+        ckpt = Path(ckpt).resolve()
+        self.store.delete_checkpoint(self.run_id, str(ckpt))  # a resumed run saved it before the after-eval failed
         self.store.add_checkpoint(self.run_id, steps, str(ckpt))
 
         # "split": which prompts the evaluation numbers come from (test: never used to choose settings)
@@ -281,6 +295,9 @@ class PolicyRun:
         if cfg.method in ("ppo", "rloo", "grpo"):
             summary["train_prompts"] = len(self.train_prompts)  # (dpo trains on pairs; dpo_ai reports ai_prompts)
         summary.update(train_summary)
+        if self.init_source is not None:
+            summary["init_from"] = cfg.model.init_from
+            summary["init_from_policy"] = self.init_source.describe()
         if self.evaluator is not None and self.before is not None:
             tox_before, len_before, _ = self.before
             with self.timed("evaluate_after"):
@@ -363,6 +380,7 @@ def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify:
 
 def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str, Any]:
     cfg, store, run_id, notify = run.cfg, run.store, run.run_id, run.notify
+    run.resuming = resume
     run.prepare()
     if method.causal_only:
         from engine.methods.common import require_causal
