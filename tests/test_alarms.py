@@ -237,3 +237,19 @@ def test_a_store_from_before_the_alarms_table_gets_it(tmp_path):
         store.add_alarm(run_id, "kl_runaway", 3, 2, 14.0, 12.0, "KL", [{"step": 3, "idx": 0}])
         assert store.alarm_counts() == {run_id: 1}
         assert head_revision() == "0004"  # the alarms (0003), then owners (0004)
+
+
+def test_a_topic_reward_is_not_compared_for_disagreement():
+    """The default mixes a detox reward with `overlap` (staying on topic): their scores anti-correlate by design
+    (r ≈ -0.14 median over a default run's steps), so only backends scoring harm or quality are compared."""
+    from types import SimpleNamespace
+
+    from engine.config import RewardBackendSettings, RunConfig
+    from engine.methods.ppo_alarms import RunAlarms
+
+    cfg = RunConfig()
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="overlap")]
+    run = SimpleNamespace(cfg=cfg, validation=[], holdout=[], evaluator=None)
+    assert RunAlarms(run, ["profanity", "overlap"]).members == ["profanity"]
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="jigsaw")]
+    assert RunAlarms(run, ["profanity", "jigsaw"]).members == ["profanity", "jigsaw"]

@@ -63,6 +63,7 @@ def tiny_config(model_dir, out: Path, lora: bool, steps: int = 2) -> RunConfig:
     cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(model_dir), "cpu", "none"
     cfg.model.lora.enabled, cfg.model.lora.r, cfg.model.lora.alpha = lora, 4, 8
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 4, 48
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.bootstrap_samples, cfg.evaluation.samples_per_prompt = 50, 1

@@ -19,6 +19,7 @@ def run_with_policy(store, tmp_path, model_dir) -> str:
     cfg = RunConfig(name="has-a-policy")
     cfg.model.name_or_path, cfg.model.device = str(model_dir), "cpu"
     cfg.data.source, cfg.data.holdout_size = "builtin", 4
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.output_dir = str(tmp_path / "runs")

@@ -21,13 +21,19 @@ class AlarmStop(RuntimeError):
     """An alarm listed in alarms.stop_on fired: the run stops (failed) with this message."""
 
 
+TOPIC_KINDS = ("overlap",)  # reward kinds that measure something other than harm / quality
+
+
 class RunAlarms:
     """The alarms of one PPO run. `observe(step, rollout, trainer, stored)` after each step's update gives the
     metrics to log and stores what fired; `stop` then holds the firing that must stop the run, if any."""
 
     def __init__(self, run, members: list[str]) -> None:
         cfg = run.cfg
-        self.run, self.cfg, self.members = run, cfg.alarms, list(members)
+        # Disagreement is looked for among the backends that score the text's harm or quality; `overlap` scores
+        # staying on topic, another axis, whose anti-correlation with a detox reward is expected, not an alarm.
+        other_axis = {b.display_name for b in cfg.reward.backends if b.kind in TOPIC_KINDS}
+        self.run, self.cfg, self.members = run, cfg.alarms, [m for m in members if m not in other_axis]
         self.monitor = Monitor(cfg.alarms, cfg.ppo.kl_target)
         a = cfg.alarms
         # The probe answers validation prompts when the run has a validation split (so no training-time decision,
