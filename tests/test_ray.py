@@ -110,6 +110,27 @@ def test_resources_are_validated_as_fields():
     assert err.value.errors[0].field == "resources.gpus"
 
 
+def test_a_handed_over_run_is_heartbeaten_until_adopted_then_left_quietly(tmp_path, caplog):
+    import logging
+
+    url = tmp_path / "lab.db"
+    with Store(url, owner="dispatch", lease_s=60) as d, Store(url, owner="task", lease_s=60) as t:
+        run_id = d.create_run("", total_steps=1)
+        d.claim_run(run_id)
+        d.hand_over(run_id)
+        assert d.handed_over(run_id) and d.owned_runs() == [run_id]  # its lease stays alive while it waits
+        assert t.adopt_run(run_id, from_owner="someone-else") is None  # only from the owner that handed it over
+        record = t.adopt_run(run_id, from_owner="dispatch", device="cpu")
+        assert (record.owner, record.device, record.status) == ("task", "cpu", "running")
+        assert t.owned_runs() == [run_id]
+        with caplog.at_level(logging.ERROR, logger="engine.store"):
+            d.beat()  # the dispatcher's next heartbeat finds the run adopted: it lets go without complaint
+        assert d.owned_runs() == [] and not d.handed_over(run_id) and not d.lease_lost(run_id)
+        assert "lease lost" not in caplog.text
+        t.set_status(run_id, "completed")
+        assert t.adopt_run(run_id, from_owner="task") is None  # a finished run is adopted by nobody
+
+
 def test_a_local_run_asking_for_more_gpus_than_this_machine_has_is_refused_before_it_is_queued(tmp_path,
                                                                                                tiny_gpt2_dir):
     store = Store(tmp_path / "lab.db")
