@@ -84,6 +84,13 @@ LABELS: dict[str, tuple[str, str]] = {
     "evaluation.toxic_threshold": ("Toxic above", "The toxic rate is the share of responses scored above this."),
     "evaluation.bootstrap_samples": ("Bootstrap resamples", "For the 95 % interval of the change in mean toxicity."),
     "evaluation.seed": ("Evaluation seed", "Sampling seed of the evaluation; the same before and after."),
+    # resources
+    "resources.gpus": ("GPUs", "GPUs the run needs. Empty: one device (a GPU where there is one, else the CPU). A "
+                       "Ray cluster reserves them on one node; a run asking for more than a node (or, with local "
+                       "workers, this machine) has is refused before it is queued."),
+    "resources.cpus": ("CPU cores (Ray)", "Cores a Ray node reserves for the run. Local workers use the cores the "
+                       "model's thread setting says."),
+    "resources.memory_gb": ("Memory, GiB (Ray)", "Memory a Ray node reserves for the run; 0: no reservation."),
     # checkpoints
     "checkpoint.every_steps": ("Checkpoint every (steps)", "A crash loses at most this many steps; 0: no periodic "
                                "checkpoints."),

@@ -57,7 +57,7 @@ FLOAT_STEP = {k: 1e-6 for k in FLOAT_FORMAT}
 # Titles of RunConfig's sections and the fields drawn by hand instead of by the generic widgets.
 TITLES = {"model": "Model details", "model.lora": "LoRA", "ppo": "PPO", "generation": "Generation", "data": "Data",
           "evaluation": "Evaluation", "dpo": "DPO", "reward_model": "Reward model", "online": "RLOO / GRPO",
-          "ai_preferences": "AI preferences", "checkpoint": "Checkpoints"}
+          "ai_preferences": "AI preferences", "checkpoint": "Checkpoints", "resources": "Resources"}
 HAND_DRAWN = {"model": ("name_or_path", "lora"), "model.lora": ("target_modules",), "data": ("source", "template"),
               "evaluation": ("evaluator",), "reward": ("backends", "normalize")}
 # Which method sections the launch page shows for each method (PPO's are always valid defaults).
@@ -419,7 +419,7 @@ def unplaced_errors(errors: Mapping[str, list[str]], placed: set[str]) -> dict[s
 def placed_fields(state: Mapping[str, Any]) -> set[str]:
     """Every field path the form draws errors for."""
     placed = {"name", "method", "model.name_or_path", "data.source", "data.template", "reward.backends",
-              "reward.normalize", "model.lora.target_modules"}
+              "reward.normalize", "model.lora.target_modules", "resources"}
     for prefix, cls, skip in SECTIONS.values():
         placed |= {p for p, _ in plain_fields(prefix, cls, skip)}
     for field in ["evaluation.evaluator"] + [f"reward.backends[{i}]" for i in range(len(state.get("reward_rows", [])))]:

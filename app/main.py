@@ -18,6 +18,7 @@ from app import auth, forms, state  # noqa: E402
 from app.safe_text import md  # noqa: E402
 from engine.lab_settings import SettingsError, auth_problem, load_settings, network_problem, proxy_secret  # noqa: E402
 from engine.owners import LoginError  # noqa: E402
+from engine.ray_cluster import RayUnavailable  # noqa: E402
 from engine.store import StoreUnavailable  # noqa: E402
 
 st.set_page_config(page_title="RLAIF Lab", page_icon="🧪", layout="wide")
@@ -44,6 +45,11 @@ except StoreUnavailable as exc:
     print(f"RLAIF Lab cannot open its store: {exc}", file=sys.stderr, flush=True)
     st.error(f"**The lab cannot open its store.** {exc}. Set `$RLAIF_LAB_DB` to a reachable database and restart "
              "the lab; nothing stored was changed.", icon="🗄️")
+    st.stop()
+except RayUnavailable as exc:  # $RLAIF_LAB_EXECUTOR names no executor, or ray without $RAY_ADDRESS
+    print(f"RLAIF Lab cannot choose where runs execute: {exc}", file=sys.stderr, flush=True)
+    st.error(f"**The lab cannot choose where runs execute.** {exc}. Fix it and restart the lab; nothing stored was "
+             "changed.", icon="🛰️")
     st.stop()
 forms.keep_state()  # the launch form keeps its values while other pages show
 pages = [st.Page(state.page_path(name), title=title, icon=icon, url_path=name, default=name == "launch")

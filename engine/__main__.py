@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -112,7 +113,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from engine.config import RunConfig
+    from engine.config import ConfigError, RunConfig
+    from engine.resources import local_problems
     from engine.runner import execute, prepare_prompts
     from engine.store import new_owner_id
     from engine.worker import progress_listener
@@ -121,6 +123,8 @@ def cmd_run(args) -> int:
     for override in args.set or []:
         _apply_override(cfg, override)
     cfg.check()
+    if problems := local_problems(cfg):  # this process executes it: more GPUs than this machine has
+        raise ConfigError(problems)
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
     store = _store(args, owner=new_owner_id("cli"))
     if cfg.model.init_from:  # continue training: the source policy must exist and fit, before the run is registered
@@ -279,10 +283,23 @@ def cmd_runs(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from engine.ray_cluster import EXECUTOR_ENV_VAR, RAY_ADDRESS_ENV_VAR, Executor
+
+    env = dict(os.environ)
+    if args.executor:
+        env[EXECUTOR_ENV_VAR] = args.executor
+    if args.ray_address:
+        env[RAY_ADDRESS_ENV_VAR] = args.ray_address
+    executor = Executor.from_env(env)  # RayUnavailable (exit 2) for an unknown executor or ray without an address
+    kwargs = dict(once=args.once, poll_s=args.poll_s, lease_s=args.lease_s, idle_exit_s=args.idle_exit_s,
+                  resume_interrupted=args.resume_interrupted)
+    if executor.is_ray:  # a dispatcher: each run goes to the Ray cluster as a task (engine.ray_dispatcher)
+        from engine.ray_dispatcher import serve as serve_ray
+
+        return serve_ray(args.db or None, executor.address, **kwargs)
     from engine.worker import serve
 
-    return serve(args.db or None, once=args.once, poll_s=args.poll_s, lease_s=args.lease_s,
-                 idle_exit_s=args.idle_exit_s, resume_interrupted=args.resume_interrupted)
+    return serve(args.db or None, **kwargs)
 
 
 def cmd_show(args) -> int:
@@ -403,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="exit after this many seconds without a run to execute (default: never)")
     p.add_argument("--resume-interrupted", action="store_true",
                    help="queue again runs whose process died (lease expired) and resume them from their checkpoint")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="local: execute runs here; ray: send each to the Ray cluster as a task (default: "
+                        "$RLAIF_LAB_EXECUTOR, else ray when $RAY_ADDRESS is set, else local)")
+    p.add_argument("--ray-address", default=None, help="the Ray head's host:port (default: $RAY_ADDRESS)")
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
@@ -425,11 +446,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.config import ConfigError
     from engine.migrations import SchemaVersionError
+    from engine.ray_cluster import RayUnavailable
     from engine.store import StoreUnavailable
 
     try:
         return args.fn(args)
-    except (ConfigError, SchemaVersionError, StoreUnavailable) as exc:
+    except (ConfigError, SchemaVersionError, StoreUnavailable, RayUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyError as exc:

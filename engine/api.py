@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from engine.policy import BrowserPolicy
+    from engine.ray_cluster import ClusterInfo, Executor
     from engine.store import RunRecord, Store, WorkerRecord
 
 
@@ -364,6 +365,7 @@ def workers_table(workers: Sequence[WorkerRecord], lease_s: float) -> pd.DataFra
 
 
 LOCAL_WORKER_ENV_VAR = "RLAIF_LAB_LOCAL_WORKER"  # "0": the lab never starts a local worker process
+CLUSTER_MAX_AGE_S = 15.0  # the Launch page reads the Ray cluster's free resources at most this often
 
 
 class Lab:
@@ -374,8 +376,15 @@ class Lab:
     run list also marks runs whose owner stopped heartbeating as interrupted (Store.expire_leases).
     """
 
-    def __init__(self, store: Store, start_worker: bool = False, housekeeping_s: float | None = None) -> None:
+    def __init__(self, store: Store, start_worker: bool = False, housekeeping_s: float | None = None,
+                 executor: Executor | None = None) -> None:
+        from engine.ray_cluster import Executor
+
         self.store = store
+        # Where runs execute: local workers, or a Ray cluster ($RAY_ADDRESS; engine.ray_cluster.Executor.from_env).
+        self.executor = executor if executor is not None else Executor.from_env()
+        self._cluster: tuple[float, ClusterInfo | Exception] | None = None
+        self._cluster_lock = threading.Lock()
         self.start_worker = start_worker
         self.housekeeping_s = housekeeping_s if housekeeping_s is not None else min(5.0, store.lease_s / 3)
         self.worker_process: subprocess.Popen | None = None  # the last local worker this lab started
@@ -387,7 +396,9 @@ class Lab:
     def connect(cls, db_url: str | None = None, start_worker: bool | None = None) -> Lab:
         """The lab over a database (None: $RLAIF_LAB_DB or runs/rlaif_lab.db), with a local worker if none serves it.
 
-        `start_worker` None: yes unless $RLAIF_LAB_LOCAL_WORKER is "0" (workers run elsewhere, e.g. on GPU nodes)."""
+        `start_worker` None: yes unless $RLAIF_LAB_LOCAL_WORKER is "0" (workers run elsewhere, e.g. on GPU nodes).
+        With the Ray executor ($RAY_ADDRESS) the process it starts is a dispatcher (engine.ray_dispatcher).
+        RayUnavailable for an unknown $RLAIF_LAB_EXECUTOR."""
         import os
 
         from engine.store import Store, new_owner_id
@@ -412,7 +423,7 @@ class Lab:
                 ours = self.worker_process
                 if ours is not None and ours.poll() is None:
                     return  # started by us and alive (maybe still importing torch before it registers)
-                proc = ensure_local_worker(self.store)
+                proc = ensure_local_worker(self.store, env=self.executor_env())
                 if proc is not None:
                     self.worker_process = proc
             except Exception:  # a page must still load when the store is read-only or a worker cannot start
@@ -424,15 +435,68 @@ class Lab:
         """Release the store's connections (a worker this lab started keeps running: it serves the store)."""
         self.store.close()
 
+    # where runs execute
+    def executor_env(self) -> dict[str, str]:
+        """The environment that makes a worker process this lab starts use the lab's executor."""
+        from engine.ray_cluster import EXECUTOR_ENV_VAR, RAY_ADDRESS_ENV_VAR
+
+        env = {EXECUTOR_ENV_VAR: self.executor.kind}
+        if self.executor.address:
+            env[RAY_ADDRESS_ENV_VAR] = self.executor.address
+        return env
+
+    def cluster(self, max_age_s: float = CLUSTER_MAX_AGE_S) -> ClusterInfo | None:
+        """The Ray cluster's nodes and free resources (None with local workers), read again when older than
+        `max_age_s` seconds (reading it starts a probe process: seconds). RayUnavailable, saying why, when the
+        cluster cannot be reached (remembered as long, so a page does not wait for it on every rerun)."""
+        from engine.ray_cluster import cluster_info
+
+        if not self.executor.is_ray:
+            return None
+        with self._cluster_lock:
+            now = time.monotonic()
+            if self._cluster is None or now - self._cluster[0] > max_age_s:
+                try:
+                    self._cluster = (time.monotonic(), cluster_info(self.executor.address))
+                except ValueError as exc:  # RayUnavailable
+                    self._cluster = (time.monotonic(), exc)
+            got = self._cluster[1]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def resource_problems(self, cfg: RunConfig) -> list[FieldError]:
+        """Why the run cannot get the resources it asks for where it would execute, by field (cfg.resources.*):
+        more GPUs / CPUs / memory than any node of the Ray cluster has, or, with local workers, more GPUs than
+        this machine has. RayUnavailable when the Ray cluster cannot be reached."""
+        from engine.resources import cluster_problems, local_problems
+
+        if self.executor.is_ray:
+            return cluster_problems(cfg, self.cluster())
+        import socket
+
+        if {w.host for w in self.store.live_workers()} - {socket.gethostname()}:
+            return []  # workers on other machines: each checks its own GPUs when it claims the run
+        return local_problems(cfg)
+
     # runs
     def start_run(self, cfg: RunConfig | dict[str, Any] | str, policy: BrowserPolicy | None = None,
                   user: User | None = None) -> str:
-        """Validate and queue a run; ConfigError (field by field) before anything is stored.
+        """Validate and queue a run; ConfigError (field by field) before anything is stored, including a run
+        asking for more GPUs / CPUs / memory than the executor has (`resource_problems`); RayUnavailable when the
+        Ray cluster runs are sent to cannot be reached (nothing is queued then either).
 
         `policy`: the operator's allow-list when the config comes from a browser (None: no limits).
         `user`: the logged-in user, recorded as the run's owner (None: no login, no owner)."""
         cfg = as_config(cfg)
         if problems := policy_problems(cfg, policy):
+            raise ConfigError(problems)
+        cfg.check()  # the fields first: the resource checks below read them
+        if self.executor.is_ray:
+            from engine.ray_cluster import check_address
+
+            check_address(self.executor.address)  # a cluster gone since the last look: say so, queue nothing
+        if problems := self.resource_problems(cfg):
             raise ConfigError(problems)
         run_id = submit(self.store, cfg, user=user.name if user is not None else None)
         self.housekeeping(force=True)  # a worker to take it (one may have died since the last look)

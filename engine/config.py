@@ -269,6 +269,16 @@ class CheckpointSettings:
 
 
 @dataclass
+class ResourceSettings:
+    """What one run asks of the machine that executes it. A Ray cluster (docs/scaling.md) reserves exactly this for
+    the run's task; a local worker has one machine, so only the GPU count is checked there (against its devices)."""
+
+    gpus: int | None = None  # None: one device (a GPU where there is one, else the CPU); N: N GPUs, 0: none
+    cpus: int = 1  # CPU cores a Ray node reserves for the run (a local worker uses the cores model.threads says)
+    memory_gb: float = 0.0  # GiB of memory a Ray node reserves for the run (0: no reservation)
+
+
+@dataclass
 class AlarmSettings:
     """Reward-hacking alarms during PPO training (engine/alarms.py): each compares a step with the run's first
     `baseline_steps` steps and fires once its condition holds `patience` steps in a row; stored with the samples
@@ -318,6 +328,7 @@ class RunConfig:
     ai_preferences: AIPreferenceSettings = field(default_factory=AIPreferenceSettings)  # method dpo_ai
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)  # PPO: reward-hacking alarms during training
+    resources: ResourceSettings = field(default_factory=ResourceSettings)  # GPUs, CPUs, memory (Ray reserves them)
     parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
@@ -1177,6 +1188,7 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _seed(e, "online.seed", o.seed)
 
     e.extend(_validate_alarms(cfg.alarms))
+    e.extend(_validate_resources(cfg.resources))
     _range(e, "checkpoint.every_steps", cfg.checkpoint.every_steps, 0, None)
     _range(e, "checkpoint.keep", cfg.checkpoint.keep, 1, None)
     a = cfg.ai_preferences
@@ -1184,6 +1196,27 @@ def _validate_methods(cfg: RunConfig) -> list[FieldError]:
     _range(e, "ai_preferences.min_margin", a.min_margin, 0.0, 1e6)
     _seed(e, "ai_preferences.seed", a.seed)
     _range(e, "ai_preferences.batch_size", a.batch_size, 1, 4096)
+    return e
+
+
+MAX_GPUS = 1024  # per run; a typo such as 80 instead of 8 is caught by the cluster check, not here
+
+
+def _validate_resources(r: ResourceSettings) -> list[FieldError]:
+    """Problems of the resources section (ranges only: whether a machine or a Ray node has them is checked where
+    the run is queued, engine.resources)."""
+    e: list[FieldError] = []
+    if r.gpus is not None:
+        if not _ints(r.gpus):
+            e.append(FieldError("resources.gpus", f"must be a whole number of GPUs (or empty: one device), got "
+                                                  f"{_show(r.gpus)}"))
+        else:
+            _range(e, "resources.gpus", r.gpus, 0, MAX_GPUS)
+    if not _ints(r.cpus):
+        e.append(FieldError("resources.cpus", f"must be a whole number of CPU cores, got {_show(r.cpus)}"))
+    else:
+        _range(e, "resources.cpus", r.cpus, 1, 4096)
+    _range(e, "resources.memory_gb", r.memory_gb, 0.0, 1e6)
     return e
 
 

@@ -567,6 +567,7 @@ class Store:
         self._owned: dict[str, dict[str, Any]] = {}
         self._step_times: dict[str, list[float]] = {}
         self._lost: set[str] = set()
+        self._handed: set[str] = set()  # runs given to another process (hand_over), heartbeated until it adopts them
         self._worker_device: str | None = None
         self._worker_registered = False
         self._beat_lock = threading.Lock()
@@ -633,6 +634,7 @@ class Store:
 
     def _disown(self, run_id: str) -> None:
         with self._beat_lock:
+            self._handed.discard(run_id)
             self._owned.pop(run_id, None)
             self._step_times.pop(run_id, None)
             worker = self._worker_registered
@@ -645,6 +647,7 @@ class Store:
         """Stop heartbeating a run this Store executes without writing anything: its end could not be recorded (the
         store is read-only, the disk is full). Once its lease expires, any process marks it interrupted."""
         with self._beat_lock:
+            self._handed.discard(run_id)
             self._owned.pop(run_id, None)
             self._step_times.pop(run_id, None)
 
@@ -718,6 +721,11 @@ class Store:
                     s.add(self._worker_row(now, current))
         with self._beat_lock:
             for run_id in lost:
+                if run_id in self._handed:  # adopted by the process it was handed to: its lease now, not ours
+                    self._handed.discard(run_id)
+                    self._owned.pop(run_id, None)
+                    self._step_times.pop(run_id, None)
+                    continue
                 if run_id in self._owned:  # not finished meanwhile by this process: the lease is gone
                     self._owned.pop(run_id)
                     self._lost.add(run_id)
@@ -782,6 +790,36 @@ class Store:
                 status = self.get_run(run_id).status  # KeyError when there is no such run
                 raise ValueError(f"run {run_id} is {status}: only a queued run can be claimed")
         return None
+
+    def hand_over(self, run_id: str) -> None:
+        """Give a run this Store claimed to another process (a Ray task) that will `adopt_run` it: this Store keeps
+        heartbeating it until then (a run waiting for a node keeps its lease), then stops without complaint."""
+        with self._beat_lock:
+            if run_id in self._owned:
+                self._handed.add(run_id)
+
+    def handed_over(self, run_id: str) -> bool:
+        """Whether a run this Store handed over is still waiting to be adopted (it still heartbeats it)."""
+        with self._beat_lock:
+            return run_id in self._handed and run_id in self._owned
+
+    def adopt_run(self, run_id: str, from_owner: str, device: str | None = None) -> RunRecord | None:
+        """Take over the lease of a running run from `from_owner` (the dispatcher that claimed it and handed it
+        over), atomically: this Store becomes its owner and heartbeats it. None when the run is no longer running
+        under `from_owner` (cancelled meanwhile, or its lease expired): then nothing changes."""
+        values: dict[str, Any] = {"owner": self.owner, "heartbeat_at": utcnow(), "phase": "starting"}
+        if device is not None:
+            values["device"] = str(device)
+        with self._write() as s:
+            done = s.execute(
+                update(Run).where(Run.id == run_id, Run.status == "running", Run.owner == from_owner)
+                .values(**values).execution_options(synchronize_session=False)).rowcount
+            if done and self._worker_registered:
+                s.execute(update(Worker).where(Worker.id == self.owner).values(current_run=run_id))
+        if not done:
+            return None
+        self._own(run_id)
+        return self.get_run(run_id)
 
     def _running_values(self) -> dict[str, Any]:
         now = utcnow()

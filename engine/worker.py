@@ -229,24 +229,37 @@ class Worker:
         return executed
 
     def _execute(self, record) -> None:
-        from engine.runner import execute
-
-        try:
-            cfg = RunConfig.from_yaml(record.config_yaml)
-        except ValueError as exc:
-            self.store.set_status(record.id, "failed", error=f"unreadable config: {exc}")
-            return
-        log.info("worker %s: run %s (%s)", self.id, record.id, cfg.name)
-        try:
-            execute(cfg, self.store, record.id, progress_listener(self.store, record.id))
-        except KeyboardInterrupt:  # a second signal: the runner stored "interrupted"; stop the loop too
-            log.warning("run %s interrupted", record.id)
+        if not execute_claimed(self.store, record, self.id):  # a second signal: stop the loop too
             self._stop.set()
-            return
-        except Exception:  # the runner already stored the error and its traceback
-            log.exception("run %s failed", record.id)
-        if _then_ppo(cfg):
-            queue_ppo_stage(self.store, record.id, cfg)
+
+
+def execute_claimed(store: Store, record, executor_id: str) -> bool:
+    """Execute a run `store` has claimed (it owns the lease and heartbeats it) with `engine.runner.execute`, and
+    queue RLHF's PPO stage after a completed reward model. The one execution path of a local worker and of a Ray
+    task (engine.ray_dispatcher). Returns False when interrupted by a KeyboardInterrupt (a second signal; the
+    runner stored "interrupted"), True otherwise: a failure is stored with its traceback, not raised."""
+    from engine.resources import local_problems
+    from engine.runner import execute
+
+    try:
+        cfg = RunConfig.from_yaml(record.config_yaml)
+    except ValueError as exc:
+        store.set_status(record.id, "failed", error=f"unreadable config: {exc}")
+        return True
+    if problems := local_problems(cfg):  # queued where the GPUs were counted elsewhere: say so, run nothing
+        store.set_status(record.id, "failed", error=f"{problems[0]} (on {executor_id})")
+        return True
+    log.info("worker %s: run %s (%s)", executor_id, record.id, cfg.name)
+    try:
+        execute(cfg, store, record.id, progress_listener(store, record.id))
+    except KeyboardInterrupt:
+        log.warning("run %s interrupted", record.id)
+        return False
+    except Exception:  # the runner already stored the error and its traceback
+        log.exception("run %s failed", record.id)
+    if _then_ppo(cfg):
+        queue_ppo_stage(store, record.id, cfg)
+    return True
 
 
 def requeue_interrupted(store: Store) -> list[str]:
@@ -312,13 +325,14 @@ def serve(url: str | None = None, once: bool = False, poll_s: float = DEFAULT_PO
     return 0
 
 
-def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subprocess.Popen | None:
+def ensure_local_worker(store: Store, log_dir: str | Path | None = None,
+                        env: dict[str, str] | None = None) -> subprocess.Popen | None:
     """Start a local worker process for `store` unless a live one serves it (a fresh heartbeat in `workers`).
 
     Returns the process started (None when one was serving). Its output goes to <log_dir>/worker-<pid>.log
     (default: runs/ beside a SQLite store, else ./runs). The worker runs in its own session, so it outlives the
     process that started it (the UI may restart while it trains); it exits after LOCAL_WORKER_IDLE_EXIT_S seconds
-    with nothing to do.
+    with nothing to do. `env`: added to its environment (the lab's executor: with $RAY_ADDRESS it is a dispatcher).
     """
     store.expire_leases()
     if store.live_workers():
@@ -332,7 +346,7 @@ def ensure_local_worker(store: Store, log_dir: str | Path | None = None) -> subp
     from engine.store import DB_ENV_VAR
 
     # The URL goes in the environment, not on the command line: a PostgreSQL URL's password would show in `ps`.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", DB_ENV_VAR: store.url}
+    env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1", DB_ENV_VAR: store.url}
     root = str(Path(__file__).resolve().parents[1])  # so `-m engine` finds this checkout from any directory
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(log_path, "ab") as out:

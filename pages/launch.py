@@ -13,6 +13,7 @@ from engine.api import errors_by_field, validate_config
 from engine.config import CAUSAL_ONLY_METHODS, ConfigError, RunConfig, causal_only_message
 from engine.policy import browser_policy
 from engine.presets import preset
+from engine.ray_cluster import RAY_ADDRESS_ENV_VAR, RayUnavailable
 
 lab = state.lab()
 forms.init_state()
@@ -83,7 +84,8 @@ ANCHORS = (("model.name_or_path", "essentials"), ("name", "essentials"), ("metho
            ("reward.", "reward"), ("model.lora", "sec-lora"), ("model.", "sec-model"), ("ppo.", "sec-ppo"),
            ("dpo.", "sec-method"), ("online.", "sec-method"), ("reward_model.", "sec-method"),
            ("ai_preferences.", "sec-method"), ("generation.", "sec-generation"), ("data.", "sec-data"),
-           ("evaluation.", "sec-evaluation"), ("checkpoint.", "sec-checkpoints"))
+           ("evaluation.", "sec-evaluation"), ("checkpoint.", "sec-checkpoints"), ("resources", "sec-resources"),
+           (RAY_ADDRESS_ENV_VAR, "cluster"))
 
 
 def anchor_of(field: str, essentials: tuple[str, ...]) -> str:
@@ -106,6 +108,8 @@ def queue_preset(name: str) -> None:
     except ConfigError as exc:  # e.g. the operator's policy refuses the built-in model
         st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
             f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
+    except RayUnavailable as exc:
+        st.session_state["launch-note"] = ("error", f"Not started (nothing was queued): {md(str(exc), limit=1000)}")
 
 
 def start() -> None:
@@ -119,6 +123,9 @@ def start() -> None:
     except ConfigError as exc:
         st.session_state["launch-note"] = ("error", "Not started:\n\n" + "\n".join(
             f"- **{md(e.field)}**: {md(e.message, limit=1000)}" for e in exc.errors))
+        return
+    except RayUnavailable as exc:  # the cluster went away since the page was drawn: nothing was queued
+        st.session_state["launch-note"] = ("error", f"Not started (nothing was queued): {md(str(exc), limit=1000)}")
         return
     st.session_state["run_id"] = run_id
     st.session_state["launched"] = run_id
@@ -176,10 +183,39 @@ st.radio("Start from", list(PRESET_LABELS), key="preset", horizontal=True, on_ch
          help="Loads a preset's values into the form (Custom keeps what is there). The measured default is the run "
               "the README measures; the seed article's values barely move SmolLM2 (kept to reproduce it).")
 
+def cluster_panel() -> str | None:
+    """With the Ray executor: the cluster's free resources and nodes (read at most every 15 s); returns why the
+    cluster cannot be reached, or None."""
+    if not lab.executor.is_ray:
+        return None
+    address = lab.executor.address
+    anchor("cluster")
+    with st.container(border=True, key="cluster"):
+        try:
+            cluster = lab.cluster()
+        except RayUnavailable as exc:
+            st.error(f"**Runs go to the Ray cluster at `{md(address)}`, which cannot be reached.** "
+                     f"{md(str(exc), limit=1000)}. Nothing can be queued until it answers.", icon="🛰️")
+            return str(exc)
+        st.markdown(f"**Runs go to the Ray cluster at `{md(address)}`** — {md(cluster.describe())}. A run must fit "
+                    "on one node; it waits in the queue until the cluster has its resources free.")
+        st.dataframe([{"node": n.host, "alive": n.alive, "CPUs": n.cpus, "GPUs": n.gpus, "memory (GiB)": n.memory_gb}
+                      for n in cluster.nodes], hide_index=True, key="cluster-nodes")
+    return None
+
+
 cfg, problems = forms.state_to_config(st.session_state)
 errors = errors_by_field(problems) if cfg is None else data_problems(cfg.to_yaml(), policy.key)
 if cfg is not None and not errors and cfg.model.init_from:  # continue training: the source checked in the store
     errors = lab.init_from_problems(cfg)
+errors = dict(errors)
+cluster_problem = cluster_panel()
+if cluster_problem is not None:
+    errors.setdefault(RAY_ADDRESS_ENV_VAR, []).append(cluster_problem)
+elif cfg is not None and not any(field.startswith("resources") for field in errors):
+    # more GPUs / CPUs / memory than a Ray node (or, with local workers, this machine) has: refused by field
+    for field, messages in errors_by_field(lab.resource_problems(cfg)).items():
+        errors.setdefault(field, []).extend(messages)
 method = st.session_state.get(forms.key_of("method"), "ppo")
 essentials = ESSENTIALS.get(method, ())
 advice = launch_advice.warnings(cfg, on_gpu=device_of(cfg) != "cpu") if cfg is not None and not errors else []
@@ -271,6 +307,12 @@ with expander("Checkpoints and resume", "sec-checkpoints", errors, ckpt_paths):
     st.caption("A stopped run (failed, cancelled, interrupted) resumes from its newest checkpoint; at most "
                "“checkpoint every” steps are redone. `python -m engine resume RUN` from the command line.")
     forms.section("Checkpoints", errors)
+resource_paths = ["resources"] + [p for p, _ in forms.plain_fields(*forms.SECTIONS["Resources"])]
+with expander("Resources: GPUs, CPUs, memory", "sec-resources", errors, resource_paths):
+    st.caption(f"What the run reserves where it executes: {md(lab.executor.describe())}. A run asking for more "
+               "than a single node (or this machine) has is refused before it is queued.")
+    forms.section("Resources", errors, columns=3)
+    forms.show_errors(errors, "resources")
 detail_paths = [p for p, _ in forms.plain_fields(*forms.SECTIONS["Model details"])]
 with expander("Architecture, precision, device", "sec-model", errors, detail_paths):
     forms.section("Model details", errors, columns=3)
