@@ -39,6 +39,7 @@ def tiny_config(model_dir, steps: int, name: str, checkpoint_every: int = 0, out
     cfg.evaluation.enabled = False
     cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(model_dir), "cpu", "none"
     cfg.data.source, cfg.data.holdout_size = "builtin", 4
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     p = cfg.ppo
