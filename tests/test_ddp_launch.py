@@ -31,6 +31,7 @@ def _config(model_dir: Path, tmp_path: Path, method: str) -> RunConfig:
     cfg.ppo.batch_size, cfg.ppo.num_generations, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps = 4, 2, 2, 2
     cfg.ppo.samples_per_step = 2
     cfg.online.batch_size, cfg.online.num_generations, cfg.online.max_steps = 2, 2, 2
+    cfg.online.samples_per_step = 2  # rank 0's 2 completions a step (it stores samples from its own share)
     cfg.checkpoint.every_steps = 1
     cfg.alarms.probe_every = 0
     cfg.distributed.num_processes = 2
