@@ -3,9 +3,9 @@ sampling and training on half the batch), same model, batch and settings.
 
 Usage: python bench/bench_ddp.py [--steps 4] [--batch 16] [--threads 1] [--smoke]
 
-Both sides run as fresh child processes of this script started the way `accelerate launch` starts them (RANK,
-WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment; the 1-process side with none), each with --threads torch
-threads: the built-in-sized random GPT-2 from bench/_tiny.py (4 layers, 256 wide, 4.3 M parameters), HH prompts cut
+The 2 ranks run as child processes of this script started the way `accelerate launch` starts them (RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment), the 1-process side in this process, each with --threads
+torch threads: the built-in-sized random GPT-2 from bench/_tiny.py (4 layers, 256 wide, 4.3 M parameters), HH prompts cut
 to 64 tokens, --batch responses a step (2 per prompt), mini-batches of a quarter of the batch, 16 new tokens, a cheap
 vowel-share reward. 1 warm-up step, then --steps timed steps; the table gives the median `time/step_s` (the slowest
 rank's), its parts, and the speed-up. Not a test; prints a table.
@@ -81,7 +81,10 @@ def _free_port() -> int:
 
 
 def launch(args, world: int, out: Path) -> list[dict]:
-    """`world` child processes (1: no process group at all); rank 0's timed steps."""
+    """`world` child processes (1: this process, no process group at all); rank 0's timed steps."""
+    if world == 1:
+        child(argparse.Namespace(**{**vars(args), "out": str(out)}))
+        return json.loads(out.read_text())
     port = _free_port()
     procs = []
     for rank in range(world):
