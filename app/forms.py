@@ -57,7 +57,8 @@ FLOAT_STEP = {k: 1e-6 for k in FLOAT_FORMAT}
 # Titles of RunConfig's sections and the fields drawn by hand instead of by the generic widgets.
 TITLES = {"model": "Model details", "model.lora": "LoRA", "ppo": "PPO", "generation": "Generation", "data": "Data",
           "evaluation": "Evaluation", "dpo": "DPO", "reward_model": "Reward model", "online": "RLOO / GRPO",
-          "ai_preferences": "AI preferences", "checkpoint": "Checkpoints", "resources": "Resources"}
+          "ai_preferences": "AI preferences", "checkpoint": "Checkpoints", "resources": "Resources",
+          "distributed": "Several devices"}
 HAND_DRAWN = {"model": ("name_or_path", "lora"), "model.lora": ("target_modules",), "data": ("source", "template"),
               "evaluation": ("evaluator",), "reward": ("backends", "normalize")}
 # Which method sections the launch page shows for each method (PPO's are always valid defaults).

@@ -125,7 +125,15 @@ def cmd_run(args) -> int:
     cfg.check()
     if problems := local_problems(cfg):  # this process executes it: more GPUs than this machine has
         raise ConfigError(problems)
+    from engine.distributed import launched_world
+
+    if launched_world() > 1:  # one of several processes `accelerate launch` started
+        return _run_rank(cfg, args)
     prepare_prompts(cfg)  # a bad data source fails here, before the run is registered
+    if cfg.distributed.num_processes > 1:  # start again on that many processes (engine.launch)
+        from engine.launch import relaunch
+
+        return relaunch(cfg, _engine_args(args))
     store = _store(args, owner=new_owner_id("cli"))
     if cfg.model.init_from:  # continue training: the source policy must exist and fit, before the run is registered
         from engine.policy_source import resolve_init_from
@@ -152,15 +160,75 @@ def cmd_run(args) -> int:
     return _report(store, run_id, summary)
 
 
+def _engine_args(args) -> list[str]:
+    """This `run` command's arguments, for each launched process."""
+    out = ["--db", args.db] if args.db else []
+    out += ["run", args.config]
+    for override in args.set or []:
+        out += ["--set", override]
+    return out
+
+
+def _run_rank(cfg, args) -> int:
+    """`run` in one of several launched processes: rank 0 registers the run and writes the store as a lone process
+    does; the others get its id, train in step and write nothing (engine.launch.ReadOnlyStore)."""
+    from engine.distributed import group_from_env
+    from engine.launch import ReadOnlyStore
+    from engine.runner import execute, execute_rank, prepare_prompts
+    from engine.store import new_owner_id
+    from engine.worker import progress_listener
+
+    group = group_from_env()
+    if cfg.method == "reward_model" and cfg.reward_model.then_ppo:
+        raise SystemExit("error: an RLHF chain (reward_model.then_ppo) runs in one process")
+    store, run_id = None, None
+    if group.is_main:
+        try:
+            prepare_prompts(cfg)
+            store = _store(args, owner=new_owner_id("cli"))
+            run_id = store.create_run(cfg.to_yaml(), name=cfg.name, method=cfg.method, total_steps=cfg.total_steps)
+            store.claim_run(run_id)
+        finally:  # the others wait for the id; None (rank 0 failed) lets them exit
+            group.broadcast(run_id)
+        print(f"run {run_id} ({store.url}, {group.world} processes)", flush=True)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        on_progress = ProgressBars()
+        try:
+            summary = execute(cfg, store, run_id, progress_listener(store, run_id, then=on_progress), resume=False)
+        except KeyboardInterrupt:
+            print(f"run {run_id}: interrupted", file=sys.stderr)
+            return 130
+        for bar in on_progress.bars.values():
+            bar.close()
+        return _report(store, run_id, summary)
+    run_id = group.broadcast(None)
+    if run_id is None:
+        return 1
+    execute_rank(cfg, ReadOnlyStore(_store(args)), run_id, resume=False)
+    return 0
+
+
 def cmd_resume(args) -> int:
     """Continue a failed, cancelled or interrupted run from its newest checkpoint (engine.runner.execute)."""
     from engine.config import RunConfig
+    from engine.distributed import group_from_env, launched_world
     from engine.runner import Progress, execute
     from engine.store import new_owner_id
     from engine.worker import progress_listener
 
+    if launched_world() > 1 and not group_from_env().is_main:  # a launched run's other ranks: train, write nothing
+        from engine.launch import ReadOnlyStore
+        from engine.runner import execute_rank
+
+        store = ReadOnlyStore(_store(args))
+        execute_rank(RunConfig.from_yaml(store.get_run(args.run).config_yaml), store, args.run, resume=True)
+        return 0
     store = _store(args, owner=new_owner_id("cli"))  # the resumed run is this process's lease, as with `run`
     cfg = RunConfig.from_yaml(store.get_run(args.run).config_yaml)
+    if cfg.distributed.num_processes > 1 and launched_world() == 1:  # resume on as many processes as it ran on
+        from engine.launch import relaunch
+
+        return relaunch(cfg, (["--db", args.db] if args.db else []) + ["resume", args.run])
 
     def on_progress(p: Progress) -> None:
         if p.message and (p.phase != "train" or p.done == p.total or p.done % 10 == 0):

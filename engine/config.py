@@ -312,6 +312,26 @@ class AlarmSettings:
     stop_on: list[str] = field(default_factory=list)  # alarm names that stop (fail) the run when they fire
 
 
+ZERO_STAGES = (0, 2, 3)
+
+
+@dataclass
+class DistributedSettings:
+    """Training on several devices of one machine, one process per device (docs/scaling.md, "Several GPUs").
+
+    With num_processes > 1, `python -m engine run CONFIG` starts itself again under `accelerate launch` with that
+    many processes (or launch it yourself: `accelerate launch --num_processes N -m engine run CONFIG`). PPO runs
+    data parallel (DDP): each process samples and scores its share of the batch, whitening, the KL and every metric
+    are reduced across processes, rank 0 writes the store and the checkpoints. The TRL methods run under accelerate
+    as TRL does (each process takes batch_size rows a step)."""
+
+    num_processes: int = 1  # processes = devices (GPUs; CPU processes with model.device cpu); 1: no launcher
+    # DeepSpeed ZeRO for the TRL methods (dpo, dpo_ai, rloo, grpo) on CUDA GPUs: 2 shards the optimizer state and
+    # gradients, 3 the weights too (models that do not fit one GPU). 0: plain DDP. PPO runs DDP only.
+    zero_stage: int = 0  # 0 (DDP) | 2 | 3 (DeepSpeed ZeRO, TRL methods on GPUs)
+    offload: bool = False  # ZeRO: keep the optimizer state (and with stage 3 the weights) in CPU memory
+
+
 @dataclass
 class RunConfig:
     """Everything one run needs. Saved as YAML with the run; the same file replays it."""
@@ -332,6 +352,7 @@ class RunConfig:
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     alarms: AlarmSettings = field(default_factory=AlarmSettings)  # PPO: reward-hacking alarms during training
     resources: ResourceSettings = field(default_factory=ResourceSettings)  # GPUs, CPUs, memory (Ray reserves them)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)  # several devices, one run
     parent_run: str | None = None  # the run that queued this one (RLHF: the reward_model run whose model rewards it)
 
     @property
@@ -1006,6 +1027,7 @@ def validate(cfg: RunConfig) -> list[FieldError]:
                             f"data.max_prompt_tokens ({d.max_prompt_tokens}) + max_new_tokens ({g.max_new_tokens}) "
                             f"must be <= the {positions} positions the model reads"))
     e.extend(_validate_methods(cfg))
+    e.extend(_validate_distributed(cfg))
     unique: dict[tuple[str, str], FieldError] = {}
     for err in e:  # _non_finite and a field's own range check may both report inf
         unique.setdefault((err.field, err.message), err)
@@ -1220,6 +1242,41 @@ def _validate_resources(r: ResourceSettings) -> list[FieldError]:
     else:
         _range(e, "resources.cpus", r.cpus, 1, 4096)
     _range(e, "resources.memory_gb", r.memory_gb, 0.0, 1e6)
+def _validate_distributed(cfg: RunConfig) -> list[FieldError]:
+    """Several processes: a whole number of them, a ZeRO stage DeepSpeed has, a batch that splits over them."""
+    e: list[FieldError] = []
+    d = cfg.distributed
+    if not _ints(d.num_processes) or isinstance(d.num_processes, bool):
+        return [FieldError("distributed.num_processes", f"must be a whole number of processes, got "
+                                                        f"{_show(d.num_processes)}")]
+    _range(e, "distributed.num_processes", d.num_processes, 1, 1024)
+    if not _ints(d.zero_stage) or d.zero_stage not in ZERO_STAGES:
+        e.append(FieldError("distributed.zero_stage", f"must be one of 0 (DDP), 2, 3 (DeepSpeed ZeRO), got "
+                                                      f"{_show(d.zero_stage)}"))
+    elif d.zero_stage:
+        if cfg.method in ("ppo", "reward_model"):
+            e.append(FieldError("distributed.zero_stage", f"method {cfg.method} runs DDP only (0): its loop "
+                                "generates with the policy, which ZeRO-3 would gather layer by layer for every token; "
+                                "ZeRO is for dpo, dpo_ai, rloo and grpo"))
+        if isinstance(cfg.model.device, str) and not cfg.model.device.startswith(("cuda", "auto")):
+            e.append(FieldError("distributed.zero_stage", f"DeepSpeed ZeRO needs CUDA GPUs; model.device is "
+                                                          f"{cfg.model.device!r}"))
+    if d.offload and not d.zero_stage:
+        e.append(FieldError("distributed.offload", "offloading is DeepSpeed's: set distributed.zero_stage to 2 or 3"))
+    if d.num_processes == 1:
+        return e
+    device = cfg.model.device if isinstance(cfg.model.device, str) else ""
+    if device.startswith("cuda:") or device == "mps":
+        e.append(FieldError("model.device", f"with distributed.num_processes {d.num_processes} use auto, cuda or cpu: "
+                                            f"each process takes its own device (cuda:LOCAL_RANK); got {device!r}"))
+    p = cfg.ppo
+    if cfg.method == "ppo" and _ints(p.batch_size, p.num_generations) and p.num_generations > 0 \
+            and (p.batch_size // p.num_generations) % d.num_processes:
+        e.append(FieldError("ppo.batch_size", f"{p.batch_size // p.num_generations} prompts a step "
+                            f"(batch_size / num_generations) must split evenly over distributed.num_processes "
+                            f"({d.num_processes}): every process samples the same number"))
+    if cfg.method == "reward_model":
+        e.append(FieldError("distributed.num_processes", "the reward model trains in one process (1)"))
     return e
 
 

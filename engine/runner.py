@@ -103,6 +103,19 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     return summary
 
 
+def execute_rank(cfg: RunConfig, store, run_id: str, resume: bool) -> dict[str, Any]:
+    """Run `cfg` as a rank other than 0 of a launched multi-process run: train in step with rank 0, which records the
+    run's status (`execute`); `store` is an engine.launch.ReadOnlyStore. Returns this rank's part of the summary."""
+    from engine.methods.lifecycle import run_policy
+
+    # No cancel checks of its own: rank 0 decides between steps and every rank follows (a rank stopping alone would
+    # leave the others waiting at their next collective).
+    try:
+        return run_policy(policy_method(cfg.method), cfg, store, run_id, lambda p: None, lambda: None, resume=resume)
+    except RunCancelled:
+        return {}
+
+
 def _record_end(store: Store, run_id: str, status: str, **kw: Any) -> bool:
     """Store the run's end; when the store cannot be written (read-only, a full disk, unreachable) log one clear
     error instead of a second traceback, and stop heartbeating the run so that, once its lease expires, any process

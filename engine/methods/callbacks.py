@@ -18,6 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from engine.distributed import group_from_env
 from engine.progress import RunCancelled, RunInterrupted, stop_reason, stop_requested
 
 # Logged once at the end of `Trainer.train()`: run totals, not per-step curves; kept in `final` for the summary.
@@ -105,7 +106,9 @@ class StoreCallback(TrainerCallback):
             self.on_step(step)
         self.store.set_progress(self.run_id, step, self.total_steps)
         self.interrupted = stop_requested()
-        if self.interrupted or self.store.is_cancel_requested(self.run_id):
+        stop = self.interrupted or self.store.is_cancel_requested(self.run_id)
+        # Several processes (accelerate launch): every rank stops at the same step, or one would wait for the others.
+        if group_from_env().any(stop):
             self.cancelled = not self.interrupted
             control.should_training_stop = True
             if args.save_strategy != "no":  # keep the steps since the last checkpoint: a resume starts here

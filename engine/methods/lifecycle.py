@@ -127,6 +127,11 @@ class PolicyRun:
         self.resume: Resume | None = None
         self.resuming = False  # set by run_policy: a resumed run's weights come from its own checkpoint
         self.init_source = None  # engine.policy_source.PolicySource: model.init_from, checked in prepare()
+        # This process among the run's processes (engine.distributed): several under `accelerate launch`, where only
+        # rank 0 evaluates, saves and writes the store (the others get a ReadOnlyStore).
+        from engine.distributed import SINGLE
+
+        self.group = SINGLE
         self.determinism: dict[str, Any] = {}  # what deterministic mode set (engine.determinism.deterministic_run)
         # Wall seconds per phase (load, evaluate_before, train, evaluate_after, save), in the summary: where a run's
         # time goes. A resumed run counts this process's phases only.
@@ -164,7 +169,7 @@ class PolicyRun:
         from engine.rewards import build_backend
 
         cfg = self.cfg
-        if cfg.evaluation.enabled:
+        if cfg.evaluation.enabled and self.group.is_main:  # several processes: rank 0 evaluates
             self.evaluator = build_backend(cfg.evaluation.evaluator, device=self.device)
             if cfg.evaluation.relevance:
                 from engine.relevance import default_scorer
@@ -369,17 +374,31 @@ def run_policy(method: PolicyMethod, cfg: RunConfig, store, run_id: str, notify:
     With model.deterministic (the default) the run holds a fixed thread count and deterministic kernels, every RNG
     seeded with the method's seed, so a seed pins it (engine.determinism); the process is put back afterwards."""
     from engine.determinism import deterministic_run
+    from engine.distributed import group_from_env, launched_world, local_device
     from engine.models import pick_device
 
+    wanted = cfg.distributed.num_processes
+    if wanted > 1 and launched_world() == 1:
+        raise ConfigError([FieldError("distributed.num_processes", f"{wanted} processes, but this process was started "
+                                      "alone: run it with `python -m engine run CONFIG` (which launches them) or "
+                                      f"`accelerate launch --num_processes {wanted} -m engine run CONFIG`")])
+    group = group_from_env()
+    if group.distributed:  # each process on its own GPU (cuda:LOCAL_RANK); CPU processes stay on the CPU
+        device = local_device(group, pick_device(cfg.model.device))
+        if device != cfg.model.device:
+            from dataclasses import replace
+
+            cfg = replace(cfg, model=replace(cfg.model, device=device))
     with deterministic_run(method.seed(cfg), enabled=cfg.model.deterministic, threads=cfg.model.threads,
                            device=pick_device(cfg.model.device)) as det:
         run = PolicyRun(cfg, store, run_id, notify, check_cancel)
+        run.group = group
         run.determinism = det
         return _run_policy(method, run, resume)
 
 
 def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str, Any]:
-    cfg, store, run_id, notify = run.cfg, run.store, run.run_id, run.notify
+    cfg, notify = run.cfg, run.notify
     run.resuming = resume
     run.prepare()
     if method.causal_only:
@@ -391,25 +410,57 @@ def _run_policy(method: PolicyMethod, run: PolicyRun, resume: bool) -> dict[str,
     run.device = pick_device(cfg.model.device)
     notify(Progress("load", message="loading the reward backends, the evaluator and the policy"))
     try:
-        with run.timed("load"):
-            method.load(run)
-            run.load(method.seed(cfg))
-        if resume:
-            run.resume = run.find_resume(method.read_checkpoint)
-            if run.resume is None:
-                raise ValueError(f"run {run_id} has no readable checkpoint to resume from")
-            store.truncate_after(run_id, run.resume.step)  # curves continue from the checkpoint's step
-            store.set_progress(run_id, run.resume.step, cfg.total_steps)
-            notify(Progress("load", message=f"resuming from the checkpoint after step {run.resume.step}"))
-            if run.evaluator is not None:
-                run.before = run.stored_before()
-        else:
-            store.set_progress(run_id, 0, cfg.total_steps)
-            if run.evaluator is not None:
-                with run.timed("evaluate_before"):
-                    run.before = run.evaluate("before")
+        try:
+            _load_and_evaluate_before(method, run, resume)
+        except BaseException:
+            if run.group.distributed:  # the others wait at the gate below: tell them no training follows
+                run.group.any(True)
+            raise
+        if run.group.distributed and run.group.any(False):
+            from engine.progress import RunCancelled
+
+            if run.group.is_main:
+                raise RuntimeError("another process of this run failed before training (its error is in the "
+                                   "launch's output)")
+            raise RunCancelled()  # rank 0 stopped (failed, cancelled) before training: this rank ends too
         with run.timed("train"):
             summary = method.train(run)
+        if not run.group.is_main:  # rank 0 saves, evaluates and writes the summary
+            return summary
         return run.finish(summary, method)
     finally:
         method.close()
+
+
+def _load_and_evaluate_before(method: PolicyMethod, run: PolicyRun, resume: bool) -> None:
+    """Load the method's pieces and the policy; then find the checkpoint to resume from (reading the stored "before"
+    side) or evaluate the base model."""
+    cfg, store, run_id, notify = run.cfg, run.store, run.run_id, run.notify
+    with run.timed("load"):
+        method.load(run)
+        run.load(method.seed(cfg))
+    if resume:
+        run.resume = _find_resume(run, method)
+        if run.resume is None:
+            raise ValueError(f"run {run_id} has no readable checkpoint to resume from")
+        store.truncate_after(run_id, run.resume.step)  # curves continue from the checkpoint's step
+        store.set_progress(run_id, run.resume.step, cfg.total_steps)
+        notify(Progress("load", message=f"resuming from the checkpoint after step {run.resume.step}"))
+        if run.evaluator is not None:
+            run.before = run.stored_before()
+    else:
+        store.set_progress(run_id, 0, cfg.total_steps)
+        if run.evaluator is not None:
+            with run.timed("evaluate_before"):
+                run.before = run.evaluate("before")
+
+
+def _find_resume(run: PolicyRun, method: PolicyMethod) -> Resume | None:
+    """The checkpoint to resume from: rank 0 picks it (skipping damaged ones); every rank reads that one."""
+    if not run.group.distributed:
+        return run.find_resume(method.read_checkpoint)
+    picked = run.find_resume(method.read_checkpoint) if run.group.is_main else None
+    where = run.group.broadcast(None if picked is None else (picked.step, str(picked.path)))
+    if where is None or run.group.is_main:
+        return picked
+    return Resume(where[0], Path(where[1]), method.read_checkpoint(Path(where[1])))

@@ -13,6 +13,10 @@ checkpoints: every checkpoint.every_steps steps, and on cancel or Ctrl-C / SIGTE
 
 from which a resumed run continues exactly where the uninterrupted one would have been.
 
+Several processes (`distributed.num_processes`, docs/scaling.md): every rank draws the same prompt batch and steps on
+its share; rank 0 alone writes the store, the samples (from its share), the alarms and the checkpoints, and decides
+cancel / alarm stops, which every rank follows.
+
 Not responsible for: the algorithm (engine/ppo.py, which knows no store), or the rest of the run (prompts,
 evaluation, saving, summary: engine.methods.lifecycle).
 """
@@ -107,19 +111,38 @@ class PPO(PolicyMethod):
         return {"policy": load("policy.pt"), "trainer": load("trainer.pt"), "state": load(STATE_FILE)}
 
     def train(self, run: PolicyRun) -> dict[str, Any]:
+        import torch
+
         from engine.checkpoint import restore_rng
         from engine.ppo import PPOTrainer
-        from engine.progress import RunCancelled
+        from engine.progress import RunCancelled, RunInterrupted
 
-        cfg, store, run_id, reward = run.cfg, run.store, run.run_id, self.reward
+        cfg, store, run_id, reward, group = run.cfg, run.store, run.run_id, self.reward, run.group
         total = cfg.ppo.max_ppo_steps
         n_samples = cfg.ppo.samples_per_step
+        if group.distributed:
+            # every rank normalises rewards with the statistics of the whole batch (engine.rewards.ensemble)
+            reward.group = group
 
-        alarms = RunAlarms(run, getattr(reward, "names", [])) if cfg.alarms.enabled else None
+        # Several processes: rank 0 alone writes the store (metrics, samples, alarms) and the checkpoints; the
+        # alarms watch rank 0's share of the samples.
+        alarms = RunAlarms(run, getattr(reward, "names", [])) if cfg.alarms.enabled and group.is_main else None
+
+        def reward_metrics() -> dict[str, float]:
+            """The judges' accounting (calls, tokens, cost, cumulative): summed over ranks, latencies their max."""
+            own = reward.metrics()
+            if not group.distributed:
+                return own
+            keys = sorted(own)
+            summed = group.sum_floats([own[k] for k in keys])
+            highest = group.max(torch.tensor([own[k] for k in keys], dtype=torch.float64)).tolist() if keys else []
+            return {k: (high if k.endswith("_latency_s") else total_)
+                    for k, total_, high in zip(keys, summed, highest, strict=True)}
+
+        def collect(step: int, metrics: dict[str, float], rollout) -> None:  # every rank: a collective
+            metrics.update(reward_metrics())
 
         def to_store(step: int, metrics: dict[str, float], rollout) -> None:
-            metrics.update(reward.metrics())  # judge accounting (calls, tokens, latency, cost), cumulative
-
             def row(i: int) -> dict[str, Any]:
                 scores = {k: v[i] for k, v in rollout.raw_scores.items()}
                 return {"prompt": rollout.prompts[i], "response": rollout.responses[i],
@@ -138,8 +161,10 @@ class PPO(PolicyMethod):
             return result.scores, result.raw
 
         trainer = PPOTrainer(run.bundle, reward_fn, cfg.ppo, cfg.generation,
-                             max_prompt_tokens=cfg.data.max_prompt_tokens, callbacks=[to_store])
-        # Each step's batch_size responses come from batch_size / num_generations prompts.
+                             max_prompt_tokens=cfg.data.max_prompt_tokens,
+                             callbacks=[collect, to_store] if group.is_main else [collect], group=group)
+        # Each step's batch_size responses come from batch_size / num_generations prompts (every rank draws the same
+        # batch and samples its own share of it).
         batches = PromptBatches(run.train_prompts, cfg.ppo.batch_size // cfg.ppo.num_generations,
                                 cfg.data.split_seed + cfg.ppo.seed)
         step_kls: list[float] = []
@@ -156,7 +181,24 @@ class PPO(PolicyMethod):
             if alarms is not None:
                 alarms.load_state_dict(state.get("alarms") or {})
             restore_rng(state["rng"])  # last: loading the model above drew from torch's generator
+        if group.rank > 0:  # each rank samples its own responses: its own stream (rank 0 keeps the single run's)
+            torch.manual_seed(cfg.ppo.seed + 7919 * group.rank + done)
         t_train = time.perf_counter()
+
+        def check_cancel() -> None:
+            """Cancel / stop between steps, decided by rank 0 and followed by every rank (they step together)."""
+            error = None
+            if group.is_main:
+                try:
+                    run.check_cancel()
+                except (RunCancelled, RunInterrupted) as exc:
+                    error = exc
+            if group.any(error is not None):
+                raise error if error is not None else RunCancelled()
+
+        def save(step: int) -> None:
+            if group.is_main:
+                run.save_checkpoint(step, write)
 
         def write(path: Path) -> None:
             write_checkpoint(path, trainer, batches, stats, step=done, step_kls=step_kls,
@@ -168,22 +210,24 @@ class PPO(PolicyMethod):
         run.notify(Progress("train", done, total, f"PPO on {len(run.train_prompts)} prompts", unit="step"))
         try:
             for step in range(done + 1, total + 1):
-                run.check_cancel()
+                check_cancel()
                 in_step = True
-                metrics = trainer.step(next(batches))
+                metrics = trainer.step(group.shard(next(batches), "prompts a step"))
                 in_step, done = False, step
                 step_kls.append(metrics["objective/kl"])
                 run.notify(Progress("train", step, total, f"step {step}/{total}", metrics))
-                if alarms is not None and alarms.stop is not None:
+                if group.any(alarms is not None and alarms.stop is not None):
+                    if alarms is None:  # another rank stops because rank 0's alarm fired
+                        raise RunCancelled()
                     raise alarms.stop_error()  # the user asked for it (alarms.stop_on); recorded as the run's error
                 if run.checkpoint_due(step):
-                    run.save_checkpoint(step, write)
+                    save(step)
                     saved = step
         except (RunCancelled, KeyboardInterrupt):
             # Stopped between steps: keep what was trained since the last checkpoint. Stopped inside a step (Ctrl-C,
             # SIGTERM), the weights are half-way through it: the last checkpoint stands.
             if cfg.checkpoint.every_steps and done > saved and not in_step:
-                run.save_checkpoint(done, write)
+                save(done)
             raise
         return {"train_steps": total, "train_seconds": seconds_before + time.perf_counter() - t_train,
                 "train_mean_kl": sum(step_kls) / len(step_kls), "train_final_kl": step_kls[-1]}

@@ -46,7 +46,19 @@ class RunningStats:
         if n == 0:
             return
         b_mean = sum(values) / n
-        b_m2 = sum((v - b_mean) ** 2 for v in values)
+        self.merge(n, b_mean, sum((v - b_mean) ** 2 for v in values))
+
+    def update_across(self, values: Sequence[float], group) -> None:
+        """`update` with the batch of every process of `group` (engine.distributed): its count, sum and squared
+        deviations are summed across ranks, so every rank holds the statistics of the whole batch."""
+        n, total = group.sum_floats([float(len(values)), float(sum(values))])
+        if n == 0:
+            return
+        b_mean = total / n
+        self.merge(int(n), b_mean, group.sum_floats([sum((v - b_mean) ** 2 for v in values)])[0])
+
+    def merge(self, n: int, b_mean: float, b_m2: float) -> None:
+        """Merge a batch given by its count, mean and sum of squared deviations."""
         total = self.count + n
         delta = b_mean - self.mean
         self.mean += delta * n / total
@@ -124,6 +136,9 @@ class Ensemble:
         self.weights = weights
         self.normalize = normalize
         self.stats = {n: RunningStats() for n in names}
+        # Data parallel (engine.distributed.Group): z-score statistics learn from every rank's batch, so all ranks
+        # normalise alike and as one process on the whole batch would. None: this process's batches only.
+        self.group = None
         self._pool = ThreadPoolExecutor(len(members), thread_name_prefix="ensemble") \
             if concurrent and len(members) > 1 else None
 
@@ -137,7 +152,11 @@ class Ensemble:
         """Member `name`'s scores on the ensemble's scale; z-score statistics learn from the valid ones only."""
         if self.normalize == "zscore":
             stats = self.stats[name]
-            stats.update(values if valid is None else [v for v, ok in zip(values, valid, strict=True) if ok])
+            learnt = values if valid is None else [v for v, ok in zip(values, valid, strict=True) if ok]
+            if self.group is not None and self.group.distributed:
+                stats.update_across(learnt, self.group)
+            else:
+                stats.update(learnt)
             return stats.apply(values)
         if self.normalize == "minmax":
             low, high = self.ranges[name]
