@@ -51,6 +51,8 @@ except Exception:  # noqa: BLE001 - a config from an older version: typed prompt
     template = None
 holdout = lab.holdout_prompts(run_id)
 sources = ["Type a prompt"] + (["A hold-out prompt"] if holdout else [])
+if st.session_state.get("pp-source") not in sources:  # a run without hold-out prompts: back to typing
+    st.session_state.pop("pp-source", None)
 source = st.radio("Prompt", sources, horizontal=True, key="pp-source", label_visibility="collapsed")
 if source == "A hold-out prompt":
     picked = st.selectbox("Hold-out prompt (as the run evaluated it)", range(len(holdout)), key=f"pp-holdout-{run_id}",
