@@ -7,6 +7,7 @@ backends themselves."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -170,8 +171,12 @@ def lab_processes():
     for lab in labs:
         for proc in (lab.worker_process, lab.playground_process):
             if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
+                proc.terminate()  # a worker unregisters on SIGTERM: the next test's lab finds no live-looking row
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(30)
         lab.close()
 
 

@@ -6,6 +6,10 @@ refused on the page before anything is queued.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+
 import pytest
 
 from engine.config import RewardBackendSettings, RunConfig
@@ -16,7 +20,7 @@ WIDTHS = [1400, 1024]
 
 
 @pytest.fixture(scope="module")
-def played_run(lab_server, browser, tiny_gpt2_dir, tmp_path_factory) -> str:
+def played_run(lab_server, browser, tiny_gpt2_dir, tmp_path_factory):
     """A completed 2-step PPO run of the tiny GPT-2, executed by the server's worker (the browser fixture started it)."""
     cfg = RunConfig(name="played-in-browser")
     cfg.output_dir = str(tmp_path_factory.mktemp("played") / "out")
@@ -30,7 +34,13 @@ def played_run(lab_server, browser, tiny_gpt2_dir, tmp_path_factory) -> str:
     with lab_server.store() as store:
         run_id = submit(store, cfg)
         assert wait(store, run_id, timeout=900) == "completed", store.get_run(run_id).error
-    return run_id
+    yield run_id
+    # A playground process the server started (when its worker was busy) is no worker: stop_workers misses it.
+    with lab_server.store() as store:
+        pids = {int(g.owner.split("-")[-2]) for g in store.generations(run_id) if (g.owner or "").startswith("pg-")}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture(params=WIDTHS, ids=lambda w: f"{w}px")
