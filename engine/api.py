@@ -620,15 +620,18 @@ class Lab:
         return holdout_prompts(self.store, run_id, limit)
 
     def request_generation(self, run_id: str, prompt: str, settings: dict[str, Any] | None = None,
-                           checkpoint_step: int | None = None, user: User | None = None) -> str:
+                           checkpoint_step: int | None = None, user: User | None = None,
+                           policy: BrowserPolicy | None = None) -> str:
         """Queue k samples of `prompt` from the run's base model and its trained policy (checkpoint_step None: the
         newest), scored by the run's reward backends and evaluator; returns the request's id. ConfigError naming each
         bad field (run, checkpoint, prompt, k, temperature, ...) before anything is stored. Settings: k,
-        temperature, top_p, top_k, max_new_tokens, seed (engine.playground.PlaygroundSettings)."""
+        temperature, top_p, top_k, max_new_tokens, seed (engine.playground.PlaygroundSettings). `policy`: the
+        operator's allow-list when the request comes from a browser: a run whose judge (or model path) it refuses is
+        refused, so the playground never calls that judge."""
         from engine.playground import enqueue
 
         gen_id = enqueue(self.store, run_id, prompt, settings, checkpoint_step,
-                         user=user.name if user is not None else None)
+                         user=user.name if user is not None else None, policy=policy)
         self._ensure_generation_server()
         return gen_id
 

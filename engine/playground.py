@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from engine.config import ConfigError, FieldError, RunConfig
 
 if TYPE_CHECKING:
+    from engine.policy import BrowserPolicy
     from engine.store import CheckpointRecord, GenerationRecord, Store
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,24 @@ def holdout_prompts(store: Store, run_id: str, limit: int = 50) -> list[str]:
 # ---- the request --------------------------------------------------------------------------------------
 
 
+def refused_by(policy: BrowserPolicy, cfg: RunConfig) -> list[str]:
+    """What of run config `cfg` the browser's `policy` refuses and a request would use: the model's path and every
+    backend that scores (a judge the operator does not list is never called from the playground)."""
+    from engine.policy import is_local_model
+
+    problems = []
+    if isinstance(cfg.model.name_or_path, str) and is_local_model(cfg.model.name_or_path):
+        problems.append(policy.path_problem("model.name_or_path", cfg.model.name_or_path, "models"))
+    for i, b in enumerate(cfg.reward.backends):
+        problems += policy.backend_problems(b, f"reward.backends[{i}]")
+    problems += policy.backend_problems(cfg.evaluation.evaluator, "evaluation.evaluator")
+    return [str(p) for p in problems if p is not None]
+
+
 def request_problems(store: Store, run_id: str, prompt: Any, settings: PlaygroundSettings,
-                     checkpoint_step: int | None = None) -> list[FieldError]:
-    """Everything wrong with a request, by field (run, checkpoint, prompt, k, ...); empty when it can be queued."""
+                     checkpoint_step: int | None = None, policy: BrowserPolicy | None = None) -> list[FieldError]:
+    """Everything wrong with a request, by field (run, checkpoint, prompt, k, ...); empty when it can be queued.
+    `policy`: the operator's allow-list when the request comes from a browser (None: no limits, as for Python)."""
     problems = settings.problems()
     if not isinstance(prompt, str) or not prompt.strip():
         problems.insert(0, FieldError("prompt", "type a prompt or pick a hold-out prompt"))
@@ -145,6 +161,10 @@ def request_problems(store: Store, run_id: str, prompt: Any, settings: Playgroun
         reason = no_policy_reason(store, run_id)
     except KeyError:
         reason = f"no run with id {run_id!r}"
+    if not reason and policy is not None:
+        refused = refused_by(policy, RunConfig.from_yaml(store.get_run(run_id).config_yaml))
+        if refused:
+            reason = f"the lab's settings do not allow this run's {'; '.join(refused)}"
     if reason:
         problems.insert(0, FieldError("run", reason))
     elif checkpoint_step is not None and checkpoint_step not in {c.step for c in policy_checkpoints(store, run_id)}:
@@ -155,14 +175,15 @@ def request_problems(store: Store, run_id: str, prompt: Any, settings: Playgroun
 
 
 def enqueue(store: Store, run_id: str, prompt: str, settings: PlaygroundSettings | dict[str, Any] | None = None,
-            checkpoint_step: int | None = None, user: str | None = None) -> str:
+            checkpoint_step: int | None = None, user: str | None = None, policy: BrowserPolicy | None = None) -> str:
     """Check and queue a request; returns its id. ConfigError naming each bad field before anything is stored.
-    `checkpoint_step` None: the run's newest policy checkpoint (the final policy of a completed run)."""
+    `checkpoint_step` None: the run's newest policy checkpoint (the final policy of a completed run); `policy`: the
+    browser's allow-list (a run whose judge or model it refuses is refused)."""
     if settings is None:
         settings = PlaygroundSettings()
     elif isinstance(settings, dict):
         settings = PlaygroundSettings.from_dict(settings)
-    if problems := request_problems(store, run_id, prompt, settings, checkpoint_step):
+    if problems := request_problems(store, run_id, prompt, settings, checkpoint_step, policy):
         raise ConfigError(problems)
     chosen = [c for c in policy_checkpoints(store, run_id) if checkpoint_step in (None, c.step)][0]
     return store.create_generation(run_id, chosen.step, chosen.path, prompt, asdict(settings), total=2 * settings.k,

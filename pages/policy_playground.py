@@ -15,6 +15,7 @@ from app.tables import fmt
 from engine.config import ConfigError
 from engine.data import format_prompt
 from engine.playground import MAX_K, MAX_NEW_TOKENS
+from engine.policy import browser_policy
 
 lab = state.lab()
 st.title("Policy playground")
@@ -83,7 +84,7 @@ if go:
                 "max_new_tokens": int(max_new), "seed": int(seed)}
     try:
         st.session_state["pp-gen"] = lab.request_generation(run_id, prompt, settings, checkpoint_step=step,
-                                                            user=auth.user())
+                                                            user=auth.user(), policy=browser_policy())
         st.session_state.pop("pp-errors", None)
     except ConfigError as exc:
         st.session_state["pp-errors"] = [str(e) for e in exc.errors]

@@ -61,12 +61,12 @@ def test_requests_are_claimed_once_report_progress_and_end_with_a_result(store_u
 
 
 def test_a_request_whose_server_stopped_beating_is_failed_by_any_reader(store_url):
-    with Store(store_url, lease_s=0.5) as reader, Store(store_url, owner=new_owner_id("pg")) as server:
+    with Store(store_url, lease_s=5) as reader, Store(store_url, owner=new_owner_id("pg")) as server:
         run_id = reader.create_run("a: 1")
         gen_id = reader.create_generation(run_id, 1, "/ckpt", "p", {}, total=2)
         assert server.claim_generation().id == gen_id
         assert reader.expire_generations() == []  # its heartbeat is fresh
-        assert wait_for(lambda: reader.expire_generations() == [gen_id], timeout=30)
+        assert wait_for(lambda: reader.expire_generations() == [gen_id], timeout=60, every=0.5)
         g = reader.get_generation(gen_id)
         assert g.status == "failed" and g.error.startswith(f"the process serving it stopped: {server.owner}")
         assert not server.finish_generation(gen_id, result={})  # too late: the failure stands
@@ -121,6 +121,28 @@ def test_a_good_request_is_queued_for_the_newest_checkpoint(store, played):
     g = store.get_generation(gen_id)
     assert (g.status, g.checkpoint_step, g.total, g.owner_user) == ("queued", 3, 6, "ann@example.com")
     assert g.settings == {**PlaygroundSettings().__dict__, "k": 3, "temperature": 0.7}
+
+
+def test_a_run_whose_judge_the_browser_may_not_use_is_refused_from_the_browser(store, tmp_path):
+    from engine.lab_settings import load_settings
+    from engine.policy import BrowserPolicy
+
+    settings = tmp_path / "lab_settings.toml"
+    settings.write_text("")  # no judge listed
+    policy = BrowserPolicy(load_settings(settings))
+    cfg = RunConfig(name="judged")
+    cfg.reward.backends = [RewardBackendSettings(kind="openai_judge", options={
+        "base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "LAB_FAKE_SECRET"})]
+    run_id = store.create_run(cfg.to_yaml(), name="judged")
+    (tmp_path / "policy").mkdir()
+    (tmp_path / "policy" / "config.json").write_text("{}")
+    store.add_checkpoint(run_id, 1, tmp_path / "policy")
+    with pytest.raises(ConfigError) as err:
+        enqueue(store, run_id, "Hello", policy=policy)
+    assert [e.field for e in err.value.errors] == ["run"]
+    assert "the lab's settings do not allow this run's reward.backends[0].kind" in err.value.errors[0].message
+    assert store.generations() == []
+    assert enqueue(store, run_id, "Hello")  # a Python caller has no browser policy
 
 
 # ---- served by real processes, for a real tiny run ---------------------------------------------------------------
