@@ -148,16 +148,20 @@ def test_a_run_whose_judge_the_browser_may_not_use_is_refused_from_the_browser(s
 # ---- served by real processes, for a real tiny run ---------------------------------------------------------------
 
 
-def tiny_run_config(model_dir, out_dir) -> RunConfig:
+def tiny_run_config(model_dir, out_dir, classifier_dir) -> RunConfig:
     cfg = RunConfig(name="played")
     cfg.output_dir = str(out_dir)
     cfg.model.name_or_path = str(model_dir)
     cfg.model.device = "cpu"
     cfg.model.mixed_precision = "none"
     cfg.data.source = "builtin"
-    cfg.data.holdout_size = 4
-    cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
-    cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity", name="judge")
+    cfg.data.holdout_size = 8
+    # profanity gives every word it does not know the same score (the tiny model's words: all of them); the random
+    # tiny classifier scores each text differently, so a score attached to the wrong text is seen
+    classifier = {"model": str(classifier_dir), "label": "hate"}
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"),
+                           RewardBackendSettings(kind="hf_classifier", name="tiny", weight=0.5, options=classifier)]
+    cfg.evaluation.evaluator = RewardBackendSettings(kind="hf_classifier", name="judge", options=classifier)
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples, cfg.evaluation.relevance = 1, 100, False
     # A large learning rate: two steps move the tiny model far, so its samples differ from the base model's.
     cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.max_ppo_steps, cfg.ppo.learning_rate = 4, 2, 2, 2e-2
@@ -167,12 +171,12 @@ def tiny_run_config(model_dir, out_dir) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_gpt2_dir):
+def tiny_run(tmp_path_factory, tiny_gpt2_dir, tiny_roberta_classifier_dir):
     """A completed 2-step PPO run of the tiny GPT-2 (checkpoints after steps 1 and 2, and its final policy)."""
     from engine.runner import run
 
     tmp = tmp_path_factory.mktemp("playground")
-    cfg = tiny_run_config(tiny_gpt2_dir, tmp / "out")
+    cfg = tiny_run_config(tiny_gpt2_dir, tmp / "out", tiny_roberta_classifier_dir)
     with Store(tmp / "lab.db") as store:
         run_id, _ = run(cfg, store)
         assert store.get_run(run_id).status == "completed", store.get_run(run_id).error
@@ -255,16 +259,18 @@ def test_an_idle_worker_serves_base_and_trained_samples_from_their_own_weights(t
     assert base != trained  # the trained weights are not the base's
     assert all(r["kl"] == 0.0 for r in res["base"]) and any(r["kl"] != 0.0 for r in res["trained"])
 
-    # The scores are the backends' own: the run's reward backend and its evaluator, recomputed here.
-    profanity = build_backend(cfg.reward.backends[0])
+    # The scores are the backends' own: the run's reward backends and its evaluator, recomputed here.
+    backends = {b.display_name: build_backend(b) for b in cfg.reward.backends}
     judge = build_backend(cfg.evaluation.evaluator)
-    assert (res["backends"], res["evaluator"]) == (["profanity"], "judge")
+    assert (res["backends"], res["evaluator"]) == (["profanity", "tiny"], "judge")
     for side, texts in (("base", base), ("trained", trained)):
-        want_reward = profanity.score([used] * len(texts), texts).scores
-        want_tox = judge.toxicity(texts)
-        assert [r["rewards"]["profanity"] for r in res[side]] == pytest.approx(list(want_reward), abs=1e-9)
-        assert [r["toxicity"] for r in res[side]] == pytest.approx(list(want_tox), abs=1e-9)
+        for name, backend in backends.items():
+            want = backend.score([used] * len(texts), texts).scores
+            assert [r["rewards"][name] for r in res[side]] == pytest.approx(list(want), abs=1e-6), (side, name)
+        assert [r["toxicity"] for r in res[side]] == pytest.approx(list(judge.toxicity(texts)), abs=1e-6)
         assert all(r["errors"] == {} for r in res[side])
+    tiny = [r["rewards"]["tiny"] for side in ("base", "trained") for r in res[side]]
+    assert len({round(v, 6) for v in tiny}) > 1  # the scores tell the texts apart: a mix-up would show
 
     # A periodic PPO checkpoint (policy.pt) is loaded too: its samples are neither the base's nor the final's.
     early = finished(lab, lab.request_generation(run_id, prompt, settings, checkpoint_step=1))

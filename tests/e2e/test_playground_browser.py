@@ -25,7 +25,7 @@ def played_run(lab_server, browser, tiny_gpt2_dir, tmp_path_factory):
     cfg = RunConfig(name="played-in-browser")
     cfg.output_dir = str(tmp_path_factory.mktemp("played") / "out")
     cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(tiny_gpt2_dir), "cpu", "none"
-    cfg.data.source, cfg.data.holdout_size = "builtin", 4
+    cfg.data.source, cfg.data.holdout_size = "builtin", 8
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity", name="judge")
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples, cfg.evaluation.relevance = 1, 100, False
