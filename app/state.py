@@ -28,6 +28,7 @@ PAGE_FILES = {  # name -> (file, title, icon); emoji, not :material/…: those m
     "launch": ("launch.py", "Launch", "🚀"),
     "live": ("live.py", "Live run", "📈"),
     "before_after": ("before_after.py", "Before / after", "⚖️"),
+    "policy_playground": ("policy_playground.py", "Policy playground", "💬"),
     "runs": ("runs.py", "Runs", "🗂️"),
     "compare": ("compare.py", "Compare methods", "📊"),
     "playground": ("playground.py", "Reward playground", "🧪"),

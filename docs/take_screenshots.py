@@ -89,7 +89,8 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--run")
     ap.add_argument("--compare", nargs="*")
-    ap.add_argument("--pages", nargs="*", default=["launch", "live", "before_after", "runs", "playground"])
+    ap.add_argument("--pages", nargs="*",
+                    default=["launch", "live", "before_after", "runs", "playground", "policy_playground"])
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     args = ap.parse_args()
 
@@ -117,7 +118,28 @@ def main() -> None:
                 shoot_runs(pg, url, compare)
             if "playground" in args.pages:
                 shoot(pg, f"{url}/playground", "playground", "[data-testid='stDataFrame']")
+            if "policy_playground" in args.pages:
+                shoot_policy_playground(pg, url, run_id)
             browser.close()
+
+
+def shoot_policy_playground(pg, url: str, run_id: str) -> None:
+    """The policy playground after k = 4 samples of the run's first hold-out prompt (the lab's worker, or the
+    playground process it starts, generates them: minutes for a real model on a CPU)."""
+    pg.set_viewport_size({"width": 1400, "height": 1000})
+    pg.goto(f"{url}/policy_playground?run={run_id}")
+    pg.get_by_role("heading", name="Policy playground").wait_for(timeout=60_000)
+    if pg.get_by_text("A hold-out prompt").count():
+        pg.get_by_text("A hold-out prompt").click()
+    else:
+        pg.locator(".st-key-pp-prompt textarea").fill("Human: What do you think of my neighbour?\n\nAssistant:")
+    pg.get_by_role("button", name="Generate").click()
+    pg.locator(".st-key-pp-trained").wait_for(timeout=1_800_000)
+    pg.wait_for_timeout(1500)
+    full_height(pg)
+    path = OUT / "policy_playground.png"
+    pg.screenshot(path=path)
+    print(f"wrote {path.relative_to(ROOT)}")
 
 
 def shoot_runs(pg, url: str, compare: list[str]) -> None:

@@ -1,5 +1,5 @@
-"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `runs`, `show RUN`, `export RUN` (its
-data; `--policy OUT [--step N] [--merge]`: its trained policy), `init`, `validate`.
+"""Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `playground`, `runs`, `show RUN`,
+`export RUN` (its data; `--policy OUT [--step N] [--merge]`: its trained policy), `init`, `validate`.
 
 `run` executes a run in this process, holding its lease (owner "cli-<host>-<pid>-<hex>", heartbeated by a thread) so
 no other process takes it for dead while it lives. With method reward_model and reward_model.then_ppo it runs RLHF's
@@ -370,6 +370,14 @@ def cmd_worker(args) -> int:
     return serve(args.db or None, **kwargs)
 
 
+def cmd_playground(args) -> int:
+    from engine.playground import serve_forever
+
+    n = serve_forever(args.db or None, idle_exit_s=args.idle_exit_s, once=args.once)
+    print(f"playground server stopped after {n} request(s)", flush=True)
+    return 0
+
+
 def cmd_show(args) -> int:
     from engine.evaluate import format_summary
 
@@ -493,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
                         "$RLAIF_LAB_EXECUTOR, else ray when $RAY_ADDRESS is set, else local)")
     p.add_argument("--ray-address", default=None, help="the Ray head's host:port (default: $RAY_ADDRESS)")
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("playground", help="serve the policy playground's generation requests (never takes a run)")
+    p.add_argument("--once", action="store_true", help="exit when no request is queued")
+    p.add_argument("--idle-exit-s", type=float, default=300.0,
+                   help="exit after this many seconds without a request (0: never; default 300)")
+    p.set_defaults(fn=cmd_playground)
     p = sub.add_parser("show", help="show one run")
     p.add_argument("run")
     p.add_argument("--traceback", action="store_true")

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from engine.policy import BrowserPolicy
     from engine.ray_cluster import ClusterInfo, Executor
-    from engine.store import RunRecord, Store, WorkerRecord
+    from engine.store import GenerationRecord, RunRecord, Store, WorkerRecord
 
 
 # ---- configs ---------------------------------------------------------------------------------------
@@ -388,6 +388,7 @@ class Lab:
         self.start_worker = start_worker
         self.housekeeping_s = housekeeping_s if housekeeping_s is not None else min(5.0, store.lease_s / 3)
         self.worker_process: subprocess.Popen | None = None  # the last local worker this lab started
+        self.playground_process: subprocess.Popen | None = None  # the last playground server it started
         self._last_housekeeping = -math.inf
         self._housekeeping_lock = threading.Lock()
         self.housekeeping(force=True)
@@ -702,6 +703,80 @@ class Lab:
         from engine.compare import tradeoff
 
         return tradeoff(table, x, y, maximize, x_before, y_before)
+
+    # the policy playground (engine.playground): the UI queues a request and reads it back; a worker process serves it
+    def policy_runs(self) -> list[RunRecord]:
+        """Runs that train a policy and have a checkpoint of it on disk (completed ones, and running ones that saved
+        one), newest first: what the policy playground offers."""
+        from engine.playground import policy_checkpoints
+
+        return [r for r in self.list_runs() if policy_checkpoints(self.store, r.id)]
+
+    def policy_checkpoints(self, run_id: str) -> list[int]:
+        """Steps of the run's policy checkpoints on disk, newest first (a completed run's first is its final policy)."""
+        from engine.playground import policy_checkpoints
+
+        return list(dict.fromkeys(c.step for c in policy_checkpoints(self.store, run_id)))
+
+    def holdout_prompts(self, run_id: str, limit: int = 50) -> list[str]:
+        """The hold-out prompts the run evaluated (empty before its evaluation)."""
+        from engine.playground import holdout_prompts
+
+        return holdout_prompts(self.store, run_id, limit)
+
+    def request_generation(self, run_id: str, prompt: str, settings: dict[str, Any] | None = None,
+                           checkpoint_step: int | None = None, user: User | None = None,
+                           policy: BrowserPolicy | None = None) -> str:
+        """Queue k samples of `prompt` from the run's base model and its trained policy (checkpoint_step None: the
+        newest), scored by the run's reward backends and evaluator; returns the request's id. ConfigError naming each
+        bad field (run, checkpoint, prompt, k, temperature, ...) before anything is stored. Settings: k,
+        temperature, top_p, top_k, max_new_tokens, seed (engine.playground.PlaygroundSettings). `policy`: the
+        operator's allow-list when the request comes from a browser: a run whose judge (or model path) it refuses is
+        refused, so the playground never calls that judge."""
+        from engine.playground import enqueue
+
+        gen_id = enqueue(self.store, run_id, prompt, settings, checkpoint_step,
+                         user=user.name if user is not None else None, policy=policy)
+        self._ensure_generation_server()
+        return gen_id
+
+    def generation(self, gen_id: str) -> GenerationRecord:
+        """A playground request as it stands (status queued / loading / generating / scoring / done / failed, done
+        of total samples, message, error, result). A request whose serving process died is marked failed here."""
+        self.store.expire_generations()
+        record = self.store.get_generation(gen_id)
+        if record.status == "queued":
+            self._ensure_generation_server()  # the idle worker may have taken a run meanwhile, or died
+        return record
+
+    def generation_waiting_for(self) -> str:
+        """What a queued request waits for, in words (for the page)."""
+        live = self.store.live_workers()
+        idle = [w for w in live if not w.current_run]
+        if idle:
+            return f"an idle worker ({idle[0].id}) takes it within a second or two"
+        ours = self.playground_process
+        if ours is not None and ours.poll() is None:
+            busy = f"the {len(live)} worker(s) are training; " if live else ""
+            return f"{busy}the playground process (pid {ours.pid}) takes it once it has loaded"
+        if not self.start_worker:
+            return "no idle worker serves this store; it waits for one to finish its run"
+        return "a playground process is starting"
+
+    def _ensure_generation_server(self) -> None:
+        """A process to serve queued requests: an idle live worker does; else this lab starts a playground process
+        (unless one it started still lives, or local processes are off: workers elsewhere serve between runs)."""
+        from engine.playground import ensure_playground_server
+
+        if not self.start_worker:
+            return
+        with self._housekeeping_lock:
+            if any(not w.current_run for w in self.store.live_workers()):
+                return
+            ours = self.playground_process
+            if ours is not None and ours.poll() is None:
+                return
+            self.playground_process = ensure_playground_server(self.store)
 
     # forms and playground (no store needed; methods for the pages' convenience)
     @staticmethod

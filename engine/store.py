@@ -97,6 +97,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "running": frozenset({"completed", "failed", "cancelled", "interrupted"}),
 }
 EVAL_PHASES = ("before", "after")
+# A playground request: queued, then served by one process (loading -> generating -> scoring), then done or failed.
+GENERATION_STATUSES = ("queued", "loading", "generating", "scoring", "done", "failed")
+GENERATION_WORKING = ("loading", "generating", "scoring")
+GENERATION_LOST_ERROR = "the process serving it stopped"  # + why: no heartbeat for N s
 INTERRUPTED_ERROR = "the process running it stopped"  # + why: no heartbeat for N s (lease expired)
 MAX_ERROR_CHARS = 1000
 
@@ -293,6 +297,31 @@ class Alarm(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class Generation(Base):
+    """A policy-playground request (engine.playground): k samples of one prompt from a run's base model and from one
+    of its checkpoints, generated and scored by a worker process; its progress and, when done, the result."""
+
+    __tablename__ = "generations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk(), index=True)
+    checkpoint_step: Mapped[int] = mapped_column(Integer)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(NulFreeText)
+    settings: Mapped[str] = mapped_column(Text)  # JSON: k, temperature, top_p, top_k, max_new_tokens, seed
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(NulFreeText)
+    error: Mapped[str | None] = mapped_column(NulFreeText)
+    result: Mapped[str | None] = mapped_column(NulFreeText)  # JSON: {"base": [...], "trained": [...]}
+    owner: Mapped[str | None] = mapped_column(String(200))  # the process serving it
+    owner_user: Mapped[str | None] = mapped_column(String(320))  # the login user who asked (None: no login)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 # ---------------------------------------------------------------------------------- records
 
 
@@ -369,6 +398,40 @@ class CheckpointRecord:
     step: int
     path: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    """A policy-playground request as read from the store (engine.playground); `result` once done."""
+
+    id: str
+    run_id: str
+    checkpoint_step: int
+    checkpoint_path: str
+    prompt: str
+    settings: dict[str, Any]
+    status: str  # one of GENERATION_STATUSES
+    done: int  # samples generated so far (both sides together)
+    total: int
+    message: str | None
+    error: str | None
+    result: dict[str, Any] | None
+    owner: str | None
+    owner_user: str | None
+    created_at: datetime
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "failed")
+
+
+def _to_generation(g: Generation) -> GenerationRecord:
+    return GenerationRecord(g.id, g.run_id, g.checkpoint_step, g.checkpoint_path, g.prompt, json.loads(g.settings),
+                            g.status, g.done or 0, g.total or 0, g.message, g.error,
+                            json.loads(g.result) if g.result else None, g.owner, g.owner_user, g.created_at,
+                            g.heartbeat_at, g.finished_at)
 
 
 def _to_record(run: Run) -> RunRecord:
@@ -1404,6 +1467,130 @@ class Store:
         with self._session() as s:
             rows = s.execute(select(Alarm.run_id, func.count(Alarm.id)).group_by(Alarm.run_id))
             return {run_id: int(n) for run_id, n in rows}
+
+    # ---- playground generations (engine.playground: the UI enqueues, a worker process serves)
+
+    def create_generation(self, run_id: str, checkpoint_step: int, checkpoint_path: str, prompt: str,
+                          settings: dict[str, Any], total: int, owner_user: str | None = None) -> str:
+        """Queue a playground request for run `run_id`'s checkpoint; returns its id ("g-<date>-<hex>").
+        KeyError when there is no such run. The caller validated the request (engine.playground.check_request)."""
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be a str, got {type(prompt).__name__}")
+        for _ in range(5):
+            now = utcnow()
+            gen_id = f"g-{now:%Y%m%d}-{secrets.token_hex(3)}"
+            row = Generation(id=gen_id, run_id=run_id, checkpoint_step=_as_step(checkpoint_step, "checkpoint_step"),
+                             checkpoint_path=str(checkpoint_path), prompt=prompt,
+                             settings=_dumps(settings, "settings"), status="queued", done=0,
+                             total=_as_step(total, "total"), created_at=now, owner_user=owner_user)
+            try:
+                with self._write() as s:
+                    self._require_run(s, run_id)
+                    s.add(row)
+                return gen_id
+            except IntegrityError:  # an id collision (24 random bits a day), or the run deleted meanwhile
+                with self._session() as s:
+                    self._require_run(s, run_id)
+        raise RuntimeError("could not allocate a unique generation id after 5 tries")
+
+    def get_generation(self, gen_id: str) -> GenerationRecord:
+        """The playground request with this id; KeyError if there is none."""
+        with self._session() as s:
+            g = s.get(Generation, gen_id)
+            if g is None:
+                raise KeyError(f"no generation request with id {gen_id!r}")
+            return _to_generation(g)
+
+    def generations(self, run_id: str | None = None, status: str | Iterable[str] | None = None,
+                    limit: int | None = None) -> list[GenerationRecord]:
+        """Playground requests (of one run, or all; with the given status / statuses), newest first."""
+        stmt = select(Generation).order_by(Generation.created_at.desc(), Generation.id.desc())
+        if run_id is not None:
+            stmt = stmt.where(Generation.run_id == run_id)
+        if status is not None:
+            wanted = [status] if isinstance(status, str) else list(status)
+            for st in wanted:
+                if st not in GENERATION_STATUSES:
+                    raise ValueError(f"status must be one of {GENERATION_STATUSES}, got {st!r}")
+            stmt = stmt.where(Generation.status.in_(wanted))
+        if limit is not None:
+            stmt = stmt.limit(_as_step(limit, "limit"))
+        with self._session() as s:
+            return [_to_generation(g) for g in s.scalars(stmt)]
+
+    def claim_generation(self) -> GenerationRecord | None:
+        """Take the oldest queued playground request to serve (status "loading", this Store its owner), atomically:
+        two processes never get the same one. None when none is queued."""
+        for _ in range(20):  # lost a race for the oldest: try the next one
+            now = utcnow()
+            with self._write() as s:
+                candidate = s.execute(
+                    select(Generation.id).where(Generation.status == "queued")
+                    .order_by(Generation.created_at, Generation.id).limit(1).with_for_update(skip_locked=True)
+                ).scalar()
+                if candidate is None:
+                    return None
+                done = s.execute(
+                    update(Generation).where(Generation.id == candidate, Generation.status == "queued")
+                    .values(status="loading", owner=self.owner, heartbeat_at=now, message="loading the models")
+                    .execution_options(synchronize_session=False)).rowcount
+            if done:
+                return self.get_generation(candidate)
+        return None
+
+    def note_generation(self, gen_id: str, status: str | None = None, done: int | None = None,
+                        message: str | None = None) -> bool:
+        """Progress of a request this Store serves (its heartbeat too): status (loading / generating / scoring),
+        samples done, a one-line message. False when it is no longer ours to serve (expired as lost, or deleted)."""
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if status is not None:
+            if status not in GENERATION_WORKING:
+                raise ValueError(f"status must be one of {GENERATION_WORKING}, got {status!r}")
+            values["status"] = status
+        if done is not None:
+            values["done"] = _as_step(done, "done")
+        if message is not None:
+            values["message"] = _one_line(message)
+        with self._write() as s:
+            return bool(s.execute(
+                update(Generation).where(Generation.id == gen_id, Generation.owner == self.owner,
+                                         Generation.status.in_(GENERATION_WORKING))
+                .values(**values).execution_options(synchronize_session=False)).rowcount)
+
+    def finish_generation(self, gen_id: str, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        """End a request this Store serves: "done" with `result`, or "failed" with `error` (one line). False when
+        it was no longer ours (expired as lost, or deleted). A queued request may be failed by anyone (refused)."""
+        if (result is None) == (error is None):
+            raise ValueError("give exactly one of result and error")
+        values: dict[str, Any] = {"finished_at": utcnow(), "heartbeat_at": utcnow()}
+        if result is not None:
+            values.update(status="done", result=_dumps(result, "result"), message="done")
+        else:
+            values.update(status="failed", error=_one_line(error), message="failed")
+        mine = or_(Generation.status == "queued",
+                   (Generation.owner == self.owner) & Generation.status.in_(GENERATION_WORKING))
+        with self._write() as s:
+            return bool(s.execute(update(Generation).where(Generation.id == gen_id, mine).values(**values)
+                                  .execution_options(synchronize_session=False)).rowcount)
+
+    def expire_generations(self, lease_s: float | None = None) -> list[str]:
+        """Mark "failed" every request being served by another process whose heartbeat is older than the lease
+        timeout (its process died); returns their ids. Safe to call from any process, any time."""
+        lease_s = self.lease_s if lease_s is None else float(lease_s)
+        now = utcnow()
+        stale = (Generation.status.in_(GENERATION_WORKING), Generation.heartbeat_at < now - timedelta(seconds=lease_s),
+                 or_(Generation.owner.is_(None), Generation.owner != self.owner))
+        expired = []
+        with self._write() as s:
+            for gen_id, owner in s.execute(select(Generation.id, Generation.owner).where(*stale)):
+                error = (f"{GENERATION_LOST_ERROR}: {owner or 'its process'} sent no heartbeat for over {lease_s:g} s;"
+                         " ask again")
+                done = s.execute(update(Generation).where(Generation.id == gen_id, *stale)
+                                 .values(status="failed", error=error, finished_at=now, message="failed")
+                                 .execution_options(synchronize_session=False)).rowcount
+                if done:
+                    expired.append(gen_id)
+        return expired
 
     # ---- resume (engine.runner.execute(resume=True); engine.methods.lifecycle)
 

@@ -6,7 +6,8 @@ execute it with `engine.runner.execute` while the store heartbeats it, repeat), 
 step times go to the store with the heartbeat, so every process can show them and an ETA), a clean stop on
 SIGTERM / SIGINT (the current run is asked to stop and ends "interrupted", saying why; a second signal interrupts at
 once), RLHF's chain (a completed reward_model run with `reward_model.then_ppo` queues its PPO run ahead of the
-others), and starting a local worker process for a lab that has none (`ensure_local_worker`).
+others), starting a local worker process for a lab that has none (`ensure_local_worker`), and serving the policy
+playground's requests between runs (engine.playground).
 
 Not responsible for: training (engine.runner), persistence and leases (engine.store) or drawing (the app). The UI
 never talks to a worker: it enqueues in the store and reads the store.
@@ -189,6 +190,9 @@ class Worker:
                     self.store.expire_leases()
                     if self.resume_interrupted:
                         requeue_interrupted(self.store)
+                    if self._serve_generations():  # playground requests first: seconds each, a run takes minutes
+                        idle_since = time.monotonic()
+                        continue
                     record = self.store.claim_run(device=device)
                 except Exception as exc:  # the store is locked, read-only or unreachable: keep serving, look again
                     if not unreachable:  # one traceback per outage, not one a second
@@ -227,6 +231,16 @@ class Worker:
                 log.exception("worker %s: could not unregister", self.id)
             self.store.close()
         return executed
+
+    def _serve_generations(self) -> int:
+        """Serve the queued policy-playground requests (engine.playground), oldest first; how many were served.
+        Only between runs: a busy worker leaves them to an idle one or to the lab's playground process."""
+        from engine.playground import serve_next
+
+        served = 0
+        while not self._stop.is_set() and serve_next(self.store):
+            served += 1
+        return served
 
     def _execute(self, record) -> None:
         if not execute_claimed(self.store, record, self.id):  # a second signal: stop the loop too
