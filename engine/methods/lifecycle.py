@@ -141,11 +141,13 @@ class PolicyRun:
         import torch
 
         from engine import data as data_mod
+        from engine.assets import builtin_first_use
         from engine.models import load_policy
         from engine.rewards import build_backend
 
         cfg = self.cfg
         if cfg.evaluation.enabled:
+            self.notify(Progress("load", message=f"loading the evaluator ({cfg.evaluation.evaluator.display_name})"))
             self.evaluator = build_backend(cfg.evaluation.evaluator, device=self.device)
             if cfg.evaluation.relevance:
                 from engine.relevance import default_scorer
@@ -156,6 +158,8 @@ class PolicyRun:
                     self.relevance_error = str(exc)
                     log.warning("relevance not measured: %s", exc)
         torch.manual_seed(seed)
+        first = builtin_first_use(cfg.model.name_or_path)
+        self.notify(Progress("load", message=first or f"loading the policy {cfg.model.name_or_path}"))
         self.bundle = load_policy(cfg.model)
         self.check_cancel()
         tok, budget, template = self.bundle.tokenizer, cfg.data.max_prompt_tokens, cfg.data.template
