@@ -1,8 +1,8 @@
 """A run's stored log: what it did and when, kept in the store's `run_logs` table after its process exits.
 
-Responsible for: turning a run's progress into a few readable lines (each phase it enters, at once; within a long
-phase its message at most every `every_s` seconds, and the phase's last message when it ends, so an 800-response
-evaluation writes a handful of lines, not 800), the warnings and errors logged in the process while the run
+Responsible for: turning a run's progress into a few readable lines (each phase it enters and each new kind of
+message, at once; a counter that moved within a phase at most every `every_s` seconds, and the phase's last message
+when it ends, so an 800-response evaluation writes a handful of lines, not 800), the warnings and errors logged in the process while the run
 executes (Python `logging` and `warnings`), and how the run ended. `engine.runner.execute` wraps every run in one.
 
 Not responsible for: the run's status, error and traceback (the `runs` row, engine.runner) or drawing (the Live page
@@ -12,6 +12,7 @@ reads `Store.logs`). Writing a line never fails the run: a store that cannot be 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import warnings
@@ -24,7 +25,8 @@ if TYPE_CHECKING:
     from engine.store import Store
 
 
-EVERY_S = 30.0  # within a phase, a progress line at most this often
+EVERY_S = 30.0  # within a phase, a counter's progress line at most this often
+_DIGITS = re.compile(r"\d+")
 
 
 class _Handler(logging.Handler):
@@ -96,7 +98,11 @@ class RunLog:
             self._written, self._written_at = message, now
             return
         self._last_message = message
-        if message and message != self._written and now - self._written_at >= self.every_s:
+        if not message or message == self._written:
+            return
+        # a new kind of message ("loading the evaluator" after "loading the reward backends") at once; a counter
+        # that moved ("evaluating before: 121/800" after "120/800") at most every every_s seconds
+        if _DIGITS.sub("#", message) != _DIGITS.sub("#", self._written) or now - self._written_at >= self.every_s:
             self.line(message)
             self._written, self._written_at = message, now
 

@@ -102,7 +102,9 @@ def test_progress_lines_each_phase_at_once_a_long_phase_every_n_seconds(tmp_path
         run_id = store.create_run("a: 1")
         clock = Clock()
         rlog = RunLog(store, run_id, every_s=30, clock=clock)
-        rlog.progress(Progress("load", message="loading the policy"))
+        rlog.progress(Progress("load", message="loading the reward backends"))
+        clock.t += 1
+        rlog.progress(Progress("load", message="loading the policy"))  # a new kind of message: at once
         for done in range(1, 801):  # an 800-response evaluation, 1/8 s a response (exact in binary)
             clock.t += 0.125
             rlog.progress(Progress("eval_before", done, 800, f"evaluating before: {done}/800 responses"))
@@ -110,12 +112,13 @@ def test_progress_lines_each_phase_at_once_a_long_phase_every_n_seconds(tmp_path
         rlog.progress(Progress("train", 0, 3, "PPO on 40 prompts"))
         lines = store.logs(run_id)
         messages = lines["message"].tolist()
-        assert messages[0] == "loading the policy" and messages[1] == "evaluating before: 1/800 responses"
+        assert messages[:3] == ["loading the reward backends", "loading the policy",
+                                "evaluating before: 1/800 responses"]
         # 100 s of evaluation: a line every 30 s, then how it ended when the phase changed, then the new phase
-        assert messages[2:] == ["evaluating before: 241/800 responses", "evaluating before: 481/800 responses",
+        assert messages[3:] == ["evaluating before: 241/800 responses", "evaluating before: 481/800 responses",
                                 "evaluating before: 721/800 responses", "evaluating before: 800/800 responses",
                                 "PPO on 40 prompts"]
-        assert lines["phase"].tolist() == ["load"] + ["eval_before"] * 5 + ["train"]
+        assert lines["phase"].tolist() == ["load"] * 2 + ["eval_before"] * 5 + ["train"]
 
 
 def test_warnings_and_errors_of_the_process_are_stored_only_while_capturing(tmp_path):
