@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--server", choices=["serve", "main"], default="serve",
                     help="serve: app/serve.py (the watch route, as scripts/lab.sh); main: app/main.py (fragment timer)")
     ap.add_argument("--model", default=None, help="e.g. builtin:smollm2 (default: a tiny GPT-2 built here)")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle tabs (no worker, no training run)")
     ap.add_argument("--smoke", action="store_true", help="3 steps, 0 and 1 tab, 5-s idle windows")
     args = ap.parse_args()
     if args.smoke:
@@ -241,11 +242,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = None
-        if not args.model:
+        if not args.model and not args.idle_only:
             model_dir = tmp / "model"
             build_gpt2(model_dir, vocab=512, n_embd=64, n_layer=2, n_head=2, n_dialogues=100)
         db = tmp / "lab.db"
-        lab = Lab.connect(str(db), start_worker=True)  # the one worker of every scenario
+        lab = Lab.connect(str(db), start_worker=not args.idle_only)  # the one worker of every scenario
         script = "app/serve.py" if args.server == "serve" else "app/main.py"
         server, url = start_server(db, tmp / "server.log", script)
         meter = CpuMeter(server.pid)
@@ -258,12 +259,13 @@ def main() -> None:
                 os.environ["TMPDIR"] = "/tmp"
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-                # warm-up: the worker's first run pays imports and caches; the server its first page
-                warm = lab.start_run(run_config(model_dir, args.model, tmp / "runs", 2, "warm-up"))
-                Tabs(browser, url, warm, 1).close()
-                while lab.get_run(warm).is_active:
-                    time.sleep(0.5)
-                for rnd in range(args.rounds):  # alternate the order so the machine's drift hits every scenario
+                if not args.idle_only:
+                    # warm-up: the worker's first run pays imports and caches; the server its first page
+                    warm = lab.start_run(run_config(model_dir, args.model, tmp / "runs", 2, "warm-up"))
+                    Tabs(browser, url, warm, 1).close()
+                    while lab.get_run(warm).is_active:
+                        time.sleep(0.5)
+                for rnd in range(0 if args.idle_only else args.rounds):  # alternate the order so the machine's drift hits every scenario
                     for n in (args.tabs if rnd % 2 == 0 else args.tabs[::-1]):
                         # the worker waits (SIGSTOP) while the tabs load, so every step is taken with them open
                         pids = [w.pid for w in lab.store.live_workers()]
@@ -338,11 +340,13 @@ def main() -> None:
 
     print(f"\nserver: {script}; model: {args.model or 'tiny GPT-2 (built here)'}; {cores} cores; load average at "
           f"the end {os.getloadavg()[0]:.1f}")
-    base = training.get(0)
+    base = training.get(0) or None
     print("| Live tabs | median step | vs none | CPU s/min server + chromium | above no tab, share of "
           f"{cores} cores | KiB/s per tab | watch req/s per tab |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for n, t in training.items():
+        if not t:  # --idle-only
+            continue
         median = statistics.median(t["steps"])
         cpu = statistics.mean(t["server"]) + statistics.mean(t["chromium"])
         vs = f"{100 * (median / statistics.median(base['steps']) - 1):+.0f} %" if base and n else "—"

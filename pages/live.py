@@ -101,8 +101,8 @@ WATCH_ROUTE = os.environ.get("RLAIF_LAB_WATCH_ROUTE")  # set by app/serve.py, wh
 
 
 def watch_component(route_url: str | None, sig_token: str, active: bool, every_s: float, wait_s: float):
-    """The browser side of watching: polls `route_url` every `every_s` while the tab is visible and the run is
-    active, and reruns the page (a trigger) when the run's token differs from the drawn one, no sooner than `wait_s`
+    """The browser side of watching: polls `route_url` while the tab is visible and the run is active (after
+    `every_s`, then 1.5 times longer each time nothing changed, up to 5 s), and reruns the page (a trigger) when the run's token differs from the drawn one, no sooner than `wait_s`
     after this draw (nor than the browser's own time on the last redraw, its long tasks, allows at DRAW_BUDGET)
     unless the run ended. Without a route it only reports document.visibilityState (the fragment
     timer then stops in a hidden tab). Returns the component's state: `visible`, `fallback` (the route failed)."""
@@ -129,7 +129,9 @@ export default function (component) {
     } catch (e) { w.observer = null; }
   }
   const drawnAt = Date.now();
-  let timer = null, failures = 0, stopped = false, lastVisible = true;
+  if (w.reported === undefined) w.reported = true;  // what Python last heard (across redraws: no repeated report)
+  const maxEvery = Math.max(d.every_ms || 1000, 5000);
+  let timer = null, failures = 0, stopped = false, every = d.every_ms || 1000;
   const visible = () => document.visibilityState === 'visible';
   const schedule = (ms) => { if (timer) clearTimeout(timer); timer = stopped ? null : setTimeout(tick, ms); };
   async function tick() {
@@ -160,18 +162,23 @@ export default function (component) {
     } catch (e) {
       if (++failures >= 3) { stopped = true; setStateValue('fallback', true); return; }
     }
-    schedule(d.every_ms || 1000);
+    // nothing new: look again a little later each time, up to every 5 s (a redraw waits >= 5 s anyway)
+    every = Math.min(every * 1.5, maxEvery);
+    schedule(every);
   }
-  const onVisibility = () => {
+  const report = () => {
     const v = visible();
-    if (d.report_visibility && v !== lastVisible) { lastVisible = v; setStateValue('visible', v); }
-    if (v && !timer) schedule(0);  // shown again: look at once
+    if (d.report_visibility && v !== w.reported) { w.reported = v; setStateValue('visible', v); }
+    return v;
+  };
+  const onVisibility = () => {
+    if (report() && !timer) { every = d.every_ms || 1000; schedule(0); }  // shown again: look at once
   };
   document.addEventListener('visibilitychange', onVisibility);
   w.stop = () => { stopped = true; if (timer) clearTimeout(timer); timer = null;
                    document.removeEventListener('visibilitychange', onVisibility); };
-  if (d.report_visibility) { lastVisible = visible(); if (!lastVisible) setStateValue('visible', false); }
-  schedule(d.every_ms || 1000);
+  report();
+  schedule(every);
   return () => w.stop && w.stop();
 }
 """)

@@ -218,7 +218,7 @@ def test_idle_live_tab_gets_no_websocket_frames_and_polls_only_while_visible(lab
         pg.wait_for_timeout(6000)
         # no rerun reaches it (one fragment rerun's messages are ~1 KiB); Streamlit's own keep-alive may send a few bytes
         assert sum(frames) < 256, f"an idle tab received {sum(frames)} bytes over the websocket in 6 s: {frames}"
-        assert len(polls) >= 2, "the tab does not poll the watch route"
+        assert len(polls) >= 1, "the tab does not poll the watch route"
         pg.evaluate("""() => {
             Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
             document.dispatchEvent(new Event('visibilitychange'));
