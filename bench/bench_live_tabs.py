@@ -223,10 +223,12 @@ def main() -> None:
                     help="serve: app/serve.py (the watch route, as scripts/lab.sh); main: app/main.py (fragment timer)")
     ap.add_argument("--model", default=None, help="e.g. builtin:smollm2 (default: a tiny GPT-2 built here)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle tabs (no worker, no training run)")
+    ap.add_argument("--settle-s", type=float, default=10.0,
+                    help="wait after the tabs load, so the first draw's rendering is not counted as watching")
     ap.add_argument("--smoke", action="store_true", help="3 steps, 0 and 1 tab, 5-s idle windows")
     args = ap.parse_args()
     if args.smoke:
-        args.steps, args.tabs, args.idle_s, args.rounds = 3, [0, 1], 5.0, 1
+        args.steps, args.tabs, args.idle_s, args.rounds, args.settle_s = 3, [0, 1], 5.0, 1, 3.0
     if not Path(CHROMIUM).exists():
         print(f"no chromium at {CHROMIUM}: nothing measured (apt-get install -y chromium)")
         return
@@ -308,11 +310,11 @@ def main() -> None:
                 try:
                     for n in args.tabs:
                         tabs = Tabs(browser, url, held, n)
-                        tabs.wait(3)  # the first draw's frames are not idle
+                        tabs.wait(args.settle_s)  # the first draw's frames and rendering are not idle
                         for label in ("visible", "hidden") if n else ("visible",):
                             if label == "hidden":
                                 tabs.hide()
-                                tabs.wait(3)
+                                tabs.wait(args.settle_s)
                             tabs.reset()
                             meter.start()
                             tabs.wait(args.idle_s)
