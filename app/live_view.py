@@ -1,7 +1,8 @@
 """What the Live page says about a run, as pure functions: the phase in plain language, elapsed time, a stable
-ETA, and the cheap signature that decides whether the page has anything new to draw.
+ETA, the run's stored log as text and how long its phase has lasted.
 
-Not responsible for: reading the store or drawing (pages/live.py does both).
+Not responsible for: reading the store or drawing (pages/live.py does both), or the watch signature
+(engine.api.watch_signature).
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ def phase_text(status: str, phase: str, message: str, step: int = 0, total: int 
     if phase == "train":
         return f"Training: step {step} of {total}" if total else "Training" + (f": {message}" if message else "")
     if phase == "load":
+        if message.startswith("resuming"):
+            return f"Resuming: {message[9:]}"
+        if message.startswith(("building", "converting")):  # a built-in model's first use: say it takes minutes
+            return "Loading: " + message
+        if message.startswith("loading the") and message != "loading the reward backends, the evaluator and the policy":
+            return "Loading: " + message[len("loading "):]
         return ("Loading the reward models, the evaluator and the policy (a built-in tiny model is built on first "
-                "use, which takes minutes)" if not message.startswith("resuming") else f"Resuming: {message[9:]}")
+                "use, which takes minutes)")
     fixed = {"starting": "Starting: the worker took the run", "data": "Loading the prompts and data",
              "save": "Saving the trained policy", "done": "Finishing", "label": "Labelling response pairs with AI "
              "feedback"}
@@ -81,7 +88,28 @@ def fmt_eta(seconds: float | None) -> str:
     return f"ETA ~{fmt_duration(60 * round(seconds / 60))}"
 
 
-def signature(status: str, phase: str, message: str, step: int, error: str | None, last_metric_id: int,
-              heartbeat_late: bool) -> tuple:
-    """What the page shows, in a few fields: when it has not changed since the last draw, nothing is redrawn."""
-    return (status, phase, message, step, bool(error), last_metric_id, heartbeat_late)
+def log_text(lines) -> str:
+    """A run's stored log lines (a frame with time, level, phase, message) as text: "12:03:07  message", warnings
+    and errors marked, a multi-line message indented under its time."""
+    out = []
+    for t, level, message in zip(lines["time"], lines["level"], lines["message"], strict=True):
+        stamp = t.strftime("%H:%M:%S") if hasattr(t, "strftime") else "--:--:--"
+        mark = {"warning": "WARNING ", "error": "ERROR "}.get(level, "")
+        first, *rest = str(message).splitlines() or [""]
+        out.append(f"{stamp}  {mark}{first}")
+        out += [f"          {r}" for r in rest]
+    return "\n".join(out)
+
+
+def phase_seconds(lines, phase: str, now) -> float | None:
+    """Seconds since the run entered `phase`: the first of the newest lines that belong to it (None: unknown)."""
+    if lines is None or len(lines) == 0 or not phase:
+        return None
+    phases = list(lines["phase"])
+    if phases[-1] != phase:
+        return None
+    i = len(phases) - 1
+    while i > 0 and phases[i - 1] == phase:
+        i -= 1
+    start = lines["time"].iloc[i]
+    return max((now - start).total_seconds(), 0.0) if hasattr(start, "tzinfo") else None

@@ -2,7 +2,8 @@
 
 Usage: python docs/take_screenshots.py --db runs/demo.db [--run RUN_ID] [--compare RUN_ID ...] [--pages live ...]
 
-Starts `streamlit run app/main.py` on a free port over that store, opens each page in Debian's chromium
+Starts the lab as scripts/lab.sh serves it (`streamlit run app/serve.py`: deep links load clean) on a free port
+over that store, opens each page in Debian's chromium
 (Playwright, headless) and saves a full-height screenshot. `--run` picks the run shown on the live and
 before/after pages (default: the newest completed one); `--compare` the runs selected on the runs page
 (default: the newest two). The browser tests (tests/e2e) can write the same files from their own tiny runs
@@ -39,10 +40,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def lab_server(db: str | Path, timeout_s: float = 60) -> Iterator[str]:
-    """`streamlit run app/main.py` over the store `db` on a free port; yields its URL once healthy."""
+    """`streamlit run app/serve.py` (as scripts/lab.sh) over the store `db` on a free port; yields its URL once
+    healthy. The lab starts no worker here (RLAIF_LAB_LOCAL_WORKER=0): the pictures only read the store."""
     port = free_port()
-    env = {**os.environ, "RLAIF_LAB_DB": str(db) if "://" in str(db) else str(Path(db).resolve())}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+    env = {**os.environ, "RLAIF_LAB_DB": str(db) if "://" in str(db) else str(Path(db).resolve()),
+           "RLAIF_LAB_LOCAL_WORKER": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/serve.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

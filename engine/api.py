@@ -293,7 +293,7 @@ def describe_chain(links: dict[str, Any]) -> str:
 
 
 def export_files(store: Store, run_id: str) -> dict[str, bytes]:
-    """The files of a run's export, by name: config, record, summary, metrics, samples, evaluations."""
+    """The files of a run's export, by name: config, record, summary, metrics, samples, evaluations, log."""
     r = store.get_run(run_id)
     record = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in asdict(r).items()
               if k not in ("config_yaml", "summary", "traceback")}
@@ -307,6 +307,7 @@ def export_files(store: Store, run_id: str) -> dict[str, bytes]:
         "samples.csv": store.samples(run_id).to_csv(index=False).encode(),
         "evaluations.csv": evaluations.to_csv(index=False).encode(),
         "before_after.csv": before_after_table(evaluations).to_csv(index=False).encode(),
+        "log.csv": store.logs(run_id).drop(columns="id").to_csv(index=False).encode(),
         "checkpoints.json": json.dumps([{"step": c.step, "path": c.path, "created_at": c.created_at.isoformat()}
                                         for c in store.checkpoints(run_id)], indent=2).encode(),
     }
@@ -352,6 +353,26 @@ class RunStatus:
     @property
     def fraction(self) -> float:
         return min(self.step / self.total, 1.0) if self.total else 0.0
+
+
+def watch_signature(store: Store, run_id: str) -> tuple:
+    """What a page watching run `run_id` shows, in a few fields: status, phase, message and step of the run's row,
+    whether it has an error, the newest metric row id and log line id, and whether its heartbeat is late (half the
+    lease). When it has not changed since the last draw there is nothing new to draw. Two small indexed queries;
+    the heartbeat itself (written every few seconds) does not change it. KeyError for an unknown run."""
+    r = store.get_run(run_id)
+    metric_id, log_id = store.watch_marks(run_id)
+    running = r.status == "running"
+    late = running and (r.heartbeat_age_s or 0.0) > store.lease_s / 2
+    return (r.status, (r.phase or "") if running else "", (r.message or "") if running else "", r.step,
+            bool(r.error), metric_id, log_id, late)
+
+
+def signature_token(sig: tuple) -> str:
+    """A short token of a watch signature: a browser compares tokens and learns nothing else about the run."""
+    import hashlib
+
+    return hashlib.sha256(repr(sig).encode()).hexdigest()[:16]
 
 
 def workers_table(workers: Sequence[WorkerRecord], lease_s: float) -> pd.DataFrame:
@@ -647,6 +668,14 @@ class Lab:
             eta = eta_seconds(times, r.step, r.total_steps)
         return RunStatus(r.status, phase, r.step, r.total_steps, eta, message, r.error, r.traceback, r.owner,
                          r.heartbeat_age_s if r.status == "running" else None)
+
+    def watch_signature(self, run_id: str) -> tuple:
+        """See `watch_signature` (no housekeeping: cheap enough for a timer)."""
+        return watch_signature(self.store, run_id)
+
+    def run_log(self, run_id: str, last_n: int = 200) -> pd.DataFrame:
+        """The run's stored log, newest `last_n` lines, oldest first: time, level, phase, message."""
+        return self.store.logs(run_id, last_n=last_n).drop(columns="id")
 
     # data
     def metrics(self, run_id: str, keys: Sequence[str] | None = None, since_id: int | None = None) -> pd.DataFrame:

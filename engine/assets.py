@@ -373,6 +373,22 @@ def tiny_policy_dir(cache_dir: str | os.PathLike | None = None, dialogues: Seque
     return _build_cached(target, lambda tmp: build_tiny_policy(tmp, dialogues, steps, **settings), info)
 
 
+def builtin_first_use(name: str) -> str | None:
+    """What loading built-in model `name` will do first when it is not built yet ("building the tiny policy ...
+    about 4 min"), or None when it is ready (or `name` is not a built-in)."""
+    try:
+        if name == "builtin:tiny-gpt2":
+            target, _ = _tiny_policy_target(None, default_dialogues(), 300, {})
+            return None if is_complete(target) else ("building the built-in tiny model (first use only; about 4 "
+                                                      "minutes on 2 idle CPU cores)")
+        if name == "builtin:smollm2":
+            return None if is_complete(cache_root() / SMOLLM2_DIRNAME) else (
+                "converting SmolLM2-135M to a plain model (first use only; about 30 s)")
+    except Exception:  # e.g. no dialogues file: loading will say what is wrong
+        return None
+    return None
+
+
 def _tiny_policy_target(cache_dir, dialogues: list[str], steps: int,
                         settings: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """The cache folder for these settings and data (a hash of both), and the marker's description of them.

@@ -1,4 +1,5 @@
-"""Runs a config as a store run: picks the method, records the run's status. Nothing else.
+"""Runs a config as a store run: picks the method, records the run's status and its log (engine.run_log). Nothing
+else.
 
 The entry points: `run(cfg)` (validate, register, execute), `execute(cfg, store, run_id)` (the worker's and the
 CLI's), `rlhf_chain(cfg)` (a reward model, then PPO with it) and `prepare_prompts(cfg)` (the train / hold-out
@@ -69,7 +70,8 @@ def _dispatch(cfg: RunConfig, store: Store, run_id: str, notify: Callable[[Progr
 
 def execute(cfg: RunConfig, store: Store, run_id: str,
             on_progress: Callable[[Progress], None] | None = None, *, resume: bool | None = None) -> dict[str, Any]:
-    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status.
+    """Run `cfg` as store run `run_id` (which must exist); returns the summary. Marks the run's status and keeps
+    its log in the store (phases, progress lines, warnings and errors logged meanwhile, how it ended).
 
     resume: True continues the run from its newest checkpoint (a failed, cancelled or interrupted run, or one
     queued again with `store.reopen(run_id, to="queued")`, or already claimed as running): the steps after the
@@ -77,29 +79,37 @@ def execute(cfg: RunConfig, store: Store, run_id: str,
     resumed (`resume_problem`). None (the default): resume when the run can be, i.e. it has a checkpoint (a fresh
     run has none, so it starts). False: start from step 0.
     """
-    notify = on_progress or (lambda p: None)
+    from engine.run_log import RunLog
+
     problem = resume_problem(store, run_id) if resume is not False else None
     if resume and problem:
         raise ValueError(problem)
     resume = problem is None if resume is None else resume
-    try:
-        _start(store, run_id, resume)
-        summary = _dispatch(cfg, store, run_id, notify, resume)
-    except RunCancelled:
-        _record_end(store, run_id, "cancelled", error="cancelled by the user")
-        log.info("run %s cancelled", run_id)
-        return {}
-    except BaseException as exc:  # record every failure, then let it propagate
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        text = str(exc).strip()
-        # A ConfigError's first line is only "invalid config:"; its field lines are the useful part.
-        message = " ".join(line.strip() for line in text.splitlines()) if text else type(exc).__name__
-        _record_end(store, run_id, status, error=f"{type(exc).__name__}: {message}",
-                    traceback=traceback.format_exc())
-        raise
-    if not _record_end(store, run_id, "completed"):
-        raise RuntimeError(f"run {run_id} trained to the end but its completion could not be recorded in the store")
-    notify(Progress("done", 1, 1, "completed"))
+    run_log = RunLog(store, run_id)  # the run's stored log: phases, progress, warnings, errors, how it ended
+    notify = run_log.wrap(on_progress)
+    with run_log.capturing():
+        try:
+            _start(store, run_id, resume)
+            run_log.line("resumed from its newest checkpoint" if resume else "started", phase="starting")
+            summary = _dispatch(cfg, store, run_id, notify, resume)
+        except RunCancelled:
+            run_log.line("cancelled by the user: stopped after the current step", "warning")
+            _record_end(store, run_id, "cancelled", error="cancelled by the user")
+            log.info("run %s cancelled", run_id)
+            return {}
+        except BaseException as exc:  # record every failure, then let it propagate
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            text = str(exc).strip()
+            # A ConfigError's first line is only "invalid config:"; its field lines are the useful part.
+            message = " ".join(line.strip() for line in text.splitlines()) if text else type(exc).__name__
+            run_log.line(f"{status}: {type(exc).__name__}: {message}", "error" if status == "failed" else "warning")
+            _record_end(store, run_id, status, error=f"{type(exc).__name__}: {message}",
+                        traceback=traceback.format_exc())
+            raise
+        if not _record_end(store, run_id, "completed"):
+            raise RuntimeError(f"run {run_id} trained to the end but its completion could not be recorded in the "
+                               "store")
+    notify(Progress("done", 1, 1, "completed"))  # the log's last line
     return summary
 
 

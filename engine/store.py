@@ -103,6 +103,8 @@ GENERATION_WORKING = ("loading", "generating", "scoring")
 GENERATION_LOST_ERROR = "the process serving it stopped"  # + why: no heartbeat for N s
 INTERRUPTED_ERROR = "the process running it stopped"  # + why: no heartbeat for N s (lease expired)
 MAX_ERROR_CHARS = 1000
+LOG_LEVELS = ("info", "warning", "error")
+MAX_LOG_CHARS = 2000
 
 
 def utcnow() -> datetime:
@@ -320,6 +322,21 @@ class Generation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RunLog(Base):
+    """A line of a run's log (revision 0006): a phase it entered, what a long phase is doing, a warning or an
+    error, with the time it was written; kept after the run's process exits."""
+
+    __tablename__ = "run_logs"
+    __table_args__ = (Index("ix_run_logs_run_id_id", "run_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(32), _run_fk())
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    level: Mapped[str] = mapped_column(String(16))  # info | warning | error
+    phase: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(NulFreeText)
 
 
 # ---------------------------------------------------------------------------------- records
@@ -1591,6 +1608,49 @@ class Store:
                 if done:
                     expired.append(gen_id)
         return expired
+
+    # ---- the run's log (engine.run_log writes it while the run executes)
+
+    def add_log(self, run_id: str, message: str, level: str = "info", phase: str | None = None,
+                time: datetime | None = None) -> None:
+        """Append a line to the run's log: `level` info / warning / error, the phase it belongs to; the message
+        is kept up to MAX_LOG_CHARS characters (its line breaks too: a warning may span lines)."""
+        if level not in LOG_LEVELS:
+            raise ValueError(f"level must be one of {LOG_LEVELS}, got {level!r}")
+        text = str(message).strip()
+        if len(text) > MAX_LOG_CHARS:
+            text = text[: MAX_LOG_CHARS - 1] + "…"
+        self._insert_rows(RunLog, run_id, [{"run_id": run_id, "time": time or utcnow(), "level": level,
+                                             "phase": None if phase is None else str(phase)[:32],
+                                             "message": text}])
+
+    def logs(self, run_id: str, since_id: int | None = None, last_n: int | None = None) -> pd.DataFrame:
+        """The run's log as columns id, time (UTC datetime), level, phase, message, oldest first; `since_id`: only
+        lines after that id; `last_n`: only the newest `last_n` lines."""
+        stmt = select(RunLog.id, RunLog.time, RunLog.level, RunLog.phase, RunLog.message).where(
+            RunLog.run_id == run_id)
+        if since_id is not None:
+            stmt = stmt.where(RunLog.id > int(since_id))
+        if last_n is not None:
+            stmt = stmt.order_by(RunLog.id.desc()).limit(_as_step(last_n, "last_n"))
+        with self._session() as s:
+            self._require_run(s, run_id)
+            rows = [(i, t.replace(tzinfo=timezone.utc) if t is not None else None, lv, ph, m)
+                    for i, t, lv, ph, m in s.connection().execute(stmt)]
+        import pandas as pd
+
+        df = pd.DataFrame.from_records(sorted(rows), columns=["id", "time", "level", "phase", "message"])
+        df["phase"] = df["phase"].astype(object).where(df["phase"].notna(), None)  # None, not NaN, when unknown
+        return df.astype({"id": "int64"})
+
+    def watch_marks(self, run_id: str) -> tuple[int, int]:
+        """(newest metric row id, newest log line id) of the run, 0 when none, in one query: what a page watching
+        the run compares to learn whether anything was added."""
+        metric = select(func.max(Metric.id)).where(Metric.run_id == run_id).scalar_subquery()
+        line = select(func.max(RunLog.id)).where(RunLog.run_id == run_id).scalar_subquery()
+        with self._session() as s:
+            m, g = s.execute(select(metric, line)).one()
+        return int(m or 0), int(g or 0)
 
     # ---- resume (engine.runner.execute(resume=True); engine.methods.lifecycle)
 

@@ -2,16 +2,22 @@
 resume, error and traceback, live curves, reward-hacking alarms with their evidence samples, judge accounting, recent
 samples, and on completion a link to its result.
 
-Watching costs the run nothing measurable: the page is drawn once, then a tiny `st.fragment` timer checks a cheap
-signature (the run row's status / phase / message / step and whether metric rows newer than the last seen exist).
-When nothing changed it draws nothing and the browser receives only the fragment's bookkeeping messages; when
-something changed it redraws the page once (at most every MIN_REDRAW_S, and at most DRAW_BUDGET of the time given what
-the last draw took; at once when the run ends). A hidden browser tab stops the timer altogether (a small component
-reports `document.visibilityState`), and it restarts when the tab shows again.
+Watching costs the run nothing measurable: the page is drawn once and then learns whether the run changed from a
+cheap signature (engine.api.watch_signature: the run row's status / phase / message / step, the newest metric row and
+log line). Served by app/serve.py (scripts/lab.sh), a small component in the browser polls the server's watch route
+(one tiny HTTP request a second, no Streamlit rerun, no websocket message) and reruns the page only when the token
+differs from the one drawn; served otherwise (`streamlit run app/main.py`, AppTest) or when the route fails, a
+`st.fragment` timer compares the signature on the server and draws nothing when it is unchanged. Either way a change
+redraws the page at most every MIN_REDRAW_S, and at most DRAW_BUDGET of the time given what the last draw took (at
+once when the run ends), and a hidden browser tab stops polling until it shows again.
+
+The log expander shows the run's stored log (engine.run_log): phases entered, what a long phase is doing, warnings
+and errors, kept after the worker exits.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import streamlit as st
@@ -19,7 +25,7 @@ import streamlit as st
 from app import auth, charts, judges, live_view, state
 from app.resume import resume_control, resume_note
 from app.safe_text import md
-from engine.api import chain_links
+from engine.api import chain_links, signature_token
 from engine.store import utcnow
 
 T_PAGE = time.perf_counter()
@@ -91,36 +97,91 @@ MIN_REDRAW_S = 5.0  # a redraw (charts included) costs the browser and this serv
 DRAW_BUDGET = 0.05  # ... and at most this share of the time: a page that took 0.6 s to draw waits >= 12 s
 
 
-def tab_visible() -> bool:
-    """Whether this browser tab is visible (document.visibilityState); a change reruns the page once."""
-    result = _VISIBILITY(key="tab-visibility", default={"visible": True}, on_visible_change=lambda: None,
-                         height=0)
-    return bool(getattr(result, "visible", True))
+WATCH_ROUTE = os.environ.get("RLAIF_LAB_WATCH_ROUTE")  # set by app/serve.py, which serves the route
 
 
-_VISIBILITY = st.components.v2.component("rlaif_lab_tab_visibility", js="""
+def watch_component(route_url: str | None, sig_token: str, active: bool, every_s: float, wait_s: float):
+    """The browser side of watching: polls `route_url` while the tab is visible and the run is active (after
+    `every_s`, then 1.5 times longer each time nothing changed, up to 5 s), and reruns the page (a trigger) when the run's token differs from the drawn one, no sooner than `wait_s`
+    after this draw (nor than the browser's own time on the last redraw, its long tasks, allows at DRAW_BUDGET)
+    unless the run ended. Without a route it only reports document.visibilityState (the fragment
+    timer then stops in a hidden tab). Returns the component's state: `visible`, `fallback` (the route failed)."""
+    return _WATCH(key="live-watch", data={"url": route_url or "", "run": run_id, "sig": sig_token,
+                                          "active": bool(active), "every_ms": int(1000 * every_s),
+                                          "wait_ms": int(1000 * wait_s), "budget": DRAW_BUDGET,
+                                          "report_visibility": not route_url},
+                  default={"visible": True, "fallback": False}, on_visible_change=lambda: None,
+                  on_fallback_change=lambda: None, on_redraw_change=lambda: None, height=0)
+
+
+_WATCH = st.components.v2.component("rlaif_lab_live_watch", js="""
 export default function (component) {
-  const { setStateValue } = component;
-  let last = true;
+  // Called again whenever its data changes (after each redraw) without the previous cleanup: one timer per page.
+  const { data, setStateValue, setTriggerValue } = component;
+  const d = data || {};
+  const w = (window.__rlaifLiveWatch = window.__rlaifLiveWatch || {});
+  if (w.stop) w.stop();
+  if (!w.observer && window.PerformanceObserver) {  // the browser's side of a redraw: its long tasks (> 50 ms)
+    w.busy = 0;
+    try {
+      w.observer = new PerformanceObserver((list) => { for (const e of list.getEntries()) w.busy += e.duration; });
+      w.observer.observe({type: 'longtask', buffered: false});
+    } catch (e) { w.observer = null; }
+  }
+  const drawnAt = Date.now();
+  if (w.reported === undefined) w.reported = true;  // what Python last heard (across redraws: no repeated report)
+  const maxEvery = Math.max(d.every_ms || 1000, 5000);
+  let timer = null, failures = 0, stopped = false, every = d.every_ms || 1000;
+  const visible = () => document.visibilityState === 'visible';
+  const schedule = (ms) => { if (timer) clearTimeout(timer); timer = stopped ? null : setTimeout(tick, ms); };
+  async function tick() {
+    timer = null;
+    if (stopped || !d.url || !d.active || !visible()) return;  // hidden: nothing until it shows again
+    try {
+      const r = await fetch(d.url + '?run=' + encodeURIComponent(d.run), {cache: 'no-store', credentials: 'same-origin'});
+      if (!r.ok || !(r.headers.get('content-type') || '').includes('application/json')) throw new Error(String(r.status));
+      const body = await r.json();
+      failures = 0;
+      if (stopped) return;
+      if (body.sig !== d.sig) {
+        // at most `budget` of the time on redraws, counting what the last one cost this browser too
+        const browserMs = (w.busy || 0) - (w.busyAtRedraw || 0);
+        const waitMs = Math.max(d.wait_ms, d.budget > 0 ? browserMs / d.budget : 0);
+        const wait = body.ended ? 0 : waitMs - (Date.now() - drawnAt);
+        // the rerun calls this function again with the new drawing (and stops this one); should it draw the same
+        // data, this one looks again after the wait
+        if (wait <= 0) {
+          w.busyAtRedraw = w.busy || 0;
+          setTriggerValue('redraw', body.sig);
+          schedule(Math.max(d.wait_ms, d.every_ms || 1000));
+          return;
+        }
+        schedule(wait);
+        return;
+      }
+    } catch (e) {
+      if (++failures >= 3) { stopped = true; setStateValue('fallback', true); return; }
+    }
+    // nothing new: look again a little later each time, up to every 5 s (a redraw waits >= 5 s anyway)
+    every = Math.min(every * 1.5, maxEvery);
+    schedule(every);
+  }
   const report = () => {
-    const visible = document.visibilityState === 'visible';
-    if (visible !== last) { last = visible; setStateValue('visible', visible); }
+    const v = visible();
+    if (d.report_visibility && v !== w.reported) { w.reported = v; setStateValue('visible', v); }
+    return v;
   };
-  document.addEventListener('visibilitychange', report);
+  const onVisibility = () => {
+    if (report() && !timer) { every = d.every_ms || 1000; schedule(0); }  // shown again: look at once
+  };
+  document.addEventListener('visibilitychange', onVisibility);
+  w.stop = () => { stopped = true; if (timer) clearTimeout(timer); timer = null;
+                   document.removeEventListener('visibilitychange', onVisibility); };
   report();
-  return () => document.removeEventListener('visibilitychange', report);
+  schedule(every);
+  return () => w.stop && w.stop();
 }
 """)
-
-
-def log_lines(run_id: str, line: str) -> list[tuple[str, str]]:
-    """The phase changes and messages this page saw for the run (time, line), newest last, 200 kept."""
-    logs = st.session_state.setdefault("_live_log", {})
-    log = logs.setdefault(run_id, [])
-    if not log or log[-1][1] != line:
-        log.append((time.strftime("%H:%M:%S"), line))
-        del log[:-200]
-    return log
 
 
 def alarm_panel(run_id: str) -> None:
@@ -161,15 +222,22 @@ def cancel_control(status) -> None:
             st.rerun()
 
 
+drawn_sig = lab.watch_signature(run_id)  # before anything is read: a change during this draw draws again
 rec = lab.get_run(run_id)
 status = lab.status(run_id)
 cache = state.metric_cache(run_id)
 cache.refresh(lab)
-late = status.status == "running" and (status.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
-st.session_state["_live_sig"] = (run_id, live_view.signature(status.status, status.phase, status.message,
-                                                             status.step, status.error, cache.last_id, late))
+st.session_state["_live_sig"] = (run_id, drawn_sig)
 st.session_state["_live_drawn"] = time.monotonic()
-visible = tab_visible()
+wait_s = max(MIN_REDRAW_S, st.session_state.get("_live_draw_s", 0.0) / DRAW_BUDGET)
+use_route = bool(WATCH_ROUTE) and not st.session_state.get("_watch_fallback")
+watched = watch_component(WATCH_ROUTE if use_route else None, signature_token(drawn_sig), was_active, refresh_s,
+                          wait_s)
+if getattr(watched, "fallback", False) and not st.session_state.get("_watch_fallback"):
+    st.session_state["_watch_fallback"] = True  # the route failed (a proxy refusing it?): the server-side timer
+    st.rerun()
+visible = bool(getattr(watched, "visible", True))
+run_log = lab.run_log(run_id)
 
 t0 = time.perf_counter()
 c1, c2 = st.columns([3, 1])
@@ -183,7 +251,9 @@ with c1:
         times = cache.wide()["time/step_s"].dropna().tolist()
     eta = live_view.stable_eta(times, status.step, status.total) if status.status == "running" else None
     total = status.total or "?"
+    in_phase = live_view.phase_seconds(run_log, status.phase, utcnow()) if status.status == "running" else None
     st.progress(status.fraction, text=f"step {status.step}/{total} · elapsed {live_view.fmt_duration(elapsed)}"
+                + (f" · this phase {live_view.fmt_duration(in_phase)}" if in_phase is not None else "")
                 + (f" · {live_view.fmt_eta(eta)}" if status.status == "running" else ""))
     owner_line(status)
 with c2:
@@ -209,10 +279,16 @@ elif status.error:
 if status.traceback:
     with st.expander("Traceback"):
         st.code(status.traceback, language="text")
-with st.expander("Log: phase changes and messages"):
-    entries = log_lines(run_id, line + (f" — {status.message}" if status.message else ""))
-    st.caption("What this page saw, newest last (the store keeps the run's latest phase and message).")
-    st.code("\n".join(f"{t}  {text}" for t, text in entries[-60:]), language="text")
+warnings_n = int(run_log["level"].isin(["warning", "error"]).sum()) if not run_log.empty else 0
+with st.expander(f"Log: {len(run_log)} line{'s' if len(run_log) != 1 else ''}"
+                 + (f", {warnings_n} warning{'s' if warnings_n != 1 else ''} or error{'s' if warnings_n != 1 else ''}"
+                    if warnings_n else ""), icon=":material/receipt_long:", key="live-log"):
+    if run_log.empty:
+        st.caption("No log lines stored for this run yet (a run from before the stored log has none).")
+    else:
+        st.caption("Phases entered, what a long phase is doing (every 30 s at most), warnings and errors; stored "
+                   "with the run, so they stay after its worker exits. Newest last, times in UTC.")
+        st.code(live_view.log_text(run_log.tail(60)), language="text")
 chain_notes(run_id)
 
 figs = figures(cache, x_axis, smoothing)
@@ -250,17 +326,14 @@ else:
                                 "response": st.column_config.TextColumn(width="large")})
 
 
-@st.fragment(run_every=refresh_s if (was_active and visible) else None)
+@st.fragment(run_every=refresh_s if (was_active and visible and not use_route) else None)
 def watch() -> None:
-    """The timer: draws nothing; redraws the page only when the run's signature changed (or it ended)."""
-    s = lab.status(run_id)
-    new_rows = cache.refresh(lab)
-    late_now = s.status == "running" and (s.heartbeat_age_s or 0.0) > lab.store.lease_s / 2
-    sig = (run_id, live_view.signature(s.status, s.phase, s.message, s.step, s.error, cache.last_id, late_now))
-    ended = s.status not in ("queued", "running")
-    wait_s = max(MIN_REDRAW_S, st.session_state.get("_live_draw_s", 0.0) / DRAW_BUDGET)
+    """The server-side timer (no watch route): draws nothing; redraws the page only when the run's signature
+    changed (or it ended)."""
+    sig = (run_id, lab.watch_signature(run_id))
+    ended = sig[1][0] not in ("queued", "running")
     quiet = time.monotonic() - st.session_state.get("_live_drawn", 0.0) < wait_s
-    if (new_rows or st.session_state.get("_live_sig") != sig) and (ended or not quiet):
+    if st.session_state.get("_live_sig") != sig and (ended or not quiet):
         st.rerun()
 
 

@@ -1,7 +1,7 @@
 """Runs page: the workers serving the store; every run with its results and key hyperparameters first; overlay
-several runs' curves and before/after numbers, and the config fields in which they differ; export, clone, cancel or
-delete a run (the actions name the run they apply to); download its trained policy, merged or not, or continue
-training from it (app.policy_actions)."""
+several runs' curves and before/after numbers, and the config fields in which they differ; each run's own actions
+(app/run_actions.py: open Live or Before/after, clone into Launch, export, resume, cancel or delete, asking first);
+with one run selected, its trained policy: download (merged or not) or continue training (app.policy_actions)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import pandas as pd
 import streamlit as st
 import yaml
 
-from app import auth, charts, forms, results, state
+from app import charts, results, run_actions, state
 from app.policy_actions import policy_panel
-from app.resume import resume_control, resume_note
-from app.safe_text import md, plain
-from engine.config import ConfigError
+from app.resume import resume_note
+from app.safe_text import plain
 
 lab = state.lab()
+run_actions.switch_if_cloned()  # a Clone's callback ran before this script: go to Launch before drawing anything
 st.title("Runs")
 
 
@@ -58,13 +58,13 @@ hyper = pd.DataFrame([results.key_hyperparameters(config_of(runs_by_id[i])) if i
                       for i in overview["id"]], index=overview.index)
 first = ["name", "status", "change_%", "tox_before", "tox_after", "mean_kl"]
 overview = pd.concat([overview[first], hyper, overview.drop(columns=[*first, "improvement_%", "rewards"])], axis=1)
-# per-row actions: links to the run's pages (the buttons below act on the first selected run)
+# per-row links to the run's pages (each run's actions: "Manage runs" below)
 overview["live"] = "./live?run=" + overview["id"]
 overview["before/after"] = "./before_after?run=" + overview["id"]
 overview = overview[[*first, "live", "before/after", *[c for c in overview.columns if c not in (*first, "live",
                                                                                             "before/after")]]]
-st.caption("Select rows to compare runs; the actions at the bottom apply to the first run you selected (named "
-           "there). " + results.CHANGE_LABEL + ".")
+st.caption("Select rows to compare runs; each run's actions (clone, export, resume, cancel, delete) are under "
+           "Manage runs below. " + results.CHANGE_LABEL + ".")
 RESULT_COLUMNS = {
     "change_%": st.column_config.NumberColumn("change %", format="%+.1f %%", help=results.CHANGE_LABEL),
     "tox_before": st.column_config.NumberColumn("toxicity before", format="%.3f"),
@@ -80,9 +80,6 @@ picked = st.dataframe(overview, key="runs-table", hide_index=True, on_select="re
                       column_config=RESULT_COLUMNS)
 # rows picked before a delete may point past the end of the table now
 selected = [overview["id"].iloc[i] for i in (picked.selection.rows if picked is not None else []) if i < len(overview)]
-if not selected:
-    st.info("Select one or more runs in the table to compare them or act on one.")
-    st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -91,96 +88,59 @@ def wide_metrics(run_id: str, marker: tuple) -> pd.DataFrame:
     return charts.to_wide(lab.metrics(run_id))
 
 
-records = {rid: lab.get_run(rid) for rid in selected}
-labels = {rid: plain(f"{r.name} ({rid})") for rid, r in records.items()}  # legends and selectors: plain text
-wides = {labels[rid]: wide_metrics(rid, (r.status, r.step, r.finished_at)) for rid, r in records.items()}
+def comparison(selected: list[str]) -> None:
+    """The selected runs' curves overlaid, their before/after numbers, and the config fields in which they differ."""
+    records = {rid: runs_by_id.get(rid) or lab.get_run(rid) for rid in selected}
+    labels = {rid: plain(f"{r.name} ({rid})") for rid, r in records.items()}  # legends and selectors: plain text
+    wides = {labels[rid]: wide_metrics(rid, (r.status, r.step, r.finished_at)) for rid, r in records.items()}
 
-st.subheader("Curves")
-all_keys = sorted({k for w in wides.values() for k in w.columns if k != charts.TIME_COL})
-default = [k for k in ("objective/kl", "ppo/returns/mean", "env/reward_mean") if k in all_keys]
-c1, c2, c3 = st.columns([3, 1, 1])
-keys = c1.multiselect("Metrics", all_keys, default=default, key="compare-keys")
-smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="compare-smoothing")
-x_axis = c3.radio("x axis", ["step", "time"], horizontal=True, key="compare-x")
-cols = st.columns(2)
-for i, key in enumerate(keys):
-    with cols[i % 2]:
-        st.plotly_chart(charts.overlay_figure(wides, key, x=x_axis, smoothing=smoothing), key=f"compare-{key}")
+    st.subheader("Curves")
+    all_keys = sorted({k for w in wides.values() for k in w.columns if k != charts.TIME_COL})
+    default = [k for k in ("objective/kl", "ppo/returns/mean", "env/reward_mean") if k in all_keys]
+    c1, c2, c3 = st.columns([3, 1, 1])
+    keys = c1.multiselect("Metrics", all_keys, default=default, key="compare-keys")
+    smoothing = c2.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="compare-smoothing")
+    x_axis = c3.radio("x axis", ["step", "time"], horizontal=True, key="compare-x")
+    cols = st.columns(2)
+    for i, key in enumerate(keys):
+        with cols[i % 2]:
+            st.plotly_chart(charts.overlay_figure(wides, key, x=x_axis, smoothing=smoothing), key=f"compare-{key}")
 
-summaries = {labels[rid]: r.summary for rid, r in records.items() if r.summary and r.summary.get("before")}
-if summaries:
-    st.subheader("Before / after")
-    st.plotly_chart(charts.compare_summaries_figure(summaries), key="compare-summaries")
-    st.dataframe(overview[overview["id"].isin(selected)][["name", "change_%", "tox_before", "tox_after", "mean_kl",
-                                                          "id"]], hide_index=True, key="compare-table",
-                 column_config=RESULT_COLUMNS)
+    summaries = {labels[rid]: r.summary for rid, r in records.items() if r.summary and r.summary.get("before")}
+    if summaries:
+        st.subheader("Before / after")
+        st.plotly_chart(charts.compare_summaries_figure(summaries), key="compare-summaries")
+        st.dataframe(overview[overview["id"].isin(selected)][["name", "change_%", "tox_before", "tox_after",
+                                                              "mean_kl", "id"]], hide_index=True,
+                     key="compare-table", column_config=RESULT_COLUMNS)
 
-if len(selected) > 1:
-    st.subheader("Config: the fields that differ")
-    diff = results.config_diff({labels[rid]: config_of(r) for rid, r in records.items()})
-    if diff.empty:
-        st.caption("The selected runs have the same config (apart from name and output folder).")
-    else:
-        st.dataframe(diff, hide_index=True, key="config-diff")
-
-target = selected[0]
-record = records[target]
-st.subheader(f"Actions on {md(record.name)}")
-st.markdown(f"The first run you selected: **{md(record.name)} ({target})** · `{record.status}`"
-            + (f" (of {len(selected)} selected)" if len(selected) > 1 else ""))
+    if len(selected) > 1:
+        st.subheader("Config: the fields that differ")
+        diff = results.config_diff({labels[rid]: config_of(r) for rid, r in records.items()})
+        if diff.empty:
+            st.caption("The selected runs have the same config (apart from name and output folder).")
+        else:
+            st.dataframe(diff, hide_index=True, key="config-diff")
 
 
-def clone() -> None:
-    try:
-        forms.load_into_state(lab.run_config(target))
-        st.session_state["go-launch"] = True
-    except ConfigError as exc:  # e.g. a run saved by an older version with a field that is gone
-        st.session_state["runs-note"] = f"Its config no longer loads: {exc}"
-
-
-def ask_delete() -> None:
-    st.session_state["confirm-delete"] = target
-
-
-if st.session_state.pop("go-launch", False):
-    st.switch_page(state.page_path("launch"))
-if (note := st.session_state.pop("runs-note", None)) is not None:
-    st.error(md(note, limit=2000, keep_newlines=True))
-
-a = st.columns(5)
-a[0].download_button("Export (zip)", lambda: lab.export_run(target), file_name=f"{target}.zip",
-                     mime="application/zip", key="export-run", icon=":material/download:")
-a[1].button("Clone its config", key="clone-run-config", on_click=clone, icon=":material/content_copy:")
-a[2].page_link(state.page_path("live"), label="Curves", query_params={"run": target}, icon=":material/monitoring:")
-a[3].page_link(state.page_path("before_after"), label="Before / after", query_params={"run": target},
-               icon=":material/compare_arrows:")
-if record.is_active:
-    if a[4].button("Cancel run", key="runs-cancel", icon=":material/stop_circle:"):
-        try:
-            after = lab.cancel_run(target, user=auth.user())
-            st.toast("Cancelled." if after == "cancelled" else "Stopping after the current PPO step…")
-        except (ValueError, PermissionError) as exc:  # finished meanwhile; or not the owner's / admin's
-            st.toast(md(str(exc)))
-else:
-    a[4].button("Delete…", key="delete-run", on_click=ask_delete, icon=":material/delete:")
-
-resume_control(lab, target, key="runs-resume")
 resume_note()
-policy_panel(lab, target)
+if selected:
+    comparison(selected)
+    if len(selected) == 1:
+        policy_panel(lab, selected[0])
+    else:
+        st.caption("Select one run to download its trained policy or continue training from it.")
+else:
+    st.info("Select runs in the table to overlay their curves and compare their results and configs; select "
+            "one to download its trained policy or continue training from it.")
 
-if st.session_state.get("confirm-delete") == target and not record.is_active:
-    with st.container(border=True, key="delete-confirm"):
-        st.warning(f"Delete run {target} with all its metrics, samples and evaluations? Checkpoint files stay on disk.")
-        y, n = st.columns(2)
-        if y.button("Yes, delete it", key="delete-yes", type="primary"):
-            st.session_state.pop("confirm-delete", None)
-            try:
-                lab.delete_run(target, user=auth.user())
-            except PermissionError as exc:  # not the owner's / admin's (engine.api checks it)
-                st.session_state["runs-note"] = str(exc)
-            else:
-                st.toast(f"Deleted {target}")
-            st.rerun()
-        if n.button("Keep it", key="delete-no"):
-            st.session_state.pop("confirm-delete", None)
-            st.rerun()
+st.subheader("Manage runs")
+st.caption("Each run's own actions. Cancel and Delete ask first; only a run's owner or an admin may cancel, resume "
+           "or delete it when the lab has a login.")
+ROWS_SHOWN = 20
+records_all = list(runs_by_id.values())  # newest first
+change = dict(zip(overview["id"], overview["change_%"], strict=True))
+show_all = len(records_all) > ROWS_SHOWN and st.toggle(f"Show all {len(records_all)} runs (the newest "
+                                                        f"{ROWS_SHOWN} are shown)", key="rows-all")
+for record in records_all[: None if show_all else ROWS_SHOWN]:
+    run_actions.action_row(lab, record, change.get(record.id))

@@ -236,7 +236,7 @@ def test_a_store_from_before_the_alarms_table_gets_it(tmp_path):
         assert store.alarms(run_id).empty and store.alarm_counts() == {}
         store.add_alarm(run_id, "kl_runaway", 3, 2, 14.0, 12.0, "KL", [{"step": 3, "idx": 0}])
         assert store.alarm_counts() == {run_id: 1}
-        assert head_revision() == "0004"  # the alarms (0003), then owners (0004)
+        assert head_revision() == "0006"  # the alarms (0003), owners (0004), playground (0005), run logs (0006)
 
 
 def test_a_topic_reward_is_not_compared_for_disagreement():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+
 from app import live_view
 
 
@@ -36,9 +40,32 @@ def test_eta_is_a_median_so_one_slow_step_does_not_swing_it():
     assert live_view.fmt_eta(14) == "ETA ~15 s"
 
 
-def test_signature_ignores_the_heartbeat_but_not_new_rows_or_phase():
-    a = live_view.signature("running", "train", "step 1/5", 1, None, 10, False)
-    assert a == live_view.signature("running", "train", "step 1/5", 1, None, 10, False)
-    assert a != live_view.signature("running", "train", "step 1/5", 1, None, 11, False)
-    assert a != live_view.signature("running", "eval_after", "step 1/5", 1, None, 10, False)
-    assert a != live_view.signature("running", "train", "step 1/5", 1, None, 10, True)
+def test_load_phase_says_what_it_loads_and_that_a_first_use_takes_minutes():
+    first = live_view.phase_text("running", "load", "building the built-in tiny model (first use only; about 4 "
+                                 "minutes on 2 idle CPU cores)")
+    assert first.startswith("Loading: building the built-in tiny model") and "minutes" in first
+    assert live_view.phase_text("running", "load", "loading the policy gpt2") == "Loading: the policy gpt2"
+    assert live_view.phase_text("running", "load", "resuming from the checkpoint after step 3") == \
+        "Resuming: from the checkpoint after step 3"
+
+
+def _lines(rows):
+    return pd.DataFrame(rows, columns=["time", "level", "phase", "message"])
+
+
+def test_log_text_marks_warnings_and_keeps_multiline_messages():
+    t = datetime(2026, 12, 2, 5, 0, 7, tzinfo=timezone.utc)
+    text = live_view.log_text(_lines([(t, "info", "load", "loading the policy"),
+                                      (t + timedelta(seconds=3), "warning", "load", "slow disk\nsecond line"),
+                                      (t + timedelta(seconds=4), "error", "train", "failed: boom")]))
+    assert text.splitlines() == ["05:00:07  loading the policy", "05:00:10  WARNING slow disk",
+                                 "          second line", "05:00:11  ERROR failed: boom"]
+
+
+def test_phase_seconds_counts_from_the_first_line_of_the_current_phase():
+    t = datetime(2026, 12, 2, 5, 0, 0, tzinfo=timezone.utc)
+    lines = _lines([(t, "info", "load", "a"), (t + timedelta(seconds=10), "info", "eval_before", "b"),
+                    (t + timedelta(seconds=40), "info", "eval_before", "c")])
+    assert live_view.phase_seconds(lines, "eval_before", t + timedelta(seconds=70)) == 60.0
+    assert live_view.phase_seconds(lines, "train", t + timedelta(seconds=70)) is None  # not logged yet
+    assert live_view.phase_seconds(_lines([]), "load", t) is None

@@ -283,6 +283,20 @@ def test_live_page_shows_error_and_traceback(db):
     assert not [b for b in at.button if b.key == "cancel-run"]
 
 
+def test_live_page_log_expander_reads_the_stored_log(db):
+    run_id = db.create_run(RunConfig(name="logged").to_yaml(), name="logged")
+    at = app("live", run_id)
+    assert any(e.label == "Log: 0 lines" for e in at.expander)  # nothing stored: says so
+    db.add_log(run_id, "started", phase="starting")
+    db.add_log(run_id, "the judge answered late", level="warning", phase="load")
+    db.add_log(run_id, "failed: RuntimeError: boom", level="error", phase="load")
+    at = app("live", run_id)
+    (log,) = [e for e in at.expander if e.label.startswith("Log:")]
+    assert log.label == "Log: 3 lines, 2 warnings or errors"
+    text = [c.value for c in at.code][-1]
+    assert text.splitlines()[1].endswith("WARNING the judge answered late") and "ERROR failed: RuntimeError" in text
+
+
 # ---- before / after ------------------------------------------------------------------------------------
 
 
@@ -403,15 +417,35 @@ def test_runs_page_lists_compares_and_deletes(db):
     assert set(at.dataframe[1].value["id"]) == {a, b}  # the comparison table, under the runs table
     # only the fields that differ: here none but the name (the diff's own cases: tests/test_results.py)
     assert any("have the same config" in c.value for c in at.caption)
-    assert any("The first run you selected" in m.value for m in at.markdown)
 
-    target = a  # the first selected row is the one the actions apply to
-    by_key(at.button, "delete-run").click().run()
-    assert db.get_run(target)  # not yet: it asks first
-    by_key(at.button, "delete-yes").click().run()
+    # each run has its own action row (named), whatever is selected: delete the second one, asking first
+    rows = [m.value for m in at.markdown if m.value.startswith("**first**") or m.value.startswith("**second**")]
+    assert len(rows) == 2 and all("completed" in r for r in rows)
+    assert any(f"`{b}`" in r and "change **" in r for r in rows)
+    assert db.get_run(b)  # the popover only asks
+    by_key(at.button, f"delete-yes-{b}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
     with pytest.raises(KeyError):
-        db.get_run(target)
-    assert len(db.list_runs()) == 1
+        db.get_run(b)
+    assert [r.id for r in db.list_runs()] == [a]
+    assert not [k for k in (getattr(w, "key", None) for w in at.button) if k and k.endswith(b)]  # its row is gone
+
+
+def test_runs_page_row_actions_cancel_and_clone(db):
+    done = add_finished_run(db, name="finished")
+    queued = db.create_run(RunConfig(name="waiting").to_yaml(), name="waiting", total_steps=5)
+    at = app("runs")
+    assert not at.exception, [e.value for e in at.exception]
+    # an active run offers Cancel (no Delete, no Resume); a finished one Delete
+    assert by_key(at.button, f"cancel-yes-{queued}") is not None
+    assert not [w for w in at.button if w.key in (f"delete-yes-{queued}", f"resume-{queued}")]
+    assert by_key(at.button, f"delete-yes-{done}") is not None
+    by_key(at.button, f"cancel-yes-{queued}").click().run()
+    assert db.get_run(queued).status == "cancelled"
+    assert any(i.value == "Cancelled." for i in at.info)  # said on its row
+    by_key(at.button, f"clone-{done}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["cfg-name"] == "finished"  # its config is in the Launch form
 
 
 # ---- playground ------------------------------------------------------------------------------------------

@@ -165,11 +165,13 @@ class PolicyRun:
         import torch
 
         from engine import data as data_mod
+        from engine.assets import builtin_first_use
         from engine.models import load_policy
         from engine.rewards import build_backend
 
         cfg = self.cfg
         if cfg.evaluation.enabled and self.group.is_main:  # several processes: rank 0 evaluates
+            self.notify(Progress("load", message=f"loading the evaluator ({cfg.evaluation.evaluator.display_name})"))
             self.evaluator = build_backend(cfg.evaluation.evaluator, device=self.device)
             if cfg.evaluation.relevance:
                 from engine.relevance import default_scorer
@@ -180,6 +182,8 @@ class PolicyRun:
                     self.relevance_error = str(exc)
                     log.warning("relevance not measured: %s", exc)
         torch.manual_seed(seed)
+        first = builtin_first_use(cfg.model.name_or_path)
+        self.notify(Progress("load", message=first or f"loading the policy {cfg.model.name_or_path}"))
         self.bundle = load_policy(cfg.model)
         if self.init_source is not None:  # continue training: the policy (not the reference) starts from it
             from engine.policy_source import apply_init

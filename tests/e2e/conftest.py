@@ -1,4 +1,5 @@
-"""Browser-test fixtures: a real `streamlit run app/main.py` on a free port over a temporary store, and
+"""Browser-test fixtures: a real lab server (`streamlit run app/serve.py`, as scripts/lab.sh serves it) on a free port
+over a temporary store, and
 Debian's chromium driven by Playwright (no browser download). Test modules here mark themselves `browser`.
 
 The server runs in its own process and, on the first page load, starts a worker process for its store (the UI
@@ -49,9 +50,10 @@ class LabServer:
 
 
 def start_server(db: Path, log: Path, port: int | None = None, env: dict | None = None,
-                 script: str = "app/main.py") -> LabServer:
+                 script: str = "app/serve.py") -> LabServer:
     """`streamlit run <script>` over the store `db`, waited for until healthy (pytest.fail if it is not).
-    script="app/serve.py" is what scripts/lab.sh serves (main.py plus the deep-link fix)."""
+    script="app/serve.py" (the default) is what scripts/lab.sh serves: main.py plus the deep-link fix and the Live
+    page's watch route; "app/main.py" serves the pages alone (their server-side timer)."""
     port = port or free_port()
     env = {**os.environ, "RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
@@ -60,7 +62,7 @@ def start_server(db: Path, log: Path, port: int | None = None, env: dict | None 
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # generous: a loaded shared machine can take minutes to start the server
     while True:
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:

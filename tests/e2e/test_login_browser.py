@@ -127,13 +127,10 @@ def signed_in(pg, url: str, name: str) -> None:
     expect(pg.get_by_text(f"Signed in as {name}")).to_be_visible()
 
 
-def select_first_row(pg) -> None:
-    """Tick the first row of the Runs table (a canvas grid: its row-marker column, left of the first row)."""
-    grid = pg.locator(".st-key-runs-table [data-testid='stDataFrameResizable']")
-    grid.wait_for()
-    box = grid.bounding_box()
-    pg.mouse.click(box["x"] + 18, box["y"] + 35 + 17)
-    pg.get_by_text("On ", exact=False).locator("xpath=.").first.wait_for()
+def delete_from_its_row(pg, run_id: str) -> None:
+    """The run's own row on the Runs page: Delete opens a popover that asks, then "Yes, delete it"."""
+    pg.locator(f".st-key-run-row-{run_id}").get_by_role("button", name="Delete").click()
+    pg.locator(f".st-key-delete-yes-{run_id} button").click()
 
 
 def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, tiny_gpt2_dir, tmp_path):
@@ -177,9 +174,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     # bob cannot delete it either
     pb.goto(f"{url}/runs")
     pb.wait_for_selector("[data-testid='stApp'] h1")
-    select_first_row(pb)
-    pb.locator(".st-key-delete-run button").click()
-    pb.locator(".st-key-delete-yes button").click()
+    delete_from_its_row(pb, run_id)
     pb.get_by_text(f"run {run_id} belongs to alice@example.org: only its owner or an admin may delete it").wait_for()
     with Store(lab.db) as store:
         assert store.get_run(run_id).status == "cancelled"
@@ -189,9 +184,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     ctx_l, pl = as_user(chromium, ADMIN)
     signed_in(pl, f"{url}/runs", ADMIN)
     expect(pl.get_by_text(f"Signed in as {ADMIN} · admin")).to_be_visible()
-    select_first_row(pl)
-    pl.locator(".st-key-delete-run button").click()
-    pl.locator(".st-key-delete-yes button").click()
+    delete_from_its_row(pl, run_id)
     # (its toast may be gone with the rerun that follows it: wait on the store instead)
     with Store(lab.db) as store:
         deadline = time.monotonic() + 60
@@ -216,3 +209,10 @@ def test_no_lab_without_the_proxy(team_lab, chromium):
     expect(pg.locator("[data-testid='stApp'] h1")).to_have_count(0)
     expect(pg.get_by_text("Signed in as")).to_have_count(0)
     ctx.close()
+    # nor the Live page's watch route (app/serve.py): refused around the proxy, even with a forged user header
+    with Store(lab.db) as store:
+        run_id = store.create_run("name: x\n", name="x")
+    forged = urllib.request.Request(f"{lab.url}/api/live-signature?run={run_id}", headers={"X-Lab-User": ADMIN})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(forged, timeout=10)
+    assert exc.value.code == 403

@@ -7,7 +7,11 @@ The run is held "running" by a Store in this process (claimed, heartbeating), so
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -138,3 +142,172 @@ def test_before_after_sentence_and_numbers_readable(lab_server, wide_page, scree
     detail = pg.locator(".st-key-ba-detail")
     tb, db = table.bounding_box(), detail.bounding_box()
     assert db["x"] >= tb["x"] + tb["width"] - 2 and db["y"] < tb["y"] + tb["height"]
+
+
+def test_watch_route_answers_a_token_that_changes_only_with_the_run(lab_server):
+    """app/serve.py's GET /api/live-signature: a token, not run data; new when a metric row or log line arrives."""
+    holder, run_id = held_run(lab_server.db, "route")
+    try:
+        def token() -> dict:
+            with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}", timeout=10) as r:
+                assert r.headers["Cache-Control"] == "no-store"
+                return json.loads(r.read())
+
+        first = token()
+        assert set(first) == {"sig", "ended"} and first["ended"] is False and len(first["sig"]) == 16
+        holder.beat()
+        assert token() == first  # a heartbeat is not news
+        holder.log_metrics(run_id, 1, {"objective/kl": 0.1})
+        second = token()
+        assert second["sig"] != first["sig"]
+        holder.add_log(run_id, "a warning", level="warning")
+        assert token()["sig"] != second["sig"]
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run=r-none", timeout=10)
+        assert exc.value.code == 404
+    finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()
+    with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}", timeout=10) as r:
+        assert json.loads(r.read())["ended"] is True
+
+
+def test_live_log_is_the_stored_one_and_redraws_on_a_new_line(lab_server, wide_page, screenshot_dir):
+    pg, width = wide_page
+    holder, run_id = held_run(lab_server.db, f"logged-{width}")
+    try:
+        holder.add_log(run_id, "started", phase="starting")
+        holder.add_log(run_id, "building the built-in tiny model (first use only; about 4 minutes)", phase="load")
+        holder.add_log(run_id, "the judge answered late\nsecond line", level="warning", phase="load")
+        holder.note_progress(run_id, "load", "building the built-in tiny model (first use only; about 4 minutes)")
+        holder.beat()
+        pg.goto(f"{lab_server.url}/live?run={run_id}")
+        pg.get_by_text("Loading: building the built-in tiny model").wait_for()  # the long phase says what it does
+        assert "this phase" in progress_text(pg)
+        expander = pg.get_by_text("Log: 3 lines, 1 warning or error")
+        expander.wait_for()
+        expander.click()
+        code = pg.locator("[data-testid='stExpander'] code").first
+        code.wait_for()
+        text = code.inner_text()
+        assert "started" in text and "WARNING the judge answered late" in text and "second line" in text
+        # a line the run writes later is drawn by itself (the log is part of what the page watches)
+        holder.add_log(run_id, "loading the policy", phase="load")
+        pg.get_by_text("Log: 4 lines, 1 warning or error").wait_for(timeout=60_000)
+        pg.screenshot(path=screenshot_dir / f"live-log-{width}.png")
+    finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()
+    # the worker (here: the holder) has gone: the page still shows the run's log from the store
+    pg.goto(f"{lab_server.url}/live?run={run_id}")
+    pg.get_by_text("Log: 4 lines, 1 warning or error").wait_for()
+
+
+def test_idle_live_tab_gets_no_websocket_frames_and_polls_only_while_visible(lab_server, wide_page):
+    pg, width = wide_page
+    holder, run_id = held_run(lab_server.db, f"idle-{width}")
+    frames, polls = [], []
+    pg.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(len(payload))))
+    pg.on("request", lambda req: polls.append(req.url) if "/api/live-signature" in req.url else None)
+    try:
+        holder.log_metrics(run_id, 1, {"objective/kl": 0.5, "time/step_s": 1.0})
+        pg.goto(f"{lab_server.url}/live?run={run_id}")
+        pg.get_by_text("last step 1").wait_for()
+        pg.wait_for_timeout(3000)  # the first draw's messages
+        frames.clear(), polls.clear()
+        pg.wait_for_timeout(6000)
+        # no rerun reaches it (one fragment rerun's messages are ~1 KiB); Streamlit's own keep-alive may send a few bytes
+        assert sum(frames) < 256, f"an idle tab received {sum(frames)} bytes over the websocket in 6 s: {frames}"
+        assert len(polls) >= 1, "the tab does not poll the watch route"
+        pg.evaluate("""() => {
+            Object.defineProperty(document, 'visibilityState', {value: 'hidden', configurable: true});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""")
+        pg.wait_for_timeout(1500)
+        polls.clear()
+        pg.wait_for_timeout(5000)
+        assert polls == [], "a hidden tab kept polling"
+    finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()
+
+
+def test_runs_page_each_run_has_its_own_actions(lab_server, wide_page, screenshot_dir):
+    pg, width = wide_page
+    with Store(lab_server.db) as store:
+        done = store.create_run(RunConfig(name=f"kept-{width}").to_yaml(), name=f"kept-{width}", total_steps=2)
+        store.set_status(done, "running")
+        store.set_status(done, "completed")
+        doomed = store.create_run(RunConfig(name=f"doomed-{width}").to_yaml(), name=f"doomed-{width}", total_steps=2)
+        store.set_status(doomed, "running")
+        store.set_status(doomed, "failed", error="boom")
+    holder, active = held_run(lab_server.db, f"active-{width}")
+    try:
+        pg.goto(f"{lab_server.url}/runs")
+        row = pg.locator(f".st-key-run-row-{doomed}")
+        row.wait_for()
+        assert f"doomed-{width}" in row.inner_text() and "failed" in row.inner_text()
+        # every action of the row is on screen at this width (nothing pushed out to the right)
+        for name in ("Live", "Before/after", "Clone", "Export", "Delete"):
+            box = row.get_by_text(name, exact=True).first.bounding_box()
+            assert box and box["x"] + box["width"] <= width, (name, box, width)
+        pg.screenshot(path=screenshot_dir / f"runs-rows-{width}.png")
+        # Delete asks first, naming the run, then deletes that run only
+        row.get_by_role("button", name="Delete").click()
+        pg.get_by_text(f"Delete doomed-{width} with all its metrics").wait_for()
+        with Store(lab_server.db) as store:
+            assert store.get_run(doomed)
+        pg.locator(f".st-key-delete-yes-{doomed} button").click()
+        row.wait_for(state="detached")
+        with Store(lab_server.db) as store:
+            with pytest.raises(KeyError):
+                store.get_run(doomed)
+            assert store.get_run(done).status == "completed"
+        # Cancel on the active run's row asks first, then asks the run to stop
+        arow = pg.locator(f".st-key-run-row-{active}")
+        arow.get_by_role("button", name="Cancel").click()
+        pg.get_by_text(f"Stop active-{width}?").wait_for()
+        assert not holder.get_run(active).cancel_requested
+        pg.locator(f".st-key-cancel-yes-{active} button").click()
+        arow.get_by_text("Stopping after the current step").wait_for()
+        assert holder.get_run(active).cancel_requested
+        # Live opens that run's page; Clone loads its config into Launch
+        pg.locator(f".st-key-run-row-{done}").get_by_text("Live", exact=True).first.click()
+        pg.wait_for_url(f"**/live?run={done}")
+        pg.goto(f"{lab_server.url}/runs")
+        pg.locator(f".st-key-run-row-{done}").get_by_role("button", name="Clone").click()
+        pg.locator(".st-key-cfg-name input").wait_for()  # the Launch page
+        assert pg.locator(".st-key-cfg-name input").input_value() == f"kept-{width}"
+    finally:
+        holder.set_status(active, "cancelled")
+        holder.close()
+
+
+def test_live_falls_back_to_the_server_timer_when_the_watch_route_fails(lab_server, page):
+    """A proxy that refuses /api/live-signature (here: Playwright answers 503 for it): after three failed polls the
+    page switches to its server-side fragment timer and still draws a new row by itself."""
+    failed = []
+
+    def refuse(route):
+        failed.append(route.request.url)
+        route.fulfill(status=503, body="refused")
+
+    page.route("**/api/live-signature*", refuse)
+    holder, run_id = held_run(lab_server.db, "fallback")
+    try:
+        holder.log_metrics(run_id, 1, {"objective/kl": 0.5, "time/step_s": 1.0})
+        page.goto(f"{lab_server.url}/live?run={run_id}")
+        page.get_by_text("last step 1").wait_for()
+        deadline = time.monotonic() + 60
+        while len(failed) < 3 and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        assert len(failed) >= 3
+        page.wait_for_timeout(3000)  # the rerun that starts the timer
+        holder.log_metrics(run_id, 2, {"objective/kl": 0.6, "time/step_s": 1.0})
+        page.get_by_text("last step 2").wait_for(timeout=60_000)
+        n = len(failed)
+        page.wait_for_timeout(4000)
+        assert len(failed) == n, "the page kept polling a route that fails"
+    finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()

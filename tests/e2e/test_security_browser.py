@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,14 +39,15 @@ class Server:
 
 
 def start_lab(tmp: Path, *, address: str | None = "127.0.0.1", env: dict[str, str] | None = None) -> Server:
-    """`streamlit run app/main.py` from the repository root (its .streamlit/config.toml applies); address None
+    """`streamlit run app/serve.py` (as scripts/lab.sh) from the repository root (its .streamlit/config.toml
+    applies); address None
     leaves server.address to that config file. Waits for the health endpoint."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no chromium at {CHROMIUM}")
     port, db, log = free_port(), tmp / "lab.db", tmp / "server.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RLAIF_LAB_")}
     full_env.update({"RLAIF_LAB_DB": str(db), "PYTHONUNBUFFERED": "1", **(env or {})})
-    cmd = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+    cmd = [sys.executable, "-m", "streamlit", "run", "app/serve.py", "--server.headless", "true",
            "--server.port", str(port)]
     if address is not None:
         cmd += ["--server.address", address]
@@ -137,6 +139,14 @@ def test_all_interfaces_without_opt_out_refuses(tmp_path, chromium):
         while "refuses to serve" not in server.log_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "RLAIF Lab refuses to serve" in server.log_text()
+        # nor the Live page's watch route (app/serve.py), for a run that exists
+        from engine.store import Store
+
+        with Store(server.db) as store:
+            run_id = store.create_run("name: x\n", name="x")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"{server.url}/api/live-signature?run={run_id}", timeout=10)
+        assert exc.value.code == 403
     finally:
         stop(server)
 
