@@ -137,9 +137,10 @@ def test_ppo_config_is_the_second_stage_and_leaves_the_reward_model_config_alone
     assert (rm.kind, rm.name, rm.score_on) == ("hf_classifier", "reward_model", "prompt_response")
     assert rm.options == {"model": str(tmp_path / "rm"), "label": 0, "max_length": 96}
     kept = ppo_config(cfg, summary, "r-rm", keep_rewards=True)  # ... or joins it
-    assert [b.display_name for b in kept.reward.backends] == ["profanity", "reward_model"]
+    mix = [b.display_name for b in cfg.reward.backends]
+    assert [b.display_name for b in kept.reward.backends] == mix + ["reward_model"]
     cfg.reward_model.keep_rewards = True  # the config's own switch when the argument is not given
-    assert len(ppo_config(cfg, summary).reward.backends) == 2
+    assert len(ppo_config(cfg, summary).reward.backends) == len(mix) + 1
     cfg.reward_model.keep_rewards = False
     assert cfg.to_dict() == before and out.reward is not cfg.reward
     with pytest.raises(ValueError, match="reward_backend"):

@@ -139,13 +139,14 @@ def test_launch_defaults_validation_and_start(db, worker, tiny_gpt2_dir):
     assert by_key(at.button, "start-run").disabled
 
     # a second reward backend, an hf_classifier without its model: the error names the field's problem
+    n_default = len(defaults.reward.backends)  # profanity + overlap
     by_key(at.button, "add-reward").click().run()
     rows = at.session_state["reward_rows"]
-    assert len(rows) == 2
-    by_key(at.selectbox, f"rw-{rows[1]}-kind").set_value("hf_classifier").run()
+    assert len(rows) == n_default + 1
+    by_key(at.selectbox, f"rw-{rows[-1]}-kind").set_value("hf_classifier").run()
     assert any("hf_classifier needs options.model" in e for e in errors(at))
-    by_key(at.button, f"remove-reward-{rows[1]}").click().run()
-    assert len(at.session_state["reward_rows"]) == 1
+    by_key(at.button, f"remove-reward-{rows[-1]}").click().run()
+    assert len(at.session_state["reward_rows"]) == n_default
 
     # a small valid run on the tiny model
     by_key(at.number_input, "cfg-ppo-batch_size").set_value(4)
