@@ -1242,6 +1242,9 @@ def _validate_resources(r: ResourceSettings) -> list[FieldError]:
     else:
         _range(e, "resources.cpus", r.cpus, 1, 4096)
     _range(e, "resources.memory_gb", r.memory_gb, 0.0, 1e6)
+    return e
+
+
 def _validate_distributed(cfg: RunConfig) -> list[FieldError]:
     """Several processes: a whole number of them, a ZeRO stage DeepSpeed has, a batch that splits over them."""
     e: list[FieldError] = []
