@@ -21,7 +21,6 @@ def _default() -> RunConfig:
 def _seed_article() -> RunConfig:
     cfg = RunConfig(name="seed-article")
     cfg.model.mixed_precision = "none"
-    cfg.reward.backends = cfg.reward.backends[:1]  # the seed's reward: the classifier alone
     p = cfg.ppo
     p.learning_rate, p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 1.41e-5, 16, 4, 1, 10
     p.adaptive_kl, p.kl_horizon = True, 10000

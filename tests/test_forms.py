@@ -67,7 +67,7 @@ def test_widget_help_comes_from_the_config_comments():
 
 
 def test_bad_options_text_is_reported_on_its_field():
-    state = forms.config_to_state(RunConfig(), rows=[1, 2])
+    state = forms.config_to_state(RunConfig(), rows=list(range(1, len(RunConfig().reward.backends) + 1)))
     state["rw-1-options"] = "- just\n- a list"
     cfg, errors = forms.state_to_config(state)
     assert cfg is None and [e.field for e in errors] == ["reward.backends[0].options"]

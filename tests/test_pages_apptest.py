@@ -139,7 +139,7 @@ def test_launch_defaults_validation_and_start(db, worker, tiny_gpt2_dir):
     assert by_key(at.button, "start-run").disabled
 
     # a second reward backend, an hf_classifier without its model: the error names the field's problem
-    n_default = len(defaults.reward.backends)  # profanity + overlap
+    n_default = len(defaults.reward.backends)
     by_key(at.button, "add-reward").click().run()
     rows = at.session_state["reward_rows"]
     assert len(rows) == n_default + 1
