@@ -1,8 +1,9 @@
 """Advice on a valid run config before it starts: values that are legal but unwise, and an estimated duration.
 
 Pure functions of a RunConfig (no Streamlit), tested in tests/test_launch_advice.py. The speed figures are the
-README's measured default run (SmolLM2-135M, PPO, 2 CPU cores, bf16 autocast): 1,422 s end to end for 28 steps of
-32 responses x 24 new tokens (~23 s a step) and 2 x 800 evaluation responses (~0.29 s each), the rest loading.
+README's measured default run (SmolLM2-135M, PPO, 2 idle CPU cores, bf16 autocast; docs/experiments.md): 728 s end to
+end: 437 s training for 28 steps of 32 responses x 24 new tokens (probes and checkpoints included), 287 s for 2 x 800
+evaluation responses, 3 s loading.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 
 from engine.config import RunConfig
 
-STEP_S = 23.0  # one PPO step of STEP_RESPONSES responses x STEP_TOKENS new tokens, measured default, 2 CPU cores
+DEFAULT_RUN_S = 728.0  # the measured default run, end to end
+STEP_S = 437.0 / 28  # one PPO step of STEP_RESPONSES responses x STEP_TOKENS new tokens, measured default, 2 CPU cores
 STEP_RESPONSES, STEP_TOKENS = 32, 24
-EVAL_RESPONSE_S = 0.29  # one evaluation response (generated and scored), same run
-SETUP_S = 1422 - 28 * STEP_S - 2 * 800 * EVAL_RESPONSE_S  # loading models and prompts (~5 min)
+EVAL_RESPONSE_S = (113.0 + 174.0) / 1600  # one evaluation response (generated and scored), same run
+SETUP_S = DEFAULT_RUN_S - 28 * STEP_S - 2 * 800 * EVAL_RESPONSE_S  # loading models and prompts (seconds, cached)
 # Relative cost of a step on the built-in tiny model vs SmolLM2 (rough: it is ~30x smaller; not measured per step).
 MODEL_FACTOR = {"builtin:smollm2": 1.0, "builtin:tiny-gpt2": 0.1}
 CPU_STEP_LIMIT = 100  # above this many PPO steps on a CPU the run takes well over an hour

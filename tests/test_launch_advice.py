@@ -38,13 +38,13 @@ def test_kl_zero_without_adaptation_and_long_cpu_runs():
 
 
 def test_the_estimate_reproduces_the_measured_default_and_scales():
-    assert la.estimate_s(RunConfig()) == pytest.approx(1422)  # the README's measured run, end to end
+    assert la.estimate_s(RunConfig()) == pytest.approx(la.DEFAULT_RUN_S) == pytest.approx(728)  # README's run
     cfg = RunConfig()
     cfg.ppo.max_ppo_steps *= 2
-    assert la.estimate_s(cfg) == pytest.approx(1422 + 28 * la.STEP_S)
+    assert la.estimate_s(cfg) == pytest.approx(728 + 28 * la.STEP_S)
     cfg = RunConfig()
     cfg.ppo.batch_size = 64
-    assert la.estimate_s(cfg) == pytest.approx(1422 + 28 * la.STEP_S)
+    assert la.estimate_s(cfg) == pytest.approx(728 + 28 * la.STEP_S)
     assert la.estimate_s(preset("tour")) < la.estimate_s(RunConfig()) / 5
     assert la.estimate_s(RunConfig(method="dpo")) is None
     assert la.duration_text(1422) == "about 24 min" and la.duration_text(4200) == "about 1 h 10 min"
