@@ -54,6 +54,7 @@ def run_hack(model_dir: Path, db: Path, judge_url: str, steps: int) -> str:
     p.batch_size, p.mini_batch_size, p.max_ppo_steps, p.num_generations, p.learning_rate = 16, 4, steps, 1, 2e-2
     cfg.generation.max_new_tokens, cfg.generation.min_length = 16, 1
     cfg.data.source, cfg.data.holdout_size = "builtin", 8
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples = 1, 200
     cfg.alarms.probe_every, cfg.alarms.probe_prompts = 2, 4

@@ -61,6 +61,7 @@ def run_ensemble(model_dir: Path, db: Path, judge_url: str, steps: int) -> str:
     cfg.ppo.num_generations, cfg.evaluation.samples_per_prompt, cfg.model.mixed_precision = 1, 1, "none"
     cfg.generation.max_new_tokens = 8
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.reward.backends = [

@@ -110,9 +110,10 @@ def test_status_eta_from_metric_rows_when_no_step_times_were_stored(lab):
 
 
 def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(store_url):
-    store = Store(store_url, lease_s=0.5)
+    # A 5-s lease: short enough to expire soon, long enough that a loaded machine's late heartbeat still reads "live"
+    store = Store(store_url, lease_s=5)
     lab = api.Lab(store, start_worker=False, housekeeping_s=0)
-    dead = Store(store.url, owner="w-dead-1", lease_s=0.5)
+    dead = Store(store.url, owner="w-dead-1", lease_s=5)
     dead.register_worker(device="cpu")
     run_id = dead.create_run(small_config().to_yaml(), total_steps=3)
     dead.claim_run(run_id)
@@ -122,7 +123,7 @@ def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(store_url):
     assert table[["worker", "device", "state", "run"]].values.tolist() == [["w-dead-1", "cpu", "live", run_id]]
     dead.unregister_worker()
     dead._disown(run_id)  # its heartbeats stop, as when the process dies
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while lab.get_run(run_id).status == "running" and time.monotonic() < deadline:
         lab.list_runs()  # any read of the run list notices
         time.sleep(0.05)

@@ -25,6 +25,7 @@ def _config(model_dir: Path, tmp_path: Path, method: str) -> RunConfig:
     cfg.model.device, cfg.model.mixed_precision, cfg.model.threads = "cpu", "none", 1
     cfg.generation.max_new_tokens = cfg.generation.min_length = 6
     cfg.data.source, cfg.data.holdout_size, cfg.data.max_prompt_tokens = "builtin", 4, 64
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.bootstrap_samples, cfg.evaluation.samples_per_prompt = 50, 1
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]

@@ -168,12 +168,20 @@ def test_member_with_wrong_length_is_an_error():
 
 
 def test_members_run_concurrently_and_errors_propagate():
-    members = [(LengthReward(f"m{i}", delay_s=0.3), 1.0) for i in range(3)]
-    ens = Ensemble(members)
-    t0 = time.monotonic()
-    ens.score(P, R)
-    assert time.monotonic() - t0 < 0.3 * 3 * 0.7
-    assert all(m.calls == 1 for m, _ in members)
+    import threading
+
+    # Each member waits until all three are inside score(): run one after another, the first would wait alone
+    # until the barrier's timeout and break it (no wall-clock threshold, so a loaded machine cannot fail it).
+    barrier = threading.Barrier(3, timeout=60)
+
+    class Meeting(LengthReward):
+        def score(self, prompts, responses):
+            barrier.wait()
+            return super().score(prompts, responses)
+
+    members = [(Meeting(f"m{i}"), 1.0) for i in range(3)]
+    Ensemble(members).score(P, R)
+    assert all(m.calls == 1 for m, _ in members) and not barrier.broken
 
     class Broken(LengthReward):
         def score(self, prompts, responses):

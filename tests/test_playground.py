@@ -155,6 +155,7 @@ def tiny_run_config(model_dir, out_dir, classifier_dir) -> RunConfig:
     cfg.model.device = "cpu"
     cfg.model.mixed_precision = "none"
     cfg.data.source = "builtin"
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.data.holdout_size = 8
     # profanity gives every word it does not know the same score (the tiny model's words: all of them); the random
     # tiny classifier scores each text differently, so a score attached to the wrong text is seen

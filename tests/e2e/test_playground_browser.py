@@ -26,6 +26,7 @@ def played_run(lab_server, browser, tiny_gpt2_dir, tmp_path_factory):
     cfg.output_dir = str(tmp_path_factory.mktemp("played") / "out")
     cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(tiny_gpt2_dir), "cpu", "none"
     cfg.data.source, cfg.data.holdout_size = "builtin", 8
+    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
     cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity", name="judge")
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples, cfg.evaluation.relevance = 1, 100, False
