@@ -187,7 +187,8 @@ class BedrockJudge(Judge):
         except NoCredentialsError as e:
             raise JudgeAuthError(f"{type(e).__name__}: {e}") from None
         except (BotoCoreError, _Abandoned) as e:  # timeouts, connection errors
-            raise JudgeCallError(f"{type(e).__name__}: {e}", retries=self._retries_so_far()) from None
+            raise JudgeCallError(f"{type(e).__name__}: {e}", retries=self._retries_so_far(),
+                                 timed_out="Timeout" in type(e).__name__) from None  # Read/ConnectTimeoutError
 
     def _retries_so_far(self) -> int:
         return max(getattr(self._attempts, "n", 1) - 1, 0)

@@ -63,11 +63,13 @@ class JudgeReply:
 
 
 class JudgeCallError(Exception):
-    """A judge request that failed for good (after its retries); `retries` are still accounted."""
+    """A judge request that failed for good (after its retries); `retries` are still accounted. `timed_out`: it
+    ran out of its time budget (counted as a timeout, like a call the batch's deadline abandoned)."""
 
-    def __init__(self, message: str, retries: int = 0) -> None:
+    def __init__(self, message: str, retries: int = 0, timed_out: bool = False) -> None:
         super().__init__(message)
         self.retries = retries
+        self.timed_out = timed_out
 
 
 class JudgeAuthError(JudgeCallError):
@@ -326,8 +328,10 @@ class Judge:
                             f"judge {self.name!r} ({self.model_id}): the endpoint refused the credentials: "
                             f"{str(e)[:_MESSAGE_CHARS]}")) from None
                     except Exception as e:  # JudgeCallError or anything a client raised: a failed item
-                        self.accounting.record_call(latency, "error")
-                        outcomes["errors"] += 1
+                        # A call whose own deadline fired just before the batch's is the same timeout.
+                        kind = "timeout" if getattr(e, "timed_out", False) else "error"
+                        self.accounting.record_call(latency, kind)
+                        outcomes[kind + "s"] += 1
                         failures.append(self._redact(f"{type(e).__name__}: {str(e)[:_MESSAGE_CHARS]}"))
                         continue
                     value, outcome, why = self._outcome(reply)

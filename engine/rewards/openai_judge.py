@@ -227,7 +227,8 @@ class OpenAIJudge(Judge):
                 status, headers, payload = self._transport.post(self.url, body, self._headers(), deadline)
             except _Timeout:
                 # The call's budget is spent: retrying would only outlive the batch's deadline.
-                raise JudgeCallError(f"timed out after {self.timeout_s:g}s", retries=attempt) from None
+                raise JudgeCallError(f"timed out after {self.timeout_s:g}s", retries=attempt,
+                                     timed_out=True) from None
             except _ConnectionFailed as e:
                 last = str(e)
             else:
