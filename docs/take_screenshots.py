@@ -132,8 +132,9 @@ def shoot_policy_playground(pg, url: str, run_id: str) -> None:
     pg.set_viewport_size({"width": 1400, "height": 1000})
     pg.goto(f"{url}/policy_playground?run={run_id}")
     pg.get_by_role("heading", name="Policy playground").wait_for(timeout=60_000)
-    if pg.get_by_text("A hold-out prompt").count():
-        pg.get_by_text("A hold-out prompt").click()
+    choice = pg.locator(".st-key-pp-source").get_by_text("A hold-out prompt", exact=True).first
+    if choice.count():
+        choice.click()
     else:
         pg.locator(".st-key-pp-prompt textarea").fill("Human: What do you think of my neighbour?\n\nAssistant:")
     pg.get_by_role("button", name="Generate").click()

@@ -134,7 +134,8 @@ def test_warnings_and_errors_of_the_process_are_stored_only_while_capturing(tmp_
             try:
                 raise OSError("disk full")
             except OSError:
-                logging.getLogger("torch").exception("could not save")
+                # a library's error (not torch's own logger: importing parts of torch turns its propagation off)
+                logging.getLogger("some.library").exception("could not save")
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 warnings.warn("generation flags are not valid", UserWarning, stacklevel=1)

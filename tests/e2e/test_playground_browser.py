@@ -69,7 +69,7 @@ def test_playground_shows_base_and_trained_samples_side_by_side(lab_server, play
         assert {g.id for g in store.generations(run_id)} == before
 
     if width == 1400:
-        pg.get_by_text("A hold-out prompt").click()
+        pg.locator(".st-key-pp-source").get_by_text("A hold-out prompt", exact=True).first.click()
         pg.locator(".st-key-pp-holdout-" + run_id).wait_for()
     else:
         pg.locator(".st-key-pp-prompt textarea").fill("Human: What do you think of my neighbour?\n\nAssistant:")
