@@ -156,7 +156,8 @@ def shoot_runs(pg, url: str, compare: list[str]) -> None:
     header = grid.locator("table tr").first.evaluate("r => Array.from(r.querySelectorAll('th,td')).map(c => c.textContent)")
     rows = grid.locator("table tr").evaluate_all(
         "rs => rs.slice(1).map(r => Array.from(r.querySelectorAll('td,th')).map(c => c.textContent))")
-    ids = [r[header.index("id")] for r in rows]
+    key = next((h for h in ("id", "run") if h in header), None)  # the id column's title changed with the layout
+    ids = [r[header.index(key)] for r in rows] if key else []
     box = grid.bounding_box()
     for rid in compare:
         if rid in ids:  # rows are ~35 px high under a ~35 px header; the tick box is the first column
