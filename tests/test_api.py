@@ -118,9 +118,10 @@ def test_reads_mark_a_dead_owners_run_interrupted_and_list_workers(store_url):
     run_id = dead.create_run(small_config().to_yaml(), total_steps=3)
     dead.claim_run(run_id)
     # the worker row's current run travels with its heartbeat (a thread): wait for it rather than race it
-    assert wait_for(lambda: lab.workers_table()["run"].tolist() == [run_id], timeout=30, every=0.02)
-    table = lab.workers_table()
-    assert table[["worker", "device", "state", "run"]].values.tolist() == [["w-dead-1", "cpu", "live", run_id]]
+    # (and "live" is read against the heartbeat's age: on a loaded machine one may come late, so wait for the row)
+    expected = [["w-dead-1", "cpu", "live", run_id]]
+    assert wait_for(lambda: lab.workers_table()[["worker", "device", "state", "run"]].values.tolist() == expected,
+                    timeout=60, every=0.02), lab.workers_table()
     dead.unregister_worker()
     dead._disown(run_id)  # its heartbeats stop, as when the process dies
     deadline = time.monotonic() + 120
