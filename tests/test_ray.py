@@ -22,32 +22,17 @@ from pathlib import Path
 import pytest
 
 from engine.api import Lab
-from engine.config import ConfigError, RewardBackendSettings, RunConfig, validate
+from engine.config import ConfigError, RunConfig, validate
 from engine.ray_cluster import ClusterInfo, Executor, NodeInfo, RayUnavailable, parse_address
 from engine.resources import cluster_problems, local_gpu_count, local_problems, ray_options
 from engine.store import Store
 from engine.worker import submit
 from tests import ray_head
+from tests.test_many_workers import tiny_config  # the same tiny run as the local workers' tests
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_S = 30.0  # the default: 10 s lost live leases when the 2-core machine ran at a load of 10-13
-
-
-def tiny_config(model_dir, steps: int, name: str, checkpoint_every: int = 0, output_dir: str = "runs") -> RunConfig:
-    cfg = RunConfig(name=name)
-    cfg.evaluation.enabled = False
-    cfg.model.name_or_path, cfg.model.device, cfg.model.mixed_precision = str(model_dir), "cpu", "none"
-    cfg.data.source, cfg.data.holdout_size = "builtin", 4
-    cfg.data.validation_size = 0  # the 42 built-in prompts cannot spare a validation split
-    cfg.reward.backends = [RewardBackendSettings(kind="profanity")]
-    cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
-    p = cfg.ppo
-    p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 2, 2, 1, steps
-    cfg.generation.max_new_tokens = 8
-    cfg.checkpoint.every_steps, cfg.checkpoint.keep = checkpoint_every, 2
-    cfg.output_dir = output_dir
-    return cfg
 
 
 def snapshot(store: Store) -> list[tuple]:
