@@ -288,6 +288,9 @@ def test_a_busy_worker_leaves_requests_to_the_labs_playground_process(tiny_run, 
     busy.register_worker(device="cpu")
     held = busy.create_run(cfg.to_yaml(), name="training", total_steps=100)
     busy.claim_run(held)
+    # the worker row's current run travels with its heartbeat (a thread): wait for it, or the Lab could still see
+    # an idle live worker and rightly start no playground process
+    assert wait_for(lambda: [w.current_run for w in busy.list_workers()] == [held], timeout=60, every=0.02)
     try:
         lab = lab_processes(db)
         assert lab.worker_process is None  # a live worker serves the store: none started
