@@ -90,6 +90,19 @@ def load_tokenizer(path: str, seq2seq: bool):
     return tok
 
 
+def decoder_inputs(lm, response_ids, response_mask):
+    """A seq2seq decoder's inputs for scoring `response_ids`: the start token, then the response shifted right."""
+    import torch
+
+    start = lm.config.decoder_start_token_id
+    if start is None:
+        start = lm.config.pad_token_id
+    first = torch.full_like(response_ids[:, :1], start)
+    dec_ids = torch.cat([first, response_ids[:, :-1]], dim=1)
+    dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+    return dec_ids, dec_mask
+
+
 def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_mask, with_hidden: bool = False,
                repeats: int = 1, states: "PromptStates | None" = None):
     """Run a bare LM on (query, response): logits `[B, R, V]` predicting each response token, and
@@ -105,12 +118,7 @@ def forward_lm(lm, seq2seq: bool, query_ids, query_mask, response_ids, response_
         query_ids = query_ids.repeat_interleave(repeats, dim=0)
         query_mask = query_mask.repeat_interleave(repeats, dim=0)
     if seq2seq:
-        start = lm.config.decoder_start_token_id
-        if start is None:
-            start = lm.config.pad_token_id
-        first = torch.full_like(response_ids[:, :1], start)
-        dec_ids = torch.cat([first, response_ids[:, :-1]], dim=1)
-        dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        dec_ids, dec_mask = decoder_inputs(lm, response_ids, response_mask)
         out = lm(input_ids=query_ids, attention_mask=query_mask, decoder_input_ids=dec_ids,
                  decoder_attention_mask=dec_mask, output_hidden_states=with_hidden, use_cache=False)
         return out.logits.float(), (out.decoder_hidden_states[-1] if with_hidden else None)
@@ -217,12 +225,7 @@ def forward_with_prompt_states(lm, seq2seq: bool, query_ids, query_mask, respons
     mine = states.repeated(repeats)
     query_mask = query_mask.repeat_interleave(repeats, dim=0)
     if seq2seq:
-        start = lm.config.decoder_start_token_id
-        if start is None:
-            start = lm.config.pad_token_id
-        first = torch.full_like(response_ids[:, :1], start)
-        dec_ids = torch.cat([first, response_ids[:, :-1]], dim=1)
-        dec_mask = torch.cat([torch.ones_like(response_mask[:, :1]), response_mask[:, :-1]], dim=1)
+        dec_ids, dec_mask = decoder_inputs(lm, response_ids, response_mask)
         out = lm(encoder_outputs=mine.encoder_outputs, attention_mask=query_mask, decoder_input_ids=dec_ids,
                  decoder_attention_mask=dec_mask, output_hidden_states=with_hidden, use_cache=False)
         return out.logits.float(), (out.decoder_hidden_states[-1] if with_hidden else None)
