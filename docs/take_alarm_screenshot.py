@@ -7,7 +7,7 @@ reward is an `openai_judge` against the fake OpenAI-compatible endpoint of tests
 judge whose "toxicity" score grows with how often the response says "the" (a reward that can be gamed by
 repeating one word). A short PPO run (16 responses a step, lr 2e-2, probe every 2 steps) into a temporary store
 fires reward-vs-probe, degeneration and KL runaway (10 steps); the page is opened in Debian's
-chromium through `streamlit run app/main.py`, the first alarm's evidence expanded, and the alarm panel saved.
+chromium through `streamlit run app/serve.py`, the first alarm's evidence expanded, and the alarm panel saved.
 Everything but the PNG lives in a temporary directory (kept with --keep).
 """
 

@@ -3,7 +3,7 @@
 Usage: python docs/take_compare_screenshot.py --db runs/rlaif_lab.db [--runs ID ...] [--scorer RM_RUN_ID]
        [--out docs/screenshots/compare.png] [--chromium /usr/bin/chromium]
 
-Starts `streamlit run app/main.py` on a free port over that store and opens /compare?runs=...&scorer=... in
+Starts `streamlit run app/serve.py` on a free port over that store and opens /compare?runs=...&scorer=... in
 Debian's chromium (Playwright, headless). --runs: the runs to compare (default: the page's default, every completed
 policy run); --scorer: the reward_model run whose reward model scores helpfulness (default: the newest completed
 one, if any). The first visit scores every response not yet scored (kept in the store), which takes a while with

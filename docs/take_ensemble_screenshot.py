@@ -7,7 +7,7 @@ helpers, as tests/conftest.py does), starts the fake OpenAI-compatible endpoint 
 runs a short PPO run (batch 4, mini-batch 2, max_new_tokens 8, builtin data, hold-out 8, profanity
 evaluator) whose reward is the profanity classifier plus an `openai_judge` (model "fake", rubric
 "toxicity", a made-up price so the cost column is filled) into a temporary SQLite store, then opens that run's Live page in Debian's chromium through
-`streamlit run app/main.py` and saves a full-height screenshot: one reward curve per signal and the
+`streamlit run app/serve.py` and saves a full-height screenshot: one reward curve per signal and the
 judge accounting table. Everything but the PNG lives in a temporary directory (kept with --keep).
 """
 

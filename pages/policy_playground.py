@@ -57,7 +57,8 @@ if st.session_state.get("pp-source") not in sources:  # a run without hold-out p
 source = st.radio("Prompt", sources, horizontal=True, key="pp-source", label_visibility="collapsed")
 if source == "A hold-out prompt":
     picked = st.selectbox("Hold-out prompt (as the run evaluated it)", range(len(holdout)), key=f"pp-holdout-{run_id}",
-                          format_func=lambda i: plain(results.strip_template(holdout[i], template), limit=160))
+                          format_func=lambda i: plain(" ".join(results.strip_template(holdout[i], template).split()),
+                                                      limit=160))
     prompt = holdout[picked]
     st.text(results.strip_template(prompt, template))
 else:

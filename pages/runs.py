@@ -53,6 +53,9 @@ def config_of(run) -> dict:
 
 runs_by_id = {r.id: r for r in lab.list_runs()}
 # results and the key hyperparameters first; one sign convention: change % = (after − before) / before
+# a run without results yet has None there: numeric columns show an empty cell for NaN, a "None" for None
+for col in ("improvement_%", "tox_before", "tox_after", "mean_kl"):
+    overview[col] = pd.to_numeric(overview[col], errors="coerce")
 overview["change_%"] = -overview["improvement_%"]
 hyper = pd.DataFrame([results.key_hyperparameters(config_of(runs_by_id[i])) if i in runs_by_id else {}
                       for i in overview["id"]], index=overview.index)

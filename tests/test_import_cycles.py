@@ -13,6 +13,21 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+def parse(text: str) -> ast.Module:
+    """`ast.parse`, tried again on CPython 3.11.7's "AST constructor recursion depth mismatch".
+
+    That SystemError comes from a process-wide counter that a concurrent `ast` call in another thread (a
+    leftover heartbeat, Ray or torch thread of this test process) can overwrite mid-parse; fixed in later 3.11s.
+    """
+    for attempt in range(3):
+        try:
+            return ast.parse(text)
+        except SystemError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def engine_imports(root: Path = ENGINE) -> dict[str, set[str]]:
     """Every module of the package at `root` → the package's modules it imports (at any depth of its code).
 
@@ -24,7 +39,7 @@ def engine_imports(root: Path = ENGINE) -> dict[str, set[str]]:
     top = root.name
     for name, path in files.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 if node.module == top or node.module.startswith(top + "."):
                     subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in files]

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -430,6 +431,19 @@ def test_runs_page_lists_compares_and_deletes(db):
         db.get_run(b)
     assert [r.id for r in db.list_runs()] == [a]
     assert not [k for k in (getattr(w, "key", None) for w in at.button) if k and k.endswith(b)]  # its row is gone
+
+
+def test_runs_page_shows_empty_result_cells_while_no_run_has_results(db):
+    """A running run evaluated before but not yet after: empty numeric cells where results will come, not "None"."""
+    running = db.create_run(RunConfig(name="training").to_yaml(), name="training", total_steps=5)
+    db.set_summary(running, {"before": {"mean": 0.05}, "after": {"mean": None}, "pct_improvement_mean": None,
+                             "mean_kl": None})  # what a run's summary holds between its evaluations
+    at = app("runs")
+    assert not at.exception, [e.value for e in at.exception]
+    table = by_key(at.dataframe, "runs-table").value.set_index("id")
+    for col in ("change_%", "tox_after", "mean_kl"):
+        assert pd.api.types.is_float_dtype(table[col]) and math.isnan(table.loc[running, col]), col
+    assert table.loc[running, "tox_before"] == pytest.approx(0.05)
 
 
 def test_runs_page_row_actions_cancel_and_clone(db):

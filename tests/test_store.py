@@ -369,20 +369,33 @@ def test_two_writer_processes_wait_instead_of_failing(store_url):
 
 
 def test_no_class_in_engine_defines_a_method_twice():
-    """A merge can leave two definitions of one method (the later silently wins): refuse that anywhere in engine/."""
-    import ast
+    """A merge can leave two definitions of one method (the later silently wins): refuse that anywhere in engine/.
+
+    The parse runs in a fresh interpreter: CPython 3.11.7's `ast` keeps a process-wide recursion counter that
+    other threads of this test process (store heartbeats, Ray, torch) can leave unbalanced, which CI once met as
+    "SystemError: AST constructor recursion depth mismatch" (fixed in later 3.11 releases).
+    """
+    import subprocess
+    import sys
     from pathlib import Path
 
-    twice = []
-    for path in sorted((Path(__file__).resolve().parents[1] / "engine").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.ClassDef, ast.Module)):
-                names = [n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                         and not any(isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
-                                     or getattr(d, "id", "") == "overload" for d in n.decorator_list)]
-                twice += [f"{path.name}:{getattr(node, 'name', '<module>')}.{n}" for n in set(names)
-                          if names.count(n) > 1]
-    assert twice == []
+    check = r'''
+import ast, sys
+from pathlib import Path
+twice = []
+for path in sorted(Path(sys.argv[1]).rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.ClassDef, ast.Module)):
+            names = [n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and not any(isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter")
+                                 or getattr(d, "id", "") == "overload" for d in n.decorator_list)]
+            twice += [f"{path.name}:{getattr(node, 'name', '<module>')}.{n}" for n in set(names)
+                      if names.count(n) > 1]
+print("\\n".join(twice))
+'''
+    engine = Path(__file__).resolve().parents[1] / "engine"
+    out = subprocess.run([sys.executable, "-c", check, str(engine)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == []
 
 
 def test_nul_characters_in_generated_text_are_stored(store):
