@@ -45,7 +45,7 @@ def measure(url: str, n_workers: int, n_runs: int, steps: int, model_dir: Path, 
     store = Store(url)
     env = {**os.environ, "RLAIF_LAB_DB": url, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "engine", "worker", "--poll-s", "0.1"], cwd=tmp,
+    procs = [subprocess.Popen([sys.executable, "-m", "engine", "worker", "--poll-s", "0.1", "--threads", "1"], cwd=tmp,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(n_workers)]
     try:
         while len(store.live_workers()) < n_workers:  # all registered (torch imported) before the clock starts

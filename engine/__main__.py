@@ -353,6 +353,11 @@ def cmd_runs(args) -> int:
 def cmd_worker(args) -> int:
     from engine.ray_cluster import EXECUTOR_ENV_VAR, RAY_ADDRESS_ENV_VAR, Executor
 
+    if args.threads is not None:  # every run of this worker whose model.threads is 0 (engine.determinism)
+        if args.threads < 1:
+            print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+            return 2
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     env = dict(os.environ)
     if args.executor:
         env[EXECUTOR_ENV_VAR] = args.executor
@@ -500,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="local: execute runs here; ray: send each to the Ray cluster as a task (default: "
                         "$RLAIF_LAB_EXECUTOR, else ray when $RAY_ADDRESS is set, else local)")
     p.add_argument("--ray-address", default=None, help="the Ray head's host:port (default: $RAY_ADDRESS)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for runs whose model.threads is 0 (default: $OMP_NUM_THREADS, else every "
+                        "core); several workers on one machine: give each its share of the cores")
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("playground", help="serve the policy playground's generation requests (never takes a run)")
     p.add_argument("--once", action="store_true", help="exit when no request is queued")

@@ -68,7 +68,8 @@ class ModelSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     # A seed pins the run: torch threads fixed, deterministic kernels, every RNG seeded (engine/determinism.py).
     deterministic: bool = True
-    threads: int = 0  # torch threads for the run; 0: every core the process may use (recorded with the run)
+    threads: int = 0  # torch threads for the run; 0: every core the process may use, at most $OMP_NUM_THREADS
+    # (`engine worker --threads N` sets it; recorded with the run)
     # Continue training: the policy starts from "run:<id>" (its final policy), "run:<id>@<step>" (a checkpoint) or a
     # directory from_pretrained loads (full model or LoRA adapter); the KL reference stays name_or_path.
     init_from: str = ""  # empty: start from name_or_path; run:<id>, run:<id>@<step> or a model/adapter directory
@@ -860,7 +861,11 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
             _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
     if b.kind == "overlap":
         for key in b.options:
-            errors.append(FieldError(prefix + f".options.{key}", "overlap takes no options"))
+            if key != "cap":
+                errors.append(FieldError(prefix + f".options.{key}", "overlap takes only options.cap"))
+        cap = b.options.get("cap")
+        if "cap" in b.options and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1):
+            errors.append(FieldError(prefix + ".options.cap", f"must be a number in (0, 1], got {_show(cap)}"))
         if b.score_on != "response":
             errors.append(FieldError(prefix + ".score_on", "overlap compares the response with the prompt: leave "
                                      "score_on at response"))

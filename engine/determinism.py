@@ -17,13 +17,25 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+THREADS_ENV_VAR = "OMP_NUM_THREADS"
+
 
 def available_cores() -> int:
-    """The CPU cores this process may run on."""
+    """The CPU cores a run in this process may use: the cores it may run on, at most $OMP_NUM_THREADS when set.
+
+    Why the variable counts: several workers on one machine each default to every core, and torch's spinning
+    OpenMP threads then starve each other (two 2-thread workers on 2 cores ran tiny runs 5-10x slower than one,
+    bench/README.md "bench_workers"); the operator gives each worker its share with `engine worker --threads N`,
+    which sets the variable, or by exporting it."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        limit = int(os.environ.get(THREADS_ENV_VAR, "0"))
+    except ValueError:
+        limit = 0
+    return min(cores, limit) if limit > 0 else cores
 
 
 def seed_everything(seed: int) -> None:

@@ -52,13 +52,15 @@ def wait_for(predicate, timeout: float = 300.0, every: float = 0.1) -> bool:
 def workers(tmp_path, store_url):
     """Start `python -m engine -v worker` processes on the test's store (logs in tmp_path/<name>.log); all killed
     at the end."""
-    env = {**os.environ, "RLAIF_LAB_LEASE_S": str(LEASE_S), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RLAIF_LAB_DB": store_url}
+    # one torch thread each, by the worker's own flag (not the environment: the first test checks the flag works)
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "RLAIF_LAB_LEASE_S": str(LEASE_S),
+           "PYTHONPATH": str(ROOT), "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "RLAIF_LAB_DB": store_url}
     started: list[tuple[subprocess.Popen, object]] = []
 
     def start(name: str, *extra: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 (closed below)
-        p = subprocess.Popen([sys.executable, "-m", "engine", "-v", "worker", "--poll-s", "0.2", *extra],
+        p = subprocess.Popen([sys.executable, "-m", "engine", "-v", "worker", "--poll-s", "0.2", "--threads", "1",
+                              *extra],
                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         started.append((p, log))
         return p
@@ -100,6 +102,7 @@ def test_three_workers_execute_twelve_runs_each_exactly_once(store_url, workers,
     assert {run_id: len(ws) for run_id, ws in executions.items()} == {run_id: 1 for run_id in runs}
     for run_id, [worker_id] in executions.items():
         assert records[run_id].owner == worker_id  # the store agrees on who executed it
+        assert records[run_id].summary["threads"] == 1  # `--threads 1`: three workers do not fight for 2 cores
         metrics = store.metrics(run_id)
         assert len(metrics) and not metrics.duplicated(["step", "key"]).any()  # trained once
         assert set(metrics["step"]) == {1}

@@ -41,6 +41,18 @@ def test_backend_from_config_mixes_with_profanity():
     assert mix.scores[0] == pytest.approx(alone.scores[0] + 3.0)
 
 
+def test_cap_stops_paying_for_copying_but_keeps_charging_for_drifting():
+    capped = build_backend(RewardBackendSettings(kind="overlap", options={"cap": 0.5}))
+    half = "Louvre guards like painting sculptures"  # share 0.5
+    copy = "Louvre guards and alarms."  # share 1.0: copying earns no more than the cap
+    result = capped.score([PROMPT] * 3, [copy, half, "Nice weather today."])
+    assert result.scores == [0.5, 0.5, 0.0]
+    quarter = "Louvre painting sculptures statues"  # louvre in; painting, sculptures, statues out
+    assert capped.score([PROMPT], [quarter]).scores == [pytest.approx(0.25)]
+    with pytest.raises(ValueError, match="cap"):
+        build_backend(RewardBackendSettings(kind="overlap", options={"cap": 0.0}))
+
+
 def test_bad_settings_are_refused_by_field():
     cfg = RunConfig()
     cfg.reward.backends = [RewardBackendSettings(kind="overlap", options={"min_letters": 2}, score_on="prompt_response")]
@@ -48,3 +60,8 @@ def test_bad_settings_are_refused_by_field():
     fields = {e.field for e in validate(cfg)}
     assert {"reward.backends[0].options.min_letters", "reward.backends[0].score_on",
             "evaluation.evaluator.kind"} <= fields
+    for bad in (0, 1.5, "half", True):
+        cfg.reward.backends = [RewardBackendSettings(kind="overlap", options={"cap": bad})]
+        assert "reward.backends[0].options.cap" in {e.field for e in validate(cfg)}, bad
+    cfg.reward.backends = [RewardBackendSettings(kind="overlap", options={"cap": 0.4})]
+    assert not [e for e in validate(cfg) if e.field.startswith("reward")]

@@ -9,6 +9,10 @@ prompt template and turn markers ("summarize", "conversation", "human", "assista
 score by echoing the instructions. Score = (content words of the response that occur in the prompt) / (content
 words of the response), in [0, 1]; 0 for a response without content words.
 
+Option `cap` (0 < cap <= 1): score = min(share, cap). Uncapped, the share pays for copying the dialogue, and
+copying a hostile dialogue brings its toxicity back (docs/experiments.md, "Issue 17"); capped at about the base
+policy's usual share, it only charges a response for falling below that: a floor on topicality, not a prize.
+
 Not responsible for: meaning. It is lexical on purpose, so that the lab's relevance check (a MiniLM sentence
 encoder, engine.relevance) stays a different instrument from the reward. It does not score toxicity (not an
 evaluator).
@@ -56,13 +60,18 @@ def overlap(prompt: str, response: str) -> float:
 class OverlapBackend:
     """Reward = share of the response's content words the prompt's dialogue contains (see the module)."""
 
-    def __init__(self, name: str = "overlap") -> None:
+    def __init__(self, name: str = "overlap", cap: float | None = None) -> None:
+        if cap is not None and not 0 < cap <= 1:
+            raise ValueError(f"overlap cap must be in (0, 1], got {cap!r}")
         self.name = name
+        self.cap = cap
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardResult:
-        """One overlap share per (prompt, response); raw signal `content_words` (how many the response has)."""
+        """One overlap share (at most `cap`) per (prompt, response); raw signal `content_words` (how many the response has)."""
         prompts, responses = check_texts(prompts, "prompts"), check_texts(responses, "responses")
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
         scores = [overlap(p, r) for p, r in zip(prompts, responses, strict=True)]
+        if self.cap is not None:
+            scores = [min(x, self.cap) for x in scores]
         return RewardResult(scores=scores, raw={"content_words": [float(len(content_words(r))) for r in responses]})
