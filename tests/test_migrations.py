@@ -179,3 +179,29 @@ def test_a_half_applied_revision_is_completed_on_the_next_open(v0):
         run_id = store.list_runs(status="queued")[0].id
         assert store.claim_run(run_id).owner == store.owner
     assert _revision(v0) == head_revision()
+
+
+def test_processes_opening_a_fresh_store_together_migrate_it_once(store_url, tmp_path):
+    """Workers started together on a new store each open it: one creates the schema, the others wait and find it.
+    (Without the migration lock, two at once failed with "table alembic_version already exists".)"""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"
+    script = ("import os, sys, time\n"
+              "from engine.store import Store\n"
+              "while not os.path.exists(sys.argv[2]): time.sleep(0.005)\n"  # all open it at one moment
+              "Store(sys.argv[1]).close()\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", script, store_url, str(go)], env=env, stderr=subprocess.PIPE,
+                              text=True) for _ in range(6)]
+    time.sleep(5)  # let them import (not a correctness wait: a late one only makes the race less likely)
+    go.touch()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, [e[-800:] for e in errors if e]
+    store = Store(store_url)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
+    store.close()

@@ -17,6 +17,9 @@ New revision, for developers: `alembic -c engine/migrations/alembic.ini revision
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,8 +71,34 @@ def check_known(revision: str | None, url: str = "the database") -> None:
             f"Upgrade the lab, or point it at another database (--db / $RLAIF_LAB_DB).")
 
 
+# Any fixed number: the PostgreSQL advisory lock that serialises migrations between processes ("RLAIF" in ASCII).
+_PG_LOCK_KEY = 0x524C414946
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """An exclusive flock on the SQLite database file while migrating (a no-op for an in-memory database).
+
+    flock locks are separate from the POSIX locks SQLite itself takes, so this only orders migrating processes."""
+    path = engine.url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    with open(path, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upgrade(engine: Engine, url: str = "the database") -> str:
-    """Bring the database to head (a no-op when it is there already); returns the revision it was at before."""
+    """Bring the database to head (a no-op when it is there already); returns the revision it was at before.
+
+    Several processes may open a fresh store at once (workers started together, two CLI runs): the migration runs
+    under a lock (PostgreSQL: an advisory lock in the migration's transaction; SQLite: a flock on the file), and
+    the revision is read again under it, so the second process finds the schema made instead of creating it twice
+    ("table alembic_version already exists")."""
     from alembic import command
 
     with engine.connect() as conn:
@@ -79,14 +108,21 @@ def upgrade(engine: Engine, url: str = "the database") -> str:
     if before == head:
         return before
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
             # A batch ALTER on SQLite copies a table and drops the old one; with foreign keys on, dropping `runs`
             # would cascade into metrics. The pragma only takes effect outside a transaction, hence here.
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()  # end the autobegun transaction, so the migrations get one of their own
-        with conn.begin():
-            command.upgrade(_config(conn), "head")
-        if conn.dialect.name == "sqlite":
+        with _sqlite_file_lock(engine) if sqlite else contextlib.nullcontext():
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
+                now = current_revision(conn)  # another process may have migrated while this one waited
+                check_known(now, url)
+                if now != head:
+                    command.upgrade(_config(conn), "head")
+        if sqlite:
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")  # pooled: the next user expects it on
             conn.commit()
     return before
