@@ -17,7 +17,6 @@ torch, transformers and trl are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -28,9 +27,11 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from engine import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +62,12 @@ def is_complete(path: str | os.PathLike) -> bool:
     return (Path(path) / MARKER).is_file()
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An advisory inter-process lock, so two processes (UI worker, CLI) do not build the same asset twice."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the rename below still keeps the cache consistent
-        yield
-        return
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _build_cached(target: Path, build, info: dict[str, Any]) -> Path:
     """Return `target` if complete, else run `build(tmp_dir) -> dict` in a sibling temp folder and move it there."""
     if is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{target.name}.lock"):
+    with file_lock.exclusive(target.parent / f".{target.name}.lock"):  # two processes never build it twice
         if is_complete(target):  # another process finished it while we waited
             return target
         if target.exists():

@@ -18,10 +18,10 @@ New revision, for developers: `alembic -c engine/migrations/alembic.ini revision
 from __future__ import annotations
 
 import contextlib
-import fcntl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from engine import file_lock
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -75,23 +75,6 @@ def check_known(revision: str | None, url: str = "the database") -> None:
 _PG_LOCK_KEY = 0x524C414946
 
 
-@contextlib.contextmanager
-def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
-    """An exclusive flock on the SQLite database file while migrating (a no-op for an in-memory database).
-
-    flock locks are separate from the POSIX locks SQLite itself takes, so this only orders migrating processes."""
-    path = engine.url.database
-    if not path or path == ":memory:" or path.startswith("file:"):
-        yield
-        return
-    with open(path, "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def upgrade(engine: Engine, url: str = "the database") -> str:
     """Bring the database to head (a no-op when it is there already); returns the revision it was at before.
 
@@ -114,7 +97,9 @@ def upgrade(engine: Engine, url: str = "the database") -> str:
             # would cascade into metrics. The pragma only takes effect outside a transaction, hence here.
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()  # end the autobegun transaction, so the migrations get one of their own
-        with _sqlite_file_lock(engine) if sqlite else contextlib.nullcontext():
+        path = engine.url.database if sqlite else None
+        file_db = bool(path) and path != ":memory:" and not path.startswith("file:")
+        with file_lock.exclusive(path) if file_db else contextlib.nullcontext():
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
