@@ -855,10 +855,15 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
         from engine.rewards.profanity import TRANSFORMS
 
         for key in b.options:
-            if key != "transform":
-                errors.append(FieldError(prefix + f".options.{key}", "profanity takes only options.transform"))
+            if key not in ("transform", "cap"):
+                errors.append(FieldError(prefix + f".options.{key}", "profanity takes only options.transform and "
+                                         "options.cap"))
         if "transform" in b.options:
             _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
+        cap = b.options.get("cap")
+        if "cap" in b.options and (isinstance(cap, bool) or not isinstance(cap, (int, float))
+                                   or not math.isfinite(cap)):
+            errors.append(FieldError(prefix + ".options.cap", f"must be a finite number, got {_show(cap)}"))
     if b.kind == "overlap":
         for key in b.options:
             if key != "cap":

@@ -56,6 +56,25 @@ def test_profanity_p_not_transform_is_one_minus_p(profanity):
         ProfanityBackend(transform="logit")
 
 
+def test_profanity_cap_stops_paying_above_it_and_keeps_the_offensive_tail(profanity):
+    from engine.config import RewardBackendSettings, RunConfig, validate
+
+    texts = [SEED_NICE, SEED_MEAN, "What a lovely garden."]
+    plain = profanity.score([""] * 3, texts).scores
+    cap = (max(plain) + min(plain)) / 2  # between the mean sentence and the nicest one
+    capped = ProfanityBackend(cap=cap).score([""] * 3, texts).scores
+    assert capped == pytest.approx([min(x, cap) for x in plain], rel=1e-12)
+    assert min(capped) == pytest.approx(min(plain)) and max(capped) == pytest.approx(cap) and cap < max(plain)
+    with pytest.raises(ValueError, match="cap must be a finite number"):
+        ProfanityBackend(cap=float("nan"))
+    cfg = RunConfig()
+    for bad in ("high", True, float("inf")):
+        cfg.reward.backends = [RewardBackendSettings(kind="profanity", options={"cap": bad})]
+        assert "reward.backends[0].options.cap" in {e.field for e in validate(cfg)}, bad
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity", options={"cap": 4.5, "transform": "log_odds"})]
+    assert not [e for e in validate(cfg) if e.field.startswith("reward")]
+
+
 def test_log_odds_clips_extreme_probabilities():
     bound = math.log((1 - EPS) / EPS)
     assert log_odds_not(0.0) == pytest.approx(bound)

@@ -46,16 +46,24 @@ class ProfanityBackend:
     """Reward = log-odds that the text is not offensive (or 1 - P(offensive), `transform="p_not"`), by
     alt-profanity-check.
 
+    `cap`: score = min(transformed score, cap). Uncapped log-odds keep paying for making a clean text cleaner, and
+    the cleanest texts are generic ones that leave the dialogue's topic; capped near the base policy's usual score,
+    the reward stops paying once a response is clean enough, and its gradient goes to the offensive tail.
+
     raw signals: `p_offensive` per item. `toxicity(texts)` gives the same P(offensive).
     """
 
-    def __init__(self, name: str = "profanity", score_on: str = "response", transform: str = "log_odds") -> None:
+    def __init__(self, name: str = "profanity", score_on: str = "response", transform: str = "log_odds",
+                 cap: float | None = None) -> None:
         texts_to_score([], [], score_on)  # validates score_on early
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap)):
+            raise ValueError(f"cap must be a finite number, got {cap!r}")
         self.name = name
         self.score_on = score_on
         self.transform = transform
+        self.cap = cap
 
     def p_offensive(self, texts: Sequence[str]) -> list[float]:
         """P(offensive) per text, in [0, 1]."""
@@ -76,4 +84,6 @@ class ProfanityBackend:
         texts = texts_to_score(check_texts(prompts, "prompts"), check_texts(responses, "responses"), self.score_on)
         probs = self.p_offensive(texts)
         scores = [log_odds_not(p) for p in probs] if self.transform == "log_odds" else [1.0 - p for p in probs]
+        if self.cap is not None:
+            scores = [min(x, self.cap) for x in scores]
         return RewardResult(scores=scores, raw={"p_offensive": probs})
