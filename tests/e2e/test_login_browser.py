@@ -167,7 +167,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     # alice cancels her own run
     pg.get_by_role("button", name="Cancel run").click()
     pg.locator(".st-key-cancel-run button").click()
-    pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=60_000)
+    pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=180_000)
     with Store(lab.db) as store:
         assert store.get_run(run_id).status == "cancelled"
 

@@ -73,7 +73,7 @@ def test_live_redraws_on_new_rows_only_pauses_hidden_and_confirms_cancel(lab_ser
         # a new row: the page redraws by itself
         holder.log_metrics(run_id, 2, {"objective/kl": 0.6, "objective/kl_coef": 0.2, "time/step_s": 1.0})
         holder.set_progress(run_id, 2, 10)
-        pg.get_by_text("last step 2").wait_for(timeout=60_000)
+        pg.get_by_text("last step 2").wait_for(timeout=300_000)
 
         # a hidden tab stops its timer: a new row is not drawn until the tab shows again
         pg.evaluate("""() => {
@@ -89,7 +89,7 @@ def test_live_redraws_on_new_rows_only_pauses_hidden_and_confirms_cancel(lab_ser
             Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});
             document.dispatchEvent(new Event('visibilitychange'));
         }""")
-        pg.get_by_text("last step 3").wait_for(timeout=60_000)
+        pg.get_by_text("last step 3").wait_for(timeout=300_000)
         pg.screenshot(path=screenshot_dir / f"live-{width}.png")
 
         # Cancel asks first, then answers in the same click
@@ -304,7 +304,7 @@ def test_live_falls_back_to_the_server_timer_when_the_watch_route_fails(lab_serv
         assert len(failed) >= 3
         page.wait_for_timeout(3000)  # the rerun that starts the timer
         holder.log_metrics(run_id, 2, {"objective/kl": 0.6, "time/step_s": 1.0})
-        page.get_by_text("last step 2").wait_for(timeout=60_000)
+        page.get_by_text("last step 2").wait_for(timeout=300_000)
         n = len(failed)
         page.wait_for_timeout(4000)
         assert len(failed) == n, "the page kept polling a route that fails"
