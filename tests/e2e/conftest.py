@@ -132,7 +132,7 @@ def browser(lab_server, chromium_browser):
     # One visit opens the server's lab, which starts its worker process (so tests find it serving).
     first = chromium_browser.new_page()
     first.goto(lab_server.url)
-    first.wait_for_selector("[data-testid='stApp'] h1", timeout=60_000)
+    first.wait_for_selector("[data-testid='stApp'] h1", timeout=180_000)
     first.close()
     return chromium_browser
 
@@ -141,7 +141,7 @@ def browser(lab_server, chromium_browser):
 def page(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(120_000)  # waits return at once when ready; a busy machine needs minutes
     yield pg
     context.close()
 

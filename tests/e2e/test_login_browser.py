@@ -117,7 +117,7 @@ def as_user(chromium, name: str | None, headers: dict | None = None):
     ctx = chromium.new_context(viewport={"width": 1400, "height": 1000}, http_credentials=creds,
                                extra_http_headers=headers or {})
     pg = ctx.new_page()
-    pg.set_default_timeout(90_000)  # generous: the test machine may be busy
+    pg.set_default_timeout(120_000)  # generous: the test machine may be busy
     return ctx, pg
 
 
@@ -147,7 +147,7 @@ def test_owner_user_and_admin_in_the_browser_behind_nginx(team_lab, chromium, ti
     pg.get_by_text(f"Loaded {path.name}").wait_for()
     expect(pg.locator(".st-key-cfg-name input")).to_have_value("alices-run")
     pg.locator(".st-key-start-run button").click()
-    pg.wait_for_url("**/live?run=*", timeout=60_000)
+    pg.wait_for_url("**/live?run=*", timeout=180_000)
     run_id = pg.url.split("run=")[1].split("&")[0]
     pg.get_by_role("button", name="Cancel run").wait_for()  # her live page is drawn (a queued run: no worker here)
     with Store(lab.db) as store:

@@ -44,7 +44,7 @@ def progress_text(pg) -> str:
 def wide_page(browser, request):
     context = browser.new_context(viewport={"width": request.param, "height": 1000})
     pg = context.new_page()
-    pg.set_default_timeout(30_000)
+    pg.set_default_timeout(120_000)  # waits return at once when ready; a busy machine needs minutes
     yield pg, request.param
     context.close()
 
