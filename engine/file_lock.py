@@ -1,28 +1,34 @@
-"""An exclusive advisory lock on a file, between processes of one machine (flock).
+"""An exclusive advisory lock between processes of one machine (flock on a file or a directory).
 
 Used where two processes could do one piece of work twice: building a cached asset (engine.assets) and migrating a
-fresh SQLite store (engine.migrations). flock locks are separate from the POSIX record locks SQLite takes, so
-holding one on a database file only orders the processes that ask for it. Without fcntl (Windows) it is a no-op.
+fresh SQLite store (engine.migrations, which locks the database's folder). Never lock an SQLite database file
+itself: closing any descriptor of that file drops every POSIX lock SQLite holds on it in this process, and another
+process may then reset a write-ahead log that still holds committed rows. Without fcntl (Windows) it is a no-op.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def exclusive(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if missing, never truncated) for the duration of the block."""
+    """Hold an exclusive flock on `path` for the duration of the block: a directory, or a file (created if missing,
+    never truncated)."""
     try:
         import fcntl
     except ImportError:  # Windows: callers keep their results consistent by other means (atomic renames)
         yield
         return
-    with open(path, "ab") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    fd = os.open(path, os.O_RDONLY) if os.path.isdir(path) else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

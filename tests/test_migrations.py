@@ -205,3 +205,21 @@ def test_processes_opening_a_fresh_store_together_migrate_it_once(store_url, tmp
     with store.engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
     store.close()
+
+
+def test_the_migration_lock_never_opens_the_sqlite_file_itself(tmp_path, monkeypatch):
+    """Closing any descriptor of an SQLite file drops SQLite's POSIX locks in the process (and another process may
+    then reset a WAL holding committed rows: a browser test lost a cancel that way): the lock is on the folder."""
+    import engine.migrations as migrations
+    from engine import file_lock
+
+    locked = []
+    real = file_lock.exclusive
+
+    def spy(path):
+        locked.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(migrations.file_lock, "exclusive", spy)
+    Store(f"sqlite:///{tmp_path / 'lab.db'}").close()
+    assert locked == [tmp_path.resolve()]

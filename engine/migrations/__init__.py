@@ -79,7 +79,7 @@ def upgrade(engine: Engine, url: str = "the database") -> str:
     """Bring the database to head (a no-op when it is there already); returns the revision it was at before.
 
     Several processes may open a fresh store at once (workers started together, two CLI runs): the migration runs
-    under a lock (PostgreSQL: an advisory lock in the migration's transaction; SQLite: a flock on the file), and
+    under a lock (PostgreSQL: an advisory lock in the migration's transaction; SQLite: a flock on its folder), and
     the revision is read again under it, so the second process finds the schema made instead of creating it twice
     ("table alembic_version already exists")."""
     from alembic import command
@@ -99,7 +99,9 @@ def upgrade(engine: Engine, url: str = "the database") -> str:
             conn.commit()  # end the autobegun transaction, so the migrations get one of their own
         path = engine.url.database if sqlite else None
         file_db = bool(path) and path != ":memory:" and not path.startswith("file:")
-        with file_lock.exclusive(path) if file_db else contextlib.nullcontext():
+        # the database's folder, not its file: see engine.file_lock (a closed descriptor of the file would drop
+        # SQLite's own locks in this process)
+        with file_lock.exclusive(Path(path).resolve().parent) if file_db else contextlib.nullcontext():
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})")
