@@ -59,7 +59,7 @@ def test_playground_shows_base_and_trained_samples_side_by_side(lab_server, play
     with lab_server.store() as store:
         before = {g.id for g in store.generations(run_id)}
     pg.goto(f"{lab_server.url}/policy_playground?run={run_id}")
-    pg.get_by_role("heading", name="Policy playground").wait_for(timeout=60_000)
+    pg.get_by_role("heading", name="Policy playground").wait_for(timeout=180_000)
     pg.get_by_role("button", name="Generate").wait_for()  # the run is preselected by ?run= (checked below: the request)
 
     # An empty prompt is refused on the page, naming the field; nothing is queued.
