@@ -357,7 +357,7 @@ def cmd_worker(args) -> int:
         if args.threads < 1:
             print(f"error: --threads must be at least 1, got {args.threads}", file=sys.stderr)
             return 2
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["RLAIF_LAB_THREADS"] = str(args.threads)
     env = dict(os.environ)
     if args.executor:
         env[EXECUTOR_ENV_VAR] = args.executor
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                         "$RLAIF_LAB_EXECUTOR, else ray when $RAY_ADDRESS is set, else local)")
     p.add_argument("--ray-address", default=None, help="the Ray head's host:port (default: $RAY_ADDRESS)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for runs whose model.threads is 0 (default: $OMP_NUM_THREADS, else every "
+                   help="torch threads for runs whose model.threads is 0 (default: $RLAIF_LAB_THREADS, else every "
                         "core); several workers on one machine: give each its share of the cores")
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("playground", help="serve the policy playground's generation requests (never takes a run)")

@@ -68,7 +68,7 @@ class ModelSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     # A seed pins the run: torch threads fixed, deterministic kernels, every RNG seeded (engine/determinism.py).
     deterministic: bool = True
-    threads: int = 0  # torch threads for the run; 0: every core the process may use, at most $OMP_NUM_THREADS
+    threads: int = 0  # torch threads for the run; 0: every core the process may use, at most $RLAIF_LAB_THREADS
     # (`engine worker --threads N` sets it; recorded with the run)
     # Continue training: the policy starts from "run:<id>" (its final policy), "run:<id>@<step>" (a checkpoint) or a
     # directory from_pretrained loads (full model or LoRA adapter); the KL reference stays name_or_path.

@@ -17,16 +17,16 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-THREADS_ENV_VAR = "OMP_NUM_THREADS"
+THREADS_ENV_VAR = "RLAIF_LAB_THREADS"  # not OMP_NUM_THREADS: launchers set that to 1 per rank, and DDP ranks keep every core
 
 
 def available_cores() -> int:
-    """The CPU cores a run in this process may use: the cores it may run on, at most $OMP_NUM_THREADS when set.
+    """The CPU cores a run in this process may use: the cores it may run on, at most $RLAIF_LAB_THREADS when set.
 
     Why the variable counts: several workers on one machine each default to every core, and torch's spinning
     OpenMP threads then starve each other (two 2-thread workers on 2 cores ran tiny runs 5-10x slower than one,
     bench/README.md "bench_workers"); the operator gives each worker its share with `engine worker --threads N`,
-    which sets the variable, or by exporting it."""
+    which sets $RLAIF_LAB_THREADS, or by exporting it."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -124,7 +124,10 @@ def test_a_two_process_ppo_update_equals_the_single_process_update(tiny_gpt2_dir
     worst = max(abs(ranks[0]["metrics"][key] - alone["metrics"][key]) for key in keys)
     print(f"max |metric 2 ranks - 1 process| = {worst:.3g} over {len(keys)} metrics")
     for key in sorted(keys):
-        assert ranks[0]["metrics"][key] == pytest.approx(alone["metrics"][key], abs=TOL), key
+        # a clip fraction counts values beyond a threshold: a value ~1e-7 from it may fall either side with another
+        # reduction order (seen on one CPU: 0.059 vs 0.073, two elements), while the weights agree within TOL
+        tol = 0.03 if key.endswith("clipfrac") else TOL
+        assert ranks[0]["metrics"][key] == pytest.approx(alone["metrics"][key], abs=tol), key
         assert ranks[1]["metrics"][key] == ranks[0]["metrics"][key], key  # every rank logs the same numbers
 
     # Reward normalisation: the z-score statistics are the whole batches', and so are the normalised scores.

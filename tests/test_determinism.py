@@ -57,17 +57,17 @@ def test_threads_zero_means_every_available_core_and_kernels_follow_the_device()
 
 
 def test_available_cores_honours_omp_num_threads(monkeypatch):
-    """Several workers on one machine get their share through OMP_NUM_THREADS (`engine worker --threads N`)."""
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    """Several workers on one machine get their share through RLAIF_LAB_THREADS (`engine worker --threads N`)."""
+    monkeypatch.delenv("RLAIF_LAB_THREADS", raising=False)
     cores = available_cores()
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("RLAIF_LAB_THREADS", "1")
     assert available_cores() == 1
     with deterministic_run(0, threads=0) as info:
         assert info["threads"] == torch.get_num_threads() == 1
     with deterministic_run(0, threads=2) as info:  # a run's own threads setting wins
         assert info["threads"] == 2
     for ignored in ("999", "0", "two", ""):  # more than the cores, or not a count: every core
-        monkeypatch.setenv("OMP_NUM_THREADS", ignored)
+        monkeypatch.setenv("RLAIF_LAB_THREADS", ignored)
         assert available_cores() == cores, ignored
 
 

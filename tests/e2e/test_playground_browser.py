@@ -11,6 +11,7 @@ import os
 import signal
 
 import pytest
+from playwright.sync_api import expect
 
 from engine.config import RewardBackendSettings, RunConfig
 from engine.worker import submit, wait
@@ -79,6 +80,8 @@ def test_playground_shows_base_and_trained_samples_side_by_side(lab_server, play
     base, trained = pg.locator(".st-key-pp-base"), pg.locator(".st-key-pp-trained")
     base.wait_for(timeout=300_000)
     trained.wait_for()
+    for box in (base, trained):  # a box shows before all its contents have streamed in (slow on a loaded machine)
+        expect(box).to_contain_text("mean toxicity (judge)")
 
     with lab_server.store() as store:
         new = [g for g in store.generations(run_id) if g.id not in before]
