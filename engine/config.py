@@ -823,6 +823,15 @@ def _range(errors: list, name: str, value: float, low: float | None = None, high
         errors.append(FieldError(name, f"must be {allowed}{what}, got {_show(value)}"))
 
 
+def _cap(errors: list, prefix: str, options: dict, rule: str, ok) -> None:
+    """A backend's optional `options.cap`: a number (not a bool) for which `ok` holds, else an error saying `rule`."""
+    if "cap" not in options:
+        return
+    cap = options["cap"]
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not ok(cap):
+        errors.append(FieldError(prefix + ".options.cap", f"{rule}, got {_show(cap)}"))
+
+
 def _choice(errors: list, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
         errors.append(FieldError(name, f"must be one of {', '.join(allowed)}; got {_show(value)}"))
@@ -860,17 +869,12 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
                                          "options.cap"))
         if "transform" in b.options:
             _choice(errors, prefix + ".options.transform", b.options["transform"], TRANSFORMS)
-        cap = b.options.get("cap")
-        if "cap" in b.options and (isinstance(cap, bool) or not isinstance(cap, (int, float))
-                                   or not math.isfinite(cap)):
-            errors.append(FieldError(prefix + ".options.cap", f"must be a finite number, got {_show(cap)}"))
+        _cap(errors, prefix, b.options, "must be a finite number", math.isfinite)
     if b.kind == "overlap":
         for key in b.options:
             if key != "cap":
                 errors.append(FieldError(prefix + f".options.{key}", "overlap takes only options.cap"))
-        cap = b.options.get("cap")
-        if "cap" in b.options and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1):
-            errors.append(FieldError(prefix + ".options.cap", f"must be a number in (0, 1], got {_show(cap)}"))
+        _cap(errors, prefix, b.options, "must be a number in (0, 1]", lambda c: 0 < c <= 1)
         if b.score_on != "response":
             errors.append(FieldError(prefix + ".score_on", "overlap compares the response with the prompt: leave "
                                      "score_on at response"))
