@@ -725,8 +725,11 @@ class Store:
 
     def abandon(self, run_id: str) -> None:
         """Stop heartbeating a run this Store executes without writing anything: its end could not be recorded (the
-        store is read-only, the disk is full). Once its lease expires, any process marks it interrupted."""
-        with self._beat_lock:
+        store is read-only, the disk is full). Once its lease expires, any process marks it interrupted.
+
+        Waits for a heartbeat being written: one that read the run before this call could otherwise land after it.
+        """
+        with self._beat_write_lock, self._beat_lock:
             self._handed.discard(run_id)
             self._owned.pop(run_id, None)
             self._step_times.pop(run_id, None)

@@ -169,6 +169,43 @@ def test_lost_lease_stops_the_run_and_refuses_its_status(path):
         assert judge.get_run(run_id).status == "interrupted"
 
 
+def test_no_heartbeat_lands_after_abandon_returns(path):
+    """A heartbeat that read the owned runs before `abandon` must not write after it: abandon waits for it. (CI once
+    saw a late-heartbeat check undone by a beat in flight on a loaded machine.)"""
+    store = Store(path, owner="w", lease_s=600)
+    try:
+        run_id = store.create_run("", name="r")
+        store.claim_run(run_id)
+        entered, release = threading.Event(), threading.Event()
+        beat_thread: list[threading.Thread] = []
+        plain_write = store._write
+
+        def held_write():
+            if threading.current_thread() in beat_thread:  # this beat has read the owned runs: hold it before it writes
+                entered.set()
+                release.wait(60)
+            return plain_write()
+
+        store._write = held_write
+        beat_thread.append(threading.Thread(target=store.beat))
+        beat_thread[0].start()
+        assert entered.wait(60)
+        abandoning = threading.Thread(target=store.abandon, args=(run_id,))
+        abandoning.start()
+        abandoning.join(1.0)
+        if abandoning.is_alive():  # it waits for the beat in flight (the fix); let that beat finish
+            release.set()
+            abandoning.join(60)
+        _age_heartbeat(store, run_id, 3600)  # after abandon returned: nothing may refresh it any more
+        release.set()
+        beat_thread[0].join(60)
+        store.beat()
+        assert store.get_run(run_id).heartbeat_age_s > 3000
+    finally:
+        release.set()
+        store.close()
+
+
 def test_workers_register_heartbeat_and_leave(path):
     with Store(path, owner="w-a", lease_s=0.6) as a, Store(path, lease_s=0.6) as ui:
         a.register_worker(device="cpu")
