@@ -247,6 +247,50 @@ def cmd_resume(args) -> int:
     return _report(store, args.run, summary)
 
 
+def cmd_adopt(args) -> int:
+    """One of the processes a worker launched for a run with several processes (engine.launch.execute_launched):
+    rank 0 adopts the run's lease from the worker and executes it, writing the store; the others train in step and
+    write nothing. Exit 1 when the run no longer waits for them (cancelled meanwhile, or its lease expired)."""
+    from engine.config import RunConfig
+    from engine.distributed import group_from_env, launched_world
+    from engine.launch import ReadOnlyStore
+    from engine.runner import execute, execute_rank, resume_problem
+    from engine.store import new_owner_id
+    from engine.worker import progress_listener
+
+    if launched_world() == 1:
+        print("error: `adopt` runs in the processes a worker launches; use `resume RUN`", file=sys.stderr)
+        return 2
+    group = group_from_env()
+    if not group.is_main:
+        resume = group.broadcast(None)
+        if resume is None:
+            return 1
+        store = ReadOnlyStore(_store(args))
+        execute_rank(RunConfig.from_yaml(store.get_run(args.run).config_yaml), store, args.run, resume=resume)
+        return 0
+    store, resume = _store(args, owner=new_owner_id("ddp")), None
+    try:
+        record = store.adopt_run(args.run, args.from_owner)
+        if record is not None:
+            cfg = RunConfig.from_yaml(record.config_yaml)
+            resume = resume_problem(store, args.run) is None  # a re-queued run with a checkpoint continues from it
+    finally:  # the others wait for the decision; None (not adopted, or rank 0 failed) lets them exit
+        group.broadcast(resume)
+    if resume is None:
+        print(f"run {args.run} no longer waits for these processes (cancelled, or its lease expired)", file=sys.stderr)
+        return 1
+    print(f"run {args.run}: {group.world} processes, {'resuming' if resume else 'starting'} ({store!r})", flush=True)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        execute(cfg, store, args.run, progress_listener(store, args.run), resume=resume)
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # stored with its traceback by the runner
+        return 1
+    return 0 if store.get_run(args.run).status == "completed" else 1
+
+
 def _report(store, run_id: str, summary: dict) -> int:
     """Print a finished run's status and summary; the exit code (0: completed)."""
     from engine.evaluate import format_summary
@@ -490,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("resume", help="continue a stopped run from its newest checkpoint")
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
+    p = sub.add_parser("adopt", help="(internal) a process a worker launched for a run with several processes")
+    p.add_argument("run")
+    p.add_argument("--from", dest="from_owner", required=True, help="the worker that handed the run over")
+    p.set_defaults(fn=cmd_adopt)
     p = sub.add_parser("runs", help="list runs (and the workers serving the store)")
     p.set_defaults(fn=cmd_runs)
     p = sub.add_parser("worker", help="claim queued runs from the store and execute them, one at a time")

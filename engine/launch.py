@@ -104,3 +104,70 @@ def relaunch(cfg: RunConfig, engine_args: list[str]) -> int:
     if cfg.model.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes even where GPUs exist: gloo
     return subprocess.call(cmd, env=env)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a free port for the process group's rendezvous
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def execute_launched(store, record, cfg: RunConfig, executor_id: str) -> bool:
+    """Execute a run `store` has claimed whose config asks for several processes, as a worker (or a Ray task) does:
+    launch them (`accelerate launch ... -m engine adopt RUN --from OWNER`, the store's URL in the environment, never
+    on the command line); their rank 0 adopts the lease (Store.adopt_run) and writes the store, and this process
+    heartbeats the run until it does. A launch that ends before rank 0 adopted the run fails it with the launcher's
+    exit status and its last lines of output. The processes' output goes to this process's stderr (the worker log).
+
+    Returns False when interrupted (a second signal: the processes get SIGTERM, rank 0 checkpoints and records the
+    run as interrupted), True otherwise. The first stop of a worker reaches the run through its cancel flag."""
+    import collections
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    problem = launch_problem(cfg)
+    if problem is not None:
+        store.set_status(record.id, "failed", error=f"{problem.field}: {problem.message} (on {executor_id})")
+        return True
+    cmd = accelerate_command(cfg, ["adopt", record.id, "--from", store.owner], _free_port())
+    env = dict(os.environ, RLAIF_LAB_DB=store.url)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # a fresh process group, whatever launched this process
+    if cfg.model.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes even where GPUs exist: gloo
+    store.hand_over(record.id)  # keep its lease alive until rank 0 adopts it
+    tail: collections.deque[str] = collections.deque(maxlen=12)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+
+    def relay() -> None:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            sys.stderr.write(line)
+
+    copier = threading.Thread(target=relay, name="launch-output", daemon=True)
+    copier.start()
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGTERM)  # torchrun passes it on; rank 0 stops at the step boundary
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        return False
+    finally:
+        copier.join(10)
+    now = store.get_run(record.id)
+    if now.status == "running" and now.owner == store.owner:  # rank 0 never adopted the run: nothing of it ran
+        last = " | ".join(line for line in tail if line.strip())[-600:]
+        store.set_status(record.id, "failed", error=f"its {cfg.distributed.num_processes} processes ended (exit "
+                                                    f"status {code}) before starting the run (on {executor_id}): "
+                                                    f"{last or 'no output'}")
+    else:  # adopted: rank 0 recorded its end (or, killed, left it to expire); it is no longer this process's
+        store.abandon(record.id)
+    return True

@@ -264,6 +264,12 @@ def execute_claimed(store: Store, record, executor_id: str) -> bool:
         store.set_status(record.id, "failed", error=f"{problems[0]} (on {executor_id})")
         return True
     log.info("worker %s: run %s (%s)", executor_id, record.id, cfg.name)
+    from engine.distributed import launched_world
+
+    if cfg.distributed.num_processes > 1 and launched_world() == 1:  # its processes run it (engine.launch)
+        from engine.launch import execute_launched
+
+        return execute_launched(store, record, cfg, executor_id)  # (a reward model trains in one process)
     try:
         execute(cfg, store, record.id, progress_listener(store, record.id))
     except KeyboardInterrupt:

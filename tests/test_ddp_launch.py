@@ -113,3 +113,43 @@ def test_a_rank_other_than_0_reads_the_store_and_writes_nothing(tmp_path):
     ro.add_samples(run_id, 1, [{"prompt": "p", "response": "r", "reward": 0.0, "scores": {}}])
     assert ro.get_run(run_id).status == "queued" and store.metrics(run_id).empty and store.samples(run_id).empty
     assert ro.is_cancel_requested(run_id) is False
+
+
+def test_a_worker_launches_a_queued_multi_process_run(tiny_gpt2_dir, tmp_path):
+    """A run queued with num_processes 2 (from the browser, say) is executed by a real worker process: the worker
+    launches 2 processes, rank 0 adopts the lease and writes the store once per step; the worker goes on serving."""
+    from engine.worker import submit
+
+    cfg = _config(tiny_gpt2_dir, tmp_path, "ppo")
+    store = Store(tmp_path / "runs.db")
+    run_id = submit(store, cfg)
+    done = _engine(tmp_path, "worker", "--once", "--threads", "1")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    rec = store.get_run(run_id)
+    assert (rec.status, rec.step) == ("completed", 2), (rec.error, out[-3000:])
+    assert rec.owner.startswith("ddp-")  # rank 0 of the launched processes held the lease, not the worker
+    assert f"run {run_id}: 2 processes, starting" in out and "accelerate.commands.launch" not in (rec.error or "")
+    long = store.metrics(run_id)
+    assert not long.duplicated(["step", "key"]).any() and set(long[long.key == "env/reward_mean"].step) == {1, 2}
+    assert (store.evaluations(run_id).groupby("phase").size() == 4).all()
+    assert [c.step for c in store.checkpoints(run_id)][-1] == 2
+
+
+def test_a_launch_that_ends_before_rank_0_adopts_fails_the_run_with_its_output(tiny_gpt2_dir, tmp_path, monkeypatch):
+    import engine.launch as launch
+    from engine.worker import execute_claimed
+
+    cfg = _config(tiny_gpt2_dir, tmp_path, "ppo")
+    store = Store(tmp_path / "runs.db", owner="w-test")
+    try:
+        run_id = store.create_run(cfg.to_yaml(), name="r", method="ppo", total_steps=2)
+        record = store.claim_run(run_id)
+        monkeypatch.setattr(launch, "accelerate_command", lambda cfg, args, port: [
+            sys.executable, "-c", "import sys; print('rendezvous failed: no route'); sys.exit(3)"])
+        assert execute_claimed(store, record, "w-test") is True
+        rec = store.get_run(run_id)
+        assert rec.status == "failed" and "exit status 3" in rec.error and "rendezvous failed" in rec.error
+        assert "2 processes" in rec.error and run_id not in store.owned_runs()
+    finally:
+        store.close()
