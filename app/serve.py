@@ -10,7 +10,8 @@ The watch route, GET /api/live-signature?run=ID: a short token of what the Live 
 status / phase / message / step, the newest metric and log ids, a late heartbeat: engine.api.watch_signature) and
 whether it ended. A Live page served from here polls it from the browser and reruns only when the token differs
 from the one it drew, so an idle Live tab costs one small request a second (two indexed queries) instead of a
-Streamlit script run and its websocket messages. The route applies the lab's own gates (the network check, the
+Streamlit script run and its websocket messages. The answer also counts the tabs polling the run (app/watchers.py),
+so that they share one redraw budget. The route applies the lab's own gates (the network check, the
 proxy login when one is configured) and answers 403 when they refuse; it reveals no run data, only the token.
 """
 
@@ -29,6 +30,8 @@ MAIN = Path(__file__).with_name("main.py")
 ROOT = MAIN.resolve().parents[1]
 if str(ROOT) not in sys.path:  # `streamlit run app/serve.py` puts only app/ on sys.path
     sys.path.insert(0, str(ROOT))
+from app.watchers import Watchers  # noqa: E402  (after the path fix above)
+
 WATCH_PATH = "/api/live-signature"
 WATCH_ENV_VAR = "RLAIF_LAB_WATCH_ROUTE"  # set here: pages/live.py polls the route only when this server serves it
 
@@ -123,15 +126,20 @@ def _refused(headers: dict) -> bool:
         return True
 
 
-def _signature(run_id: str) -> dict:
+_watchers = Watchers()
+
+
+def _signature(run_id: str, watcher_id: str | None) -> dict:
     from engine.api import signature_token, watch_signature
 
-    sig = watch_signature(_store(), run_id)
-    return {"sig": signature_token(sig), "ended": sig[0] not in ("queued", "running")}
+    sig = watch_signature(_store(), run_id)  # KeyError for an unknown run: counted nowhere
+    return {"sig": signature_token(sig), "ended": sig[0] not in ("queued", "running"),
+            "watchers": _watchers.seen(run_id, watcher_id)}
 
 
 async def live_signature(request):
-    """GET /api/live-signature?run=ID → {"sig": token, "ended": bool}; 404 for an unknown run, 403 when refused."""
+    """GET /api/live-signature?run=ID&w=TAB → {"sig": token, "ended": bool, "watchers": tabs polling this run};
+    404 for an unknown run, 403 when refused."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
@@ -140,7 +148,7 @@ async def live_signature(request):
         return JSONResponse({"error": "refused"}, status_code=403, headers=headers)
     run_id = request.query_params.get("run", "")
     try:
-        body = await run_in_threadpool(_signature, run_id)
+        body = await run_in_threadpool(_signature, run_id, request.query_params.get("w"))
     except KeyError:
         return JSONResponse({"error": "no such run"}, status_code=404, headers=headers)
     return JSONResponse(body, headers=headers)

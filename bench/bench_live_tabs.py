@@ -164,6 +164,7 @@ class Tabs:
     def __init__(self, browser, url: str, run_id: str, n: int) -> None:
         self.received = 0
         self.requests = 0
+        self.marks0 = (0, 0.0)
         self.pages = []
         for _ in range(n):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -187,6 +188,23 @@ class Tabs:
 
     def reset(self) -> None:
         self.received = self.requests = 0
+        self.marks0 = self.marks()
+
+    def marks(self) -> tuple[int, float]:
+        """Redraws the tabs' watch components asked for, and the tabs' long-task milliseconds, summed over tabs."""
+        redraws, busy = 0, 0.0
+        for page in self.pages:
+            try:
+                r, b = page.evaluate("() => { const w = window.__rlaifLiveWatch || {};"
+                                     " return [w.redraws || 0, w.busy || 0]; }")
+            except Exception:  # a page gone or not yet drawn: nothing to add
+                continue
+            redraws, busy = redraws + int(r), busy + float(b)
+        return redraws, busy
+
+    def redraws_since_reset(self) -> tuple[int, float]:
+        r, b = self.marks()
+        return r - self.marks0[0], b - self.marks0[1]
 
     def wait(self, seconds: float) -> None:
         """Sleep while Playwright delivers the tabs' websocket events (time.sleep would hold them back)."""
@@ -287,6 +305,7 @@ def main() -> None:
                         while lab.get_run(run_id).is_active:
                             tabs.wait(0.5)
                         cpu = meter.stop()
+                        redraws, busy_ms = tabs.redraws_since_reset()
                         tabs.close()
                         status = lab.get_run(run_id).status
                         if status != "completed":
@@ -299,10 +318,13 @@ def main() -> None:
                             t.setdefault(k, []).append(cpu[k])
                         t.setdefault("kib_s", []).append(tabs.received / cpu["wall_s"] / max(n, 1) / 1024)
                         t.setdefault("req_s", []).append(tabs.requests / cpu["wall_s"] / max(n, 1))
+                        t.setdefault("redraws_min", []).append(60.0 * redraws / cpu["wall_s"] / max(n, 1))
+                        long_ms = busy_ms / redraws if redraws else float("nan")
                         print(f"round {rnd + 1}, {n} tab(s), training: median step {statistics.median(watched):.3f} s"
                               f" ({len(watched)} steps); CPU s/min server {cpu['server']:.2f}, chromium "
                               f"{cpu['chromium']:.2f}; per tab {t['kib_s'][-1]:.2f} KiB/s, {t['req_s'][-1]:.2f} "
-                              f"watch req/s; load {os.getloadavg()[0]:.1f}", flush=True)
+                              f"watch req/s; {t['redraws_min'][-1]:.2f} redraws/min per tab, long tasks "
+                              f"{long_ms:.0f} ms per redraw; load {os.getloadavg()[0]:.1f}", flush=True)
                 # idle: a run held running (claimed and heartbeating) that reports nothing new
                 holder = Store(str(db), owner=new_owner_id("bench"))
                 held = holder.create_run(RunConfig(name="idle").to_yaml(), name="idle", total_steps=10)

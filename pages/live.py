@@ -8,8 +8,9 @@ log line). Served by app/serve.py (scripts/lab.sh), a small component in the bro
 (one tiny HTTP request a second, no Streamlit rerun, no websocket message) and reruns the page only when the token
 differs from the one drawn; served otherwise (`streamlit run app/main.py`, AppTest) or when the route fails, a
 `st.fragment` timer compares the signature on the server and draws nothing when it is unchanged. Either way a change
-redraws the page at most every MIN_REDRAW_S, and at most DRAW_BUDGET of the time given what the last draw took (at
-once when the run ends), and a hidden browser tab stops polling until it shows again.
+redraws the page at most every MIN_REDRAW_S, and at most a small share of the time given what the last draw took
+(DRAW_BUDGET of this server's, BROWSER_DRAW_BUDGET of the browser's; at once when the run ends); the tabs watching
+one run share that budget, and a hidden browser tab stops polling until it shows again.
 
 The log expander shows the run's stored log (engine.run_log): phases entered, what a long phase is doing, warnings
 and errors, kept after the worker exits.
@@ -95,6 +96,15 @@ def figures(cache: state.MetricCache, x: str, smoothing: float) -> dict:
 
 MIN_REDRAW_S = 5.0  # a redraw (charts included) costs the browser and this server CPU the run shares: at most this often
 DRAW_BUDGET = 0.05  # ... and at most this share of the time: a page that took 0.6 s to draw waits >= 12 s
+# The browser's side is counted from its long tasks (> 50 ms on the page's main thread). Its budget is smaller than
+# the server's: a browser on the training machine costs the run more than its CPU share (a run's torch threads all
+# wait while one of them is descheduled): one tab redrawing each step of the default run slowed its steps by 16-21 %
+# for 3.8 % of the 2 cores (bench/bench_live_tabs.py).
+BROWSER_DRAW_BUDGET = 0.02
+# Long tasks are wall time: on a machine whose cores the run keeps busy they stretch (one redraw of the default run's
+# page measured 1.5-3.8 s of long tasks for ~1.5 s of Chromium CPU), so the wait they set is capped; at the cap one
+# tab redraws about once a minute and N tabs each every N minutes.
+MAX_BROWSER_WAIT_S = 60.0
 
 
 WATCH_ROUTE = os.environ.get("RLAIF_LAB_WATCH_ROUTE")  # set by app/serve.py, which serves the route
@@ -103,12 +113,14 @@ WATCH_ROUTE = os.environ.get("RLAIF_LAB_WATCH_ROUTE")  # set by app/serve.py, wh
 def watch_component(route_url: str | None, sig_token: str, active: bool, every_s: float, wait_s: float):
     """The browser side of watching: polls `route_url` while the tab is visible and the run is active (after
     `every_s`, then 1.5 times longer each time nothing changed, up to 5 s), and reruns the page (a trigger) when the run's token differs from the drawn one, no sooner than `wait_s`
-    after this draw (nor than the browser's own time on the last redraw, its long tasks, allows at DRAW_BUDGET)
-    unless the run ended. Without a route it only reports document.visibilityState (the fragment
+    after this draw (nor than the browser's own time on the last redraw, its long tasks, allows at
+    BROWSER_DRAW_BUDGET), times the number of tabs watching the run (the route counts them: together they redraw
+    about as often as one), unless the run ended. Without a route it only reports document.visibilityState (the fragment
     timer then stops in a hidden tab). Returns the component's state: `visible`, `fallback` (the route failed)."""
     return _WATCH(key="live-watch", data={"url": route_url or "", "run": run_id, "sig": sig_token,
                                           "active": bool(active), "every_ms": int(1000 * every_s),
-                                          "wait_ms": int(1000 * wait_s), "budget": DRAW_BUDGET,
+                                          "wait_ms": int(1000 * wait_s), "budget": BROWSER_DRAW_BUDGET,
+                                          "max_browser_wait_ms": int(1000 * MAX_BROWSER_WAIT_S),
                                           "report_visibility": not route_url},
                   default={"visible": True, "fallback": False}, on_visible_change=lambda: None,
                   on_fallback_change=lambda: None, on_redraw_change=lambda: None, height=0)
@@ -128,6 +140,8 @@ export default function (component) {
       w.observer.observe({type: 'longtask', buffered: false});
     } catch (e) { w.observer = null; }
   }
+  if (!w.id) w.id = Math.random().toString(36).slice(2, 12) || 'tab';  // this tab, for the route's count of watchers
+  if (w.redraws === undefined) w.redraws = 0;  // redraws asked for (read by bench/bench_live_tabs.py)
   const drawnAt = Date.now();
   if (w.reported === undefined) w.reported = true;  // what Python last heard (across redraws: no repeated report)
   const maxEvery = Math.max(d.every_ms || 1000, 5000);
@@ -138,25 +152,30 @@ export default function (component) {
     timer = null;
     if (stopped || !d.url || !d.active || !visible()) return;  // hidden: nothing until it shows again
     try {
-      const r = await fetch(d.url + '?run=' + encodeURIComponent(d.run), {cache: 'no-store', credentials: 'same-origin'});
+      const r = await fetch(d.url + '?run=' + encodeURIComponent(d.run) + '&w=' + w.id,
+                            {cache: 'no-store', credentials: 'same-origin'});
       if (!r.ok || !(r.headers.get('content-type') || '').includes('application/json')) throw new Error(String(r.status));
       const body = await r.json();
       failures = 0;
       if (stopped) return;
       if (body.sig !== d.sig) {
-        // at most `budget` of the time on redraws, counting what the last one cost this browser too
+        // at most `budget` of the time on redraws, counting what the last one cost this browser too; the tabs
+        // watching this run share that budget (each waits as many times longer as there are tabs)
         const browserMs = (w.busy || 0) - (w.busyAtRedraw || 0);
-        const waitMs = Math.max(d.wait_ms, d.budget > 0 ? browserMs / d.budget : 0);
+        const tabs = Math.min(Math.max(body.watchers || 1, 1), 16);
+        const browserWait = d.budget > 0 ? Math.min(browserMs / d.budget, d.max_browser_wait_ms || Infinity) : 0;
+        const waitMs = tabs * Math.max(d.wait_ms, browserWait);
         const wait = body.ended ? 0 : waitMs - (Date.now() - drawnAt);
         // the rerun calls this function again with the new drawing (and stops this one); should it draw the same
         // data, this one looks again after the wait
         if (wait <= 0) {
           w.busyAtRedraw = w.busy || 0;
+          w.redraws += 1;
           setTriggerValue('redraw', body.sig);
           schedule(Math.max(d.wait_ms, d.every_ms || 1000));
           return;
         }
-        schedule(wait);
+        schedule(Math.min(wait, maxEvery));  // keep polling meanwhile: a tab that stops is no longer counted
         return;
       }
     } catch (e) {

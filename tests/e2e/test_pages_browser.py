@@ -145,7 +145,8 @@ def test_before_after_sentence_and_numbers_readable(lab_server, wide_page, scree
 
 
 def test_watch_route_answers_a_token_that_changes_only_with_the_run(lab_server):
-    """app/serve.py's GET /api/live-signature: a token, not run data; new when a metric row or log line arrives."""
+    """app/serve.py's GET /api/live-signature: a token, not run data; new when a metric row or log line arrives; the
+    number of tabs watching the run."""
     holder, run_id = held_run(lab_server.db, "route")
     try:
         def token() -> dict:
@@ -154,7 +155,14 @@ def test_watch_route_answers_a_token_that_changes_only_with_the_run(lab_server):
                 return json.loads(r.read())
 
         first = token()
-        assert set(first) == {"sig", "ended"} and first["ended"] is False and len(first["sig"]) == 16
+        assert set(first) == {"sig", "ended", "watchers"} and first["ended"] is False and len(first["sig"]) == 16
+
+        def watchers(tab: str) -> int:
+            with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}&w={tab}", timeout=10) as r:
+                return json.loads(r.read())["watchers"]
+
+        # the tabs polling the run are counted (they share one redraw budget); the same tab twice is one
+        assert [watchers("tabA"), watchers("tabA"), watchers("tabB")] == [1, 1, 2]
         holder.beat()
         assert token() == first  # a heartbeat is not news
         holder.log_metrics(run_id, 1, {"objective/kl": 0.1})
@@ -193,7 +201,8 @@ def test_live_log_is_the_stored_one_and_redraws_on_a_new_line(lab_server, wide_p
         assert "started" in text and "WARNING the judge answered late" in text and "second line" in text
         # a line the run writes later is drawn by itself (the log is part of what the page watches)
         holder.add_log(run_id, "loading the policy", phase="load")
-        pg.get_by_text("Log: 4 lines, 1 warning or error").wait_for(timeout=60_000)
+        # a redraw waits >= 50x the browser's long tasks on the last one (pages/live.py): under load, a minute or more
+        pg.get_by_text("Log: 4 lines, 1 warning or error").wait_for(timeout=240_000)
         pg.screenshot(path=screenshot_dir / f"live-log-{width}.png")
     finally:
         holder.set_status(run_id, "cancelled")
