@@ -958,11 +958,15 @@ class Store:
         return self.owner
 
     def unregister_worker(self) -> None:
-        """Remove this process's worker row (a clean exit)."""
-        with self._beat_lock:
-            self._worker_registered = False
-        with self._write() as s:
-            s.execute(delete(Worker).where(Worker.id == self.owner))
+        """Remove this process's worker row (a clean exit).
+
+        Waits for a heartbeat being written: one that read "registered" before this call would find the row gone
+        and register it again (CI saw a finished Ray task's row come back)."""
+        with self._beat_write_lock:
+            with self._beat_lock:
+                self._worker_registered = False
+            with self._write() as s:
+                s.execute(delete(Worker).where(Worker.id == self.owner))
 
     def list_workers(self) -> list[WorkerRecord]:
         """Every registered worker (live or silent), oldest first."""

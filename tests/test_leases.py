@@ -206,6 +206,41 @@ def test_no_heartbeat_lands_after_abandon_returns(path):
         store.close()
 
 
+def test_no_heartbeat_registers_a_worker_again_after_unregister_returns(path):
+    """A heartbeat that read "registered" before `unregister_worker` must not write after it (it would find the row
+    gone and add it again: CI once saw a finished Ray task's worker row come back)."""
+    store = Store(path, owner="w", lease_s=600)
+    try:
+        store.register_worker(device="cpu")
+        entered, release = threading.Event(), threading.Event()
+        beat_thread: list[threading.Thread] = []
+        plain_write = store._write
+
+        def held_write():
+            if threading.current_thread() in beat_thread:  # this beat has read its state: hold it before it writes
+                entered.set()
+                release.wait(60)
+            return plain_write()
+
+        store._write = held_write
+        beat_thread.append(threading.Thread(target=store.beat))
+        beat_thread[0].start()
+        assert entered.wait(60)
+        leaving = threading.Thread(target=store.unregister_worker)
+        leaving.start()
+        leaving.join(1.0)
+        if leaving.is_alive():  # it waits for the beat in flight (the fix); let that beat finish
+            release.set()
+            leaving.join(60)
+        release.set()
+        beat_thread[0].join(60)
+        store.beat()
+        assert [w.id for w in store.list_workers()] == []
+    finally:
+        release.set()
+        store.close()
+
+
 def test_workers_register_heartbeat_and_leave(path):
     with Store(path, owner="w-a", lease_s=0.6) as a, Store(path, lease_s=0.6) as ui:
         a.register_worker(device="cpu")
