@@ -149,20 +149,21 @@ def test_watch_route_answers_a_token_that_changes_only_with_the_run(lab_server):
     number of tabs watching the run."""
     holder, run_id = held_run(lab_server.db, "route")
     try:
-        def token() -> dict:
-            with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}", timeout=10) as r:
+        def answer(tab: str | None = None) -> dict:
+            query = f"run={run_id}" + (f"&w={tab}" if tab else "")
+            with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?{query}", timeout=10) as r:
                 assert r.headers["Cache-Control"] == "no-store"
                 return json.loads(r.read())
 
-        first = token()
+        def token() -> dict:  # what the run looks like, not who polls it
+            return {k: v for k, v in answer().items() if k != "watchers"}
+
+        first = answer()
         assert set(first) == {"sig", "ended", "watchers"} and first["ended"] is False and len(first["sig"]) == 16
-
-        def watchers(tab: str) -> int:
-            with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}&w={tab}", timeout=10) as r:
-                return json.loads(r.read())["watchers"]
-
+        first.pop("watchers")
         # the tabs polling the run are counted (they share one redraw budget); the same tab twice is one
-        assert [watchers("tabA"), watchers("tabA"), watchers("tabB")] == [1, 1, 2]
+        assert [answer(t)["watchers"] for t in ("tabA", "tabA", "tabB")] == [1, 1, 2]
+        assert answer()["watchers"] == 3  # a poll without an id counts itself beside the two tabs
         holder.beat()
         assert token() == first  # a heartbeat is not news
         holder.log_metrics(run_id, 1, {"objective/kl": 0.1})
