@@ -169,36 +169,48 @@ def test_lost_lease_stops_the_run_and_refuses_its_status(path):
         assert judge.get_run(run_id).status == "interrupted"
 
 
+def _beat_held_before_its_write(store: Store) -> tuple[threading.Thread, threading.Event]:
+    """Start a heartbeat that has read the Store's state and is held just before it writes; set the event to let it."""
+    entered, release = threading.Event(), threading.Event()
+    beat_thread: list[threading.Thread] = []
+    plain_write = store._write
+
+    def held_write():
+        if threading.current_thread() in beat_thread:
+            entered.set()
+            release.wait(60)
+        return plain_write()
+
+    store._write = held_write
+    beat_thread.append(threading.Thread(target=store.beat))
+    beat_thread[0].start()
+    assert entered.wait(60)
+    return beat_thread[0], release
+
+
+def _call_beside_the_held_beat(fn, release: threading.Event) -> None:
+    """Call `fn` while the beat is held; if it waits for that beat (the fix), let the beat finish."""
+    caller = threading.Thread(target=fn)
+    caller.start()
+    caller.join(1.0)
+    if caller.is_alive():
+        release.set()
+        caller.join(60)
+
+
 def test_no_heartbeat_lands_after_abandon_returns(path):
     """A heartbeat that read the owned runs before `abandon` must not write after it: abandon waits for it. (CI once
     saw a late-heartbeat check undone by a beat in flight on a loaded machine.)"""
     store = Store(path, owner="w", lease_s=600)
+    release = threading.Event()
     try:
         run_id = store.create_run("", name="r")
         store.claim_run(run_id)
-        entered, release = threading.Event(), threading.Event()
-        beat_thread: list[threading.Thread] = []
-        plain_write = store._write
-
-        def held_write():
-            if threading.current_thread() in beat_thread:  # this beat has read the owned runs: hold it before it writes
-                entered.set()
-                release.wait(60)
-            return plain_write()
-
-        store._write = held_write
-        beat_thread.append(threading.Thread(target=store.beat))
-        beat_thread[0].start()
-        assert entered.wait(60)
-        abandoning = threading.Thread(target=store.abandon, args=(run_id,))
-        abandoning.start()
-        abandoning.join(1.0)
-        if abandoning.is_alive():  # it waits for the beat in flight (the fix); let that beat finish
-            release.set()
-            abandoning.join(60)
+        beat, release = _beat_held_before_its_write(store)
+        _call_beside_the_held_beat(lambda: store.abandon(run_id), release)
         _age_heartbeat(store, run_id, 3600)  # after abandon returned: nothing may refresh it any more
         release.set()
-        beat_thread[0].join(60)
+        beat.join(60)
         store.beat()
         assert store.get_run(run_id).heartbeat_age_s > 3000
     finally:
@@ -210,30 +222,13 @@ def test_no_heartbeat_registers_a_worker_again_after_unregister_returns(path):
     """A heartbeat that read "registered" before `unregister_worker` must not write after it (it would find the row
     gone and add it again: CI once saw a finished Ray task's worker row come back)."""
     store = Store(path, owner="w", lease_s=600)
+    release = threading.Event()
     try:
         store.register_worker(device="cpu")
-        entered, release = threading.Event(), threading.Event()
-        beat_thread: list[threading.Thread] = []
-        plain_write = store._write
-
-        def held_write():
-            if threading.current_thread() in beat_thread:  # this beat has read its state: hold it before it writes
-                entered.set()
-                release.wait(60)
-            return plain_write()
-
-        store._write = held_write
-        beat_thread.append(threading.Thread(target=store.beat))
-        beat_thread[0].start()
-        assert entered.wait(60)
-        leaving = threading.Thread(target=store.unregister_worker)
-        leaving.start()
-        leaving.join(1.0)
-        if leaving.is_alive():  # it waits for the beat in flight (the fix); let that beat finish
-            release.set()
-            leaving.join(60)
+        beat, release = _beat_held_before_its_write(store)
+        _call_beside_the_held_beat(store.unregister_worker, release)
         release.set()
-        beat_thread[0].join(60)
+        beat.join(60)
         store.beat()
         assert [w.id for w in store.list_workers()] == []
     finally:
