@@ -102,7 +102,7 @@ DRAW_BUDGET = 0.05  # ... and at most this share of the time: a page that took 0
 # for 3.8 % of the 2 cores (bench/bench_live_tabs.py).
 BROWSER_DRAW_BUDGET = 0.02
 # Long tasks are wall time: on a machine whose cores the run keeps busy they stretch (one redraw of the default run's
-# page measured 1.5-3.8 s of long tasks for ~1.5 s of Chromium CPU), so the wait they set is capped; at the cap one
+# page measured 0.9-3.8 s of long tasks for ~1.5 s of Chromium CPU), so the wait they set is capped; at the cap one
 # tab redraws about once a minute and N tabs each every N minutes.
 MAX_BROWSER_WAIT_S = 60.0
 
