@@ -13,7 +13,7 @@ from collections.abc import Callable
 # A visible Live tab polls at least every 5 s (pages/live.py), but not while its page reruns, which takes tens of
 # seconds on a busy machine; a closed or hidden tab keeps the others' waits longer for at most this long.
 WATCHER_TTL_S = 60.0
-MAX_WATCHERS = 10_000  # ids held across all runs; beyond it the expired ones are dropped first, then the oldest
+MAX_WATCHERS = 10_000  # ids held across all runs; beyond it the least recently seen are dropped
 _ID = re.compile(r"[A-Za-z0-9]{1,32}")
 
 
@@ -31,23 +31,21 @@ class Watchers:
         (at least 1: the caller). An id that is not 1–32 letters or digits is counted but not recorded."""
         now = self.clock()
         with self._lock:
-            ids = self._seen.setdefault(run_id, {})
-            for k in [k for k, t in ids.items() if now - t > self.ttl_s]:
-                del ids[k]
+            ids = {k: t for k, t in self._seen.get(run_id, {}).items() if now - t <= self.ttl_s}
+            if ids:
+                self._seen[run_id] = ids
+            else:
+                self._seen.pop(run_id, None)  # no empty entry kept for a run nobody watches
             if watcher_id and _ID.fullmatch(watcher_id):
+                self._seen[run_id] = ids
                 ids[watcher_id] = now
-                self._bound(now)
-                return max(1, len(self._seen.get(run_id, {})))
+                if sum(len(v) for v in self._seen.values()) > self.max_ids:
+                    self._bound()
+                return len(self._seen[run_id])  # the id just seen is the newest: it stays
             return len(ids) + 1
 
-    def _bound(self, now: float) -> None:
-        """Keep at most max_ids ids: expired ones go first, then the least recently seen."""
-        if sum(len(v) for v in self._seen.values()) <= self.max_ids:
-            return
-        for run_id in list(self._seen):
-            self._seen[run_id] = {k: t for k, t in self._seen[run_id].items() if now - t <= self.ttl_s}
-            if not self._seen[run_id]:
-                del self._seen[run_id]
+    def _bound(self) -> None:
+        """Keep at most max_ids ids, dropping the least recently seen (expired ones are the oldest of all)."""
         flat = sorted((t, r, k) for r, v in self._seen.items() for k, t in v.items())
         for _, r, k in flat[:max(0, len(flat) - self.max_ids)]:
             del self._seen[r][k]
