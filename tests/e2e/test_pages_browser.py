@@ -12,6 +12,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -238,6 +239,35 @@ def test_idle_live_tab_gets_no_websocket_frames_and_polls_only_while_visible(lab
         pg.wait_for_timeout(5000)
         assert polls == [], "a hidden tab kept polling"
     finally:
+        holder.set_status(run_id, "cancelled")
+        holder.close()
+
+
+def test_two_live_tabs_are_counted_as_two_watchers(lab_server, browser):
+    """Each Live tab polls the watch route with an id of its own, so the route counts two watchers of the run (and
+    what each tab multiplies its redraw wait by: they share one budget)."""
+    holder, run_id = held_run(lab_server.db, "two-tabs")
+    contexts, ids = [], []
+    try:
+        holder.log_metrics(run_id, 1, {"objective/kl": 0.5, "time/step_s": 1.0})
+        for _ in range(2):
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            contexts.append(context)
+            pg = context.new_page()
+            pg.set_default_timeout(120_000)
+            pg.on("request", lambda req: ids.append(parse_qs(urlparse(req.url).query).get("w", [""])[0])
+                  if "/api/live-signature" in req.url else None)
+            pg.goto(f"{lab_server.url}/live?run={run_id}")
+            pg.get_by_text("last step 1").wait_for()
+        deadline = time.monotonic() + 120
+        while len({i for i in ids if i}) < 2 and time.monotonic() < deadline:
+            contexts[0].pages[0].wait_for_timeout(500)
+        assert len({i for i in ids if i}) == 2 and "" not in ids, ids  # every poll names its tab; two tabs, two ids
+        with urllib.request.urlopen(f"{lab_server.url}/api/live-signature?run={run_id}", timeout=10) as r:
+            assert json.loads(r.read())["watchers"] == 3  # the two tabs, and this id-less poll
+    finally:
+        for context in contexts:
+            context.close()
         holder.set_status(run_id, "cancelled")
         holder.close()
 
