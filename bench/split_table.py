@@ -4,7 +4,9 @@ Usage: python bench/split_table.py --db STORE RUN [RUN ...] [--never-tuned] [--m
 
 Per run: the split its numbers come from, mean Jigsaw toxicity before -> after, std, toxic rate, max, the change
 with its paired bootstrap 95 % interval (whole prompts resampled), mean KL to the base, response length, relevance
-(cosine of response and dialogue, with the interval of its change), wall time and where it went.
+(cosine of response and dialogue, with the interval of its change), what training moved (each reward backend's
+`env/reward/...` signals, mean of the first quarter of steps -> mean of the last quarter: a reward the policy did not
+learn shows as no change, whatever the evaluation says), wall time and where it went.
 
 --never-tuned adds, for each run, the same numbers on the test prompts that were NOT in the hold-out that chose the
 default settings before the splits existed (sessions 1-4 tuned on `engine.data.split`'s hold-out: the first
@@ -38,6 +40,21 @@ def legacy_tuning_holdout(cfg) -> set[str]:
     order = list(range(len(prompts)))
     random.Random(d.split_seed).shuffle(order)
     return {prompts[i] for i in order[:d.holdout_size]}
+
+
+def reward_moves(store, run_id: str) -> str:
+    """Each reward signal's mean over the first quarter of the run's steps -> over the last quarter (at least one
+    step each), as "name a -> b" parts; "-" for a run without reward metrics."""
+    wide = store.metrics_wide(run_id)
+    cols = [c for c in wide.columns if c.startswith("env/reward/")]
+    if not cols or len(wide) < 2:
+        return "-"
+    q = max(1, len(wide) // 4)
+    parts = []
+    for c in cols:
+        head, tail = wide[c].iloc[:q].mean(), wide[c].iloc[-q:].mean()
+        parts.append(f"{c[len('env/reward/'):]} {head:.3g} -> {tail:.3g}")
+    return ", ".join(parts)
 
 
 def run_rows(store, run_id: str, never_tuned: bool) -> list[dict]:
@@ -105,6 +122,7 @@ def run_rows(store, run_id: str, never_tuned: bool) -> list[dict]:
             row["phases s"] = " / ".join(f"{phases[p]:.0f}" for p in
                                          ("load", "evaluate_before", "train", "evaluate_after") if p in phases)
             row["peak RSS GB"] = f"{summary.get('peak_rss_gb', math.nan):.2f}"
+            row["training reward (first -> last quarter)"] = reward_moves(store, run_id)
         rows.append(row)
     return rows
 
@@ -133,7 +151,7 @@ def smoke(tmp: Path) -> tuple[str, list[str]]:
     cfg.model.name_or_path, cfg.model.mixed_precision = "builtin:tiny-gpt2", "none"
     cfg.data.source, cfg.data.validation_size, cfg.data.holdout_size = "builtin", 0, 4
     p = cfg.ppo
-    p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 4, 4, 2, 1
+    p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 4, 4, 2, 2  # 2: the reward column has a first and a last quarter
     cfg.generation.max_new_tokens, cfg.generation.min_length = 4, 2
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples = 2, 50
