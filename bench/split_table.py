@@ -45,9 +45,9 @@ def legacy_tuning_holdout(cfg) -> set[str]:
 def reward_moves(store, run_id: str) -> str:
     """Each reward signal's mean over the first quarter of the run's steps -> over the last quarter (at least one
     step each), as "name a -> b" parts; "-" for a run without reward metrics."""
-    wide = store.metrics_wide(run_id)
-    cols = [c for c in wide.columns if c.startswith("env/reward/")]
-    if not cols or len(wide) < 2:
+    cols = [k for k in store.metric_keys(run_id) if k.startswith("env/reward/")]
+    wide = store.metrics_wide(run_id, keys=cols) if cols else None
+    if wide is None or len(wide) < 2:
         return "-"
     q = max(1, len(wide) // 4)
     parts = []
@@ -151,7 +151,8 @@ def smoke(tmp: Path) -> tuple[str, list[str]]:
     cfg.model.name_or_path, cfg.model.mixed_precision = "builtin:tiny-gpt2", "none"
     cfg.data.source, cfg.data.validation_size, cfg.data.holdout_size = "builtin", 0, 4
     p = cfg.ppo
-    p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 4, 4, 2, 2  # 2: the reward column has a first and a last quarter
+    # 2 steps: the training-reward column needs a first and a last quarter
+    p.batch_size, p.mini_batch_size, p.num_generations, p.max_ppo_steps = 4, 4, 2, 2
     cfg.generation.max_new_tokens, cfg.generation.min_length = 4, 2
     cfg.evaluation.evaluator = RewardBackendSettings(kind="profanity")
     cfg.evaluation.samples_per_prompt, cfg.evaluation.bootstrap_samples = 2, 50
