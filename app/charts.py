@@ -39,7 +39,7 @@ class Panel:
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("kl", "KL to the reference (objective/kl) and its coefficient", ("objective/kl",),
+    Panel("kl", "KL (objective/kl) and its coefficient β", ("objective/kl",),
           secondary=("objective/kl_coef",), y_title="KL to the reference (nats)",
           y2_title="KL coefficient β (dashed)"),
     Panel("returns", "Mean return (ppo/returns/mean)", ("ppo/returns/mean",), y_title="return (reward units)"),
