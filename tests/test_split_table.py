@@ -1,15 +1,8 @@
 """bench/split_table.py's "training reward" column: each reward signal's first-quarter mean against its last-quarter
 mean, from the store's metrics."""
 
-import importlib.util
-from pathlib import Path
-
+from bench import split_table
 from engine.store import Store
-
-_PATH = Path(__file__).resolve().parents[1] / "bench" / "split_table.py"
-_spec = importlib.util.spec_from_file_location("split_table", _PATH)
-split_table = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(split_table)
 
 
 def test_reward_moves_compares_the_first_and_the_last_quarter_of_steps(tmp_path):
