@@ -243,7 +243,9 @@ class RayDispatcher:
 
     def _task_failed(self, run_id: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
-        if self.store.handed_over(run_id):  # it never started: this dispatcher still holds the lease
+        # Read the row, not the last heartbeat's view: a task that adopted its run and died within one heartbeat
+        # interval would otherwise be reported as one that never started.
+        if self.store.handed_over(run_id, confirm=True):  # it never started: this dispatcher still holds the lease
             try:
                 self.store.set_status(run_id, "failed", error=f"the Ray task could not start the run: {reason}")
             except (KeyError, ValueError):
@@ -277,7 +279,7 @@ class RayDispatcher:
             return
         reason = self._stop_reason or "the dispatcher stopped"
         for run_id, ref in list(self.tasks.items()):
-            if self.store.handed_over(run_id):
+            if self.store.handed_over(run_id, confirm=True):
                 try:
                     self.store.set_status(run_id, "interrupted", error=f"{reason} before it started")
                 except (KeyError, ValueError):  # adopted meanwhile: ask it to stop as a running one

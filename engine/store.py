@@ -881,10 +881,28 @@ class Store:
             if run_id in self._owned:
                 self._handed.add(run_id)
 
-    def handed_over(self, run_id: str) -> bool:
-        """Whether a run this Store handed over is still waiting to be adopted (it still heartbeats it)."""
+    def handed_over(self, run_id: str, confirm: bool = False) -> bool:
+        """Whether a run this Store handed over is still waiting to be adopted (it still heartbeats it).
+
+        Without `confirm` this is what the last heartbeat saw: a run adopted since then still counts as waiting.
+        `confirm=True` reads the run's row: a run another process now owns (or that ended) is let go and is no
+        longer handed over; use it where the answer decides something (did a dead task ever start its run?)."""
         with self._beat_lock:
-            return run_id in self._handed and run_id in self._owned
+            if not (run_id in self._handed and run_id in self._owned):
+                return False
+        if not confirm:
+            return True
+        try:
+            record = self.get_run(run_id)
+        except KeyError:  # deleted meanwhile
+            record = None
+        if record is not None and record.status == "running" and record.owner == self.owner:
+            return True
+        with self._beat_lock:  # adopted (or ended) since the last heartbeat: its lease is not ours any more
+            self._handed.discard(run_id)
+            self._owned.pop(run_id, None)
+            self._step_times.pop(run_id, None)
+        return False
 
     def adopt_run(self, run_id: str, from_owner: str, device: str | None = None) -> RunRecord | None:
         """Take over the lease of a running run from `from_owner` (the dispatcher that claimed it and handed it

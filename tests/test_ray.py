@@ -117,6 +117,55 @@ def test_a_handed_over_run_is_heartbeaten_until_adopted_then_left_quietly(tmp_pa
         assert t.adopt_run(run_id, from_owner="task") is None  # a finished run is adopted by nobody
 
 
+def test_handed_over_confirmed_reads_the_row_not_the_last_heartbeat(tmp_path):
+    url = tmp_path / "lab.db"
+    with Store(url, owner="dispatch", lease_s=60) as d, Store(url, owner="task", lease_s=60) as t:
+        waiting, adopted = d.create_run("", total_steps=1), d.create_run("", total_steps=1)
+        for run_id in (waiting, adopted):
+            d.claim_run(run_id)
+            d.hand_over(run_id)
+        with d._beat_write_lock:  # holds off the dispatcher's heartbeats: the adoption stays unseen by them
+            t.adopt_run(adopted, from_owner="dispatch")
+            assert d.handed_over(adopted)  # no heartbeat since the adoption: the cheap answer is stale ...
+            assert not d.handed_over(adopted, confirm=True)  # ... the row says another process owns it: let go
+            assert not d.handed_over(adopted) and d.owned_runs() == [waiting] and not d.lease_lost(adopted)
+        assert d.handed_over(waiting, confirm=True) and d.handed_over(waiting)  # still ours: still heartbeated
+
+
+def test_a_task_that_adopted_its_run_and_died_before_the_next_heartbeat_is_reported_as_ended_abnormally(
+        tmp_path, caplog):
+    """The dispatcher's account of a dead Ray task (no cluster needed: the task's end is handed in as Ray hands
+    it): one that adopted its run leaves it running for the lease to expire; one that never did fails its run."""
+    import logging
+
+    from engine.ray_dispatcher import RayDispatcher
+
+    url = tmp_path / "lab.db"
+    dispatcher = RayDispatcher(url, address="127.0.0.1:6379", lease_s=60)
+    try:
+        d = dispatcher.store
+        started, never = d.create_run("", total_steps=1), d.create_run("", total_steps=1)
+        for run_id in (started, never):
+            d.claim_run(run_id)
+            d.hand_over(run_id)
+        with Store(url, owner="ray-task", lease_s=60) as t, d._beat_write_lock:  # (no dispatcher heartbeat)
+            t.adopt_run(started, from_owner=d.owner)  # adopted, then its process dies before d's next heartbeat
+            assert d.handed_over(started)  # what the dispatcher's heartbeats last saw
+            with caplog.at_level(logging.WARNING, logger="engine.ray_dispatcher"):
+                dispatcher._task_failed(started, RuntimeError("The worker died unexpectedly"))
+                dispatcher._task_failed(never, RuntimeError("could not place the task"))
+            record = d.get_run(started)
+            assert (record.status, record.owner, record.error) == ("running", "ray-task", None)
+            assert f"run {started}: its Ray task ended abnormally (RuntimeError: The worker died" in caplog.text
+            assert f"run {started}: its Ray task could not start it" not in caplog.text
+            record = d.get_run(never)
+            assert record.status == "failed"
+            assert record.error == "the Ray task could not start the run: RuntimeError: could not place the task"
+            t.abandon(started)
+    finally:
+        dispatcher.store.close()
+
+
 def test_a_local_run_asking_for_more_gpus_than_this_machine_has_is_refused_before_it_is_queued(tmp_path,
                                                                                                tiny_gpt2_dir):
     store = Store(tmp_path / "lab.db")
@@ -293,7 +342,8 @@ def test_a_killed_ray_task_leaves_its_run_running_until_the_lease_expires(ray_st
         dispatcher_log(ray_store)
     record = store.get_run(run_id)  # ... then any process (here the dispatcher) marks it
     assert record.error.startswith(f"the process running it stopped: {task.id} sent no heartbeat")
-    assert wait_for(lambda: "its Ray task ended abnormally" in dispatcher_log(ray_store), 120)
+    assert wait_for(lambda: "its Ray task ended abnormally" in dispatcher_log(ray_store), 120), \
+        dispatcher_log(ray_store)
 
 
 def test_the_dispatcher_stops_cleanly_on_sigterm(ray_store):
