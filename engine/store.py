@@ -805,9 +805,7 @@ class Store:
         with self._beat_lock:
             for run_id in lost:
                 if run_id in self._handed:  # adopted by the process it was handed to: its lease now, not ours
-                    self._handed.discard(run_id)
-                    self._owned.pop(run_id, None)
-                    self._step_times.pop(run_id, None)
+                    self._let_go(run_id)
                     continue
                 if run_id in self._owned:  # not finished meanwhile by this process: the lease is gone
                     self._owned.pop(run_id)
@@ -899,10 +897,14 @@ class Store:
         if record is not None and record.status == "running" and record.owner == self.owner:
             return True
         with self._beat_lock:  # adopted (or ended) since the last heartbeat: its lease is not ours any more
-            self._handed.discard(run_id)
-            self._owned.pop(run_id, None)
-            self._step_times.pop(run_id, None)
+            self._let_go(run_id)
         return False
+
+    def _let_go(self, run_id: str) -> None:
+        """Stop heartbeating a handed-over run another process now owns (call with _beat_lock held)."""
+        self._handed.discard(run_id)
+        self._owned.pop(run_id, None)
+        self._step_times.pop(run_id, None)
 
     def adopt_run(self, run_id: str, from_owner: str, device: str | None = None) -> RunRecord | None:
         """Take over the lease of a running run from `from_owner` (the dispatcher that claimed it and handed it
