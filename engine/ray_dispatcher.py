@@ -235,11 +235,11 @@ class RayDispatcher:
         for run_id, ref in list(self.tasks.items()):
             if id(ref) not in finished:
                 continue
+            del self.tasks[run_id]
             try:
                 log.info("run %s: its Ray task ended (%s)", run_id, ray.get(ref))
             except Exception as exc:  # the task died (worker, node), was cancelled, or could not start
-                self._task_failed(run_id, exc)  # reads the store: if that fails, the task is looked at next time
-            del self.tasks[run_id]
+                self._task_failed(run_id, exc)
 
     def _task_failed(self, run_id: str, exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:600]}"
