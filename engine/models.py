@@ -179,6 +179,19 @@ class PromptStates:
         return PromptStates(False, self.rows * repeats, cache=cache, with_grad=self.with_grad)
 
 
+def cache_argument(lm) -> str:
+    """The keyword a causal LM takes its KV cache by: `cache` in transformers >= 5.2x, `past_key_values` before
+    (which later versions still accept with a deprecation warning until 5.40). Read from the model's forward."""
+    import inspect
+
+    forward = getattr(lm, "forward", None)
+    try:
+        params = inspect.signature(forward).parameters if forward is not None else {}
+    except (TypeError, ValueError):
+        params = {}
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def can_share_prompt(seq2seq: bool, query_ids) -> bool:
     """Whether a prompt's states can be computed apart from its responses (a causal prompt needs 2+ columns)."""
     return seq2seq or query_ids.shape[1] >= 2
@@ -233,8 +246,8 @@ def forward_with_prompt_states(lm, seq2seq: bool, query_ids, query_mask, respons
     # The prompt's last token predicts the first response token; response token t predicts token t+1.
     ids = torch.cat([query_ids[:, -1:].repeat_interleave(repeats, dim=0), response_ids[:, :-1]], dim=1)
     mask = torch.cat([query_mask, response_mask[:, :-1]], dim=1)
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -r:], cache=mine.cache,
-             use_cache=True, output_hidden_states=with_hidden)
+    out = lm(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)[:, -r:],
+             **{cache_argument(lm): mine.cache}, use_cache=True, output_hidden_states=with_hidden)
     return out.logits.float(), (out.hidden_states[-1] if with_hidden else None)
 
 
@@ -480,7 +493,7 @@ def generate(bundle: PolicyBundle, lm, query_ids, query_mask, gen: "GenerationSe
             if bundle.seq2seq:
                 kwargs.update(encoder_outputs=mine.encoder_outputs)
             else:
-                kwargs.update(cache=mine.cache)
+                kwargs[cache_argument(lm)] = mine.cache
         if repeats > 1:
             query_ids = query_ids.repeat_interleave(repeats, dim=0)
             query_mask = query_mask.repeat_interleave(repeats, dim=0)

@@ -260,3 +260,45 @@ def test_the_fast_path_runs_each_prompt_once(tiny_gpt2_dir):
     with torch.no_grad():
         forward_lm(bundle.policy.lm, False, _rep(q), _rep(qm), r, rm)
     assert seen == [n * K * (width + r.shape[1])]
+
+
+def test_the_cache_keyword_follows_the_models_forward(tiny_gpt2_dir):
+    """transformers renamed a forward's KV-cache keyword from `past_key_values` to `cache` (5.2x): the shared
+    prefill passes the cache by the name the model's forward takes, so the fast path works on both sides of the
+    rename (on transformers 5.17, the H200 image's, `cache=` made every run fail at its first evaluation batch)."""
+    from transformers import AutoModelForCausalLM
+
+    from engine.models import cache_argument
+
+    class OldKeyword(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None):
+            return input_ids
+
+    class NewKeyword(torch.nn.Module):
+        def forward(self, input_ids, cache=None, use_cache=None):
+            return input_ids
+
+    assert cache_argument(OldKeyword()) == "past_key_values"
+    assert cache_argument(NewKeyword()) == "cache"
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    parent_keyword = cache_argument(base)  # the installed transformers' own name
+
+    class BeforeTheRename(type(base)):
+        """The same model with a forward that takes its cache as `past_key_values` only, as before the rename."""
+
+        def forward(self, input_ids=None, past_key_values=None, attention_mask=None, position_ids=None, **kw):
+            assert "cache" not in kw, "the cache came by a keyword this forward does not take"
+            return super().forward(input_ids=input_ids, **{parent_keyword: past_key_values},
+                                   attention_mask=attention_mask, position_ids=position_ids, **kw)
+
+    old = BeforeTheRename.from_pretrained(tiny_gpt2_dir).eval()
+    assert cache_argument(old) == "past_key_values"
+    bundle = _bundle(tiny_gpt2_dir)
+    q, qm = _queries(bundle)
+    torch.manual_seed(3)
+    r, rm = generate(bundle, bundle.policy.lm, q, qm, GEN, repeats=K)
+    with torch.no_grad():
+        fast = forward_lm(old, False, q, qm, r, rm, repeats=K)[0]
+        plain = forward_lm(base.eval(), False, _rep(q), _rep(qm), r, rm)[0]
+    assert _close(fast, plain, rm.unsqueeze(-1)) <= TOL
