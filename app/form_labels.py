@@ -27,6 +27,11 @@ LABELS: dict[str, tuple[str, str]] = {
     # PPO
     "ppo.learning_rate": ("Learning rate", "Step size of the optimizer. Too high: the policy drifts and KL explodes; "
                           "too low: nothing changes. 5e-5 moved SmolLM2 in 28 steps; 1.41e-5 barely did."),
+    "ppo.focus": ("Focus on hard prompts", "Share of each step's prompts drawn from the training prompts the base "
+                  "model does worst on by this run's reward (rated once before training: 2 responses per prompt, "
+                  "which with an LLM judge costs those calls). 0: every prompt alike."),
+    "ppo.focus_fraction": ("Hard-prompt fraction", "How many of the training prompts count as hard: this fraction, "
+                           "those rated lowest."),
     "ppo.max_ppo_steps": ("Training steps", "PPO steps (one rollout batch each). Duration grows linearly with it."),
     "ppo.ppo_epochs": ("Epochs per batch", "Optimisation passes over each rollout batch. More: more update per "
                        "generation, less on-policy."),

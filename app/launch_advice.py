@@ -17,6 +17,7 @@ STEP_S = 437.0 / 28  # one PPO step of STEP_RESPONSES responses x STEP_TOKENS ne
 STEP_RESPONSES, STEP_TOKENS = 32, 24
 EVAL_RESPONSE_S = (113.0 + 174.0) / 1600  # one evaluation response (generated and scored), same run
 SETUP_S = DEFAULT_RUN_S - 28 * STEP_S - 2 * 800 * EVAL_RESPONSE_S  # loading models and prompts (seconds, cached)
+TRAIN_PROMPTS = 408  # the shared HH file's training split (data.train_size None), for ppo.focus's rating pass
 # Relative cost of a step on the built-in tiny model vs SmolLM2 (rough: it is ~30x smaller; not measured per step).
 MODEL_FACTOR = {"builtin:smollm2": 1.0, "builtin:tiny-gpt2": 0.1}
 CPU_STEP_LIMIT = 100  # above this many PPO steps on a CPU the run takes well over an hour
@@ -66,7 +67,13 @@ def estimate_s(cfg: RunConfig) -> float | None:
     if cfg.evaluation.enabled:
         n = cfg.data.holdout_size * cfg.evaluation.samples_per_prompt
         evaluation = 2 * n * EVAL_RESPONSE_S * factor * (cfg.generation.max_new_tokens / STEP_TOKENS)
-    return SETUP_S * factor + p.max_ppo_steps * per_step + evaluation
+    rating = 0.0
+    if p.focus > 0:  # ppo.focus rates every training prompt first: FOCUS_SAMPLES base responses each, like evaluation's
+        from engine.methods.ppo import FOCUS_SAMPLES
+
+        n = (cfg.data.train_size or TRAIN_PROMPTS) * FOCUS_SAMPLES
+        rating = n * EVAL_RESPONSE_S * factor * (cfg.generation.max_new_tokens / STEP_TOKENS)
+    return SETUP_S * factor + p.max_ppo_steps * per_step + evaluation + rating
 
 
 def duration_text(seconds: float) -> str:

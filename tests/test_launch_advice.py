@@ -47,6 +47,9 @@ def test_the_estimate_reproduces_the_measured_default_and_scales():
     assert la.estimate_s(cfg) == pytest.approx(728 + 28 * la.STEP_S)
     assert la.estimate_s(preset("tour")) < la.estimate_s(RunConfig()) / 5
     assert la.estimate_s(RunConfig(method="dpo")) is None
+    cfg = RunConfig()
+    cfg.ppo.focus = 0.5  # the rating pass: 408 training prompts x 2 base responses, at evaluation's pace
+    assert la.estimate_s(cfg) == pytest.approx(728 + 408 * 2 * la.EVAL_RESPONSE_S)
     assert la.duration_text(1422) == "about 24 min" and la.duration_text(4200) == "about 1 h 10 min"
 
 

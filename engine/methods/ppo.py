@@ -23,6 +23,8 @@ evaluation, saving, summary: engine.methods.lifecycle).
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -34,36 +36,81 @@ from engine.methods.lifecycle import PolicyMethod, PolicyRun
 from engine.methods.ppo_alarms import RunAlarms
 from engine.progress import Progress
 
+log = logging.getLogger(__name__)
+
 
 class PromptBatches:
-    """Endless batches over the prompts, reshuffled (seeded) every pass; its position saves and restores."""
+    """Endless batches over the prompts, reshuffled (seeded) every pass; its position saves and restores.
 
-    def __init__(self, items: list[str], size: int, seed: int) -> None:
+    With a `focus` set and `share` > 0, round(size * share) prompts of every batch come from the focus set (its own
+    reshuffled passes) and the rest from all prompts, as without it."""
+
+    def __init__(self, items: list[str], size: int, seed: int, focus: list[str] | None = None,
+                 share: float = 0.0) -> None:
         self.items, self.size = list(items), size
         self.rng = random.Random(seed)
         self.pool: list[str] = []
+        self.focus = list(focus or [])
+        self.n_focus = round(size * share) if self.focus else 0
+        self.focus_pool: list[str] = []
 
     def __iter__(self) -> "PromptBatches":
         return self
 
-    def __next__(self) -> list[str]:
-        while len(self.pool) < self.size:
-            chunk = list(self.items)
+    def _take(self, pool: list[str], items: list[str], n: int) -> tuple[list[str], list[str]]:
+        while len(pool) < n:
+            chunk = list(items)
             self.rng.shuffle(chunk)
-            self.pool += chunk
-        batch, self.pool = self.pool[:self.size], self.pool[self.size:]
-        return batch
+            pool = pool + chunk
+        return pool[:n], pool[n:]
+
+    def __next__(self) -> list[str]:
+        focused, self.focus_pool = self._take(self.focus_pool, self.focus, self.n_focus)
+        rest, self.pool = self._take(self.pool, self.items, self.size - self.n_focus)
+        return focused + rest
 
     def state_dict(self) -> dict[str, Any]:
         from engine.checkpoint import as_lists
 
-        return {"rng": as_lists(self.rng.getstate()), "pool": list(self.pool)}
+        return {"rng": as_lists(self.rng.getstate()), "pool": list(self.pool), "focus": list(self.focus),
+                "n_focus": self.n_focus, "focus_pool": list(self.focus_pool)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from engine.checkpoint import as_tuples
 
         self.rng.setstate(as_tuples(state["rng"]))
         self.pool = list(state["pool"])
+        # a checkpoint from before focus existed: no focus set
+        self.focus, self.n_focus = list(state.get("focus", [])), int(state.get("n_focus", 0))
+        self.focus_pool = list(state.get("focus_pool", []))
+
+
+FOCUS_SAMPLES = 2  # base responses per training prompt in the rating pass (2: half the cost of 4, ranks alike)
+
+
+def rate_prompts(run: PolicyRun, reward, prompts: list[str]) -> list[float]:
+    """The base policy's mean reward on each training prompt (FOCUS_SAMPLES responses each, scored by the run's
+    reward mix as training scores them), for `ppo.focus`."""
+    from engine.evaluate import generate_responses
+
+    cfg = run.cfg
+
+    def progress(done: int, total: int) -> None:
+        run.notify(Progress("train", 0, cfg.ppo.max_ppo_steps, f"rating the training prompts: {done}/{total} responses"))
+
+    responses, _, _ = generate_responses(run.bundle, prompts, cfg.generation, which="before",
+                                         batch_size=cfg.evaluation.batch_size, max_prompt_tokens=cfg.data.max_prompt_tokens,
+                                         seed=cfg.ppo.seed + 104729, progress=progress, repeats=FOCUS_SAMPLES)
+    repeated = [p for p in prompts for _ in range(FOCUS_SAMPLES)]
+    scores = reward.score(repeated, responses).scores
+    return [sum(scores[i * FOCUS_SAMPLES:(i + 1) * FOCUS_SAMPLES]) / FOCUS_SAMPLES for i in range(len(prompts))]
+
+
+def focus_set(prompts: list[str], ratings: list[float], fraction: float) -> list[str]:
+    """The `fraction` of prompts rated lowest (at least one; ties keep the prompts' order)."""
+    n = max(1, round(len(prompts) * fraction))
+    order = sorted(range(len(prompts)), key=lambda i: ratings[i])
+    return [prompts[i] for i in sorted(order[:n])]
 
 
 def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: dict, *, step: int,
@@ -165,8 +212,23 @@ class PPO(PolicyMethod):
                              callbacks=[collect, to_store] if group.is_main else [collect], group=group)
         # Each step's batch_size responses come from batch_size / num_generations prompts (every rank draws the same
         # batch and samples its own share of it).
+        focus: list[str] = []
+        focus_summary: dict[str, Any] = {}
+        if cfg.ppo.focus > 0 and run.resume is None:  # a resumed run reads its focus set from the checkpoint
+            t_rate = time.perf_counter()
+            ratings = rate_prompts(run, reward, list(run.train_prompts))
+            focus = focus_set(list(run.train_prompts), ratings, cfg.ppo.focus_fraction)
+            chosen = set(focus)
+            rest = [r for p, r in zip(run.train_prompts, ratings, strict=True) if p not in chosen]
+            focus_summary = {"focus_prompts": len(focus),
+                                  "focus_base_reward": sum(r for p, r in zip(run.train_prompts, ratings, strict=True)
+                                                           if p in chosen) / len(focus),
+                                  "rest_base_reward": sum(rest) / len(rest) if rest else math.nan,
+                                  "focus_seconds": time.perf_counter() - t_rate}
+            log.info("run %s: focus on %d of %d training prompts (base reward %.3f vs %.3f)", run_id, len(focus),
+                     len(run.train_prompts), focus_summary["focus_base_reward"], focus_summary["rest_base_reward"])
         batches = PromptBatches(run.train_prompts, cfg.ppo.batch_size // cfg.ppo.num_generations,
-                                cfg.data.split_seed + cfg.ppo.seed)
+                                cfg.data.split_seed + cfg.ppo.seed, focus=focus, share=cfg.ppo.focus)
         step_kls: list[float] = []
         done, seconds_before = 0, 0.0  # steps completed, training seconds of earlier processes (a resumed run)
         stats = getattr(reward, "stats", {})  # the reward mix's running z-score statistics
@@ -229,5 +291,7 @@ class PPO(PolicyMethod):
             if cfg.checkpoint.every_steps and done > saved and not in_step:
                 save(done)
             raise
+        if batches.focus and not focus_summary:  # resumed: the focus set came from the checkpoint
+            focus_summary = {"focus_prompts": len(batches.focus)}
         return {"train_steps": total, "train_seconds": seconds_before + time.perf_counter() - t_train,
-                "train_mean_kl": sum(step_kls) / len(step_kls), "train_final_kl": step_kls[-1]}
+                "train_mean_kl": sum(step_kls) / len(step_kls), "train_final_kl": step_kls[-1], **focus_summary}
