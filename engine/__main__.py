@@ -601,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
         print(f"error: the store {args.db or '(default)'} cannot be used: {detail}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # a launched rank (only they join a group): leave it before exiting
+            from engine.distributed import leave_group
+
+            leave_group()
 
 
 if __name__ == "__main__":

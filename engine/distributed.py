@@ -151,6 +151,17 @@ def group_from_env() -> Group:
     return Group(rank=dist.get_rank(), world=dist.get_world_size())
 
 
+def leave_group() -> None:
+    """Destroy this process's process group, if it joined one, so each rank ends its gloo / NCCL threads itself.
+
+    Why: left to the interpreter's teardown, a gloo rank that had finished a run was seen to abort ("terminate
+    called without an active exception", SIGABRT) and fail the whole launch after rank 0 had completed it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def local_device(group: Group, requested: str) -> str:
     """The device this rank trains on: cuda:LOCAL_RANK under a multi-GPU launch, else `requested` unchanged."""
     if group.world == 1 or not requested.startswith("cuda"):

@@ -136,3 +136,23 @@ def test_a_two_process_ppo_update_equals_the_single_process_update(tiny_gpt2_dir
     for batch in range(2):
         joined = ranks[0]["normed"][batch] + ranks[1]["normed"][batch]
         assert joined == pytest.approx(alone["normed"][batch], abs=1e-9)
+
+
+def test_a_rank_leaves_its_process_group_before_the_engine_exits(tmp_path):
+    """`python -m engine` destroys a joined process group on the way out (a gloo rank left to the interpreter's
+    teardown once aborted with SIGABRT after a completed run), and leave_group is a no-op without one."""
+    import torch.distributed as dist
+
+    from engine import distributed
+    from engine.__main__ import main
+
+    distributed.leave_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        # the CLI's exit path: any command (here one that fails) leaves the group
+        assert main(["--db", str(tmp_path / "runs.db"), "validate", str(tmp_path / "missing.yaml")]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
