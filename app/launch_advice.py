@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.config import RunConfig
+from engine.config import FOCUS_SAMPLES, RunConfig
 
 DEFAULT_RUN_S = 728.0  # the measured default run, end to end
 STEP_S = 437.0 / 28  # one PPO step of STEP_RESPONSES responses x STEP_TOKENS new tokens, measured default, 2 CPU cores
@@ -69,8 +69,6 @@ def estimate_s(cfg: RunConfig) -> float | None:
         evaluation = 2 * n * EVAL_RESPONSE_S * factor * (cfg.generation.max_new_tokens / STEP_TOKENS)
     rating = 0.0
     if p.focus > 0:  # ppo.focus rates every training prompt first: FOCUS_SAMPLES base responses each, like evaluation's
-        from engine.methods.ppo import FOCUS_SAMPLES
-
         n = (cfg.data.train_size or TRAIN_PROMPTS) * FOCUS_SAMPLES
         rating = n * EVAL_RESPONSE_S * factor * (cfg.generation.max_new_tokens / STEP_TOKENS)
     return SETUP_S * factor + p.max_ppo_steps * per_step + evaluation + rating

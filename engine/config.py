@@ -75,6 +75,9 @@ class ModelSettings:
     init_from: str = ""  # empty: start from name_or_path; run:<id>, run:<id>@<step> or a model/adapter directory
 
 
+FOCUS_SAMPLES = 2  # ppo.focus's rating pass: base responses per training prompt (2: half the cost of 4)
+
+
 @dataclass
 class PPOSettings:
     """PPO hyperparameters: the measured default run's (old TRL PPOConfig defaults where it did not change them)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.checkpoint import PPO_STATE_FILE as STATE_FILE
-from engine.config import RunConfig
+from engine.config import FOCUS_SAMPLES, RunConfig
 from engine.methods.lifecycle import PolicyMethod, PolicyRun
 from engine.methods.ppo_alarms import RunAlarms
 from engine.progress import Progress
@@ -83,9 +83,6 @@ class PromptBatches:
         # a checkpoint from before focus existed: no focus set
         self.focus, self.n_focus = list(state.get("focus", [])), int(state.get("n_focus", 0))
         self.focus_pool = list(state.get("focus_pool", []))
-
-
-FOCUS_SAMPLES = 2  # base responses per training prompt in the rating pass (2: half the cost of 4, ranks alike)
 
 
 def rate_prompts(run: PolicyRun, reward, prompts: list[str]) -> list[float]:
