@@ -278,6 +278,9 @@ def test_uploaded_alias_bomb_and_binary_file_get_field_errors(exposed_lab, chrom
                                     ("binary.yaml", b"\x7fELF\x02\x01\x01\x00" * 64, "is a binary file")):
         path = tmp_path / name
         path.write_bytes(content)
+        # Wait for the previous upload's rerun to finish drawing: until then Streamlit keeps the last run's elements
+        # on the page, marked stale, and the uploader can be there twice (seen in CI on a loaded machine).
+        pg.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0")
         pg.locator(".st-key-upload-config input[type=file]").set_input_files(str(path))
         pg.get_by_text(f"{name} is not a valid run config").wait_for()
         pg.get_by_text(expected).wait_for()
