@@ -110,6 +110,24 @@ def focus_set(prompts: list[str], ratings: list[float], fraction: float) -> list
     return [prompts[i] for i in sorted(order[:n])]
 
 
+def choose_focus(run: PolicyRun, reward) -> tuple[list[str], dict[str, Any]]:
+    """`ppo.focus`'s set (the `focus_fraction` of training prompts rated lowest) and, for the run's summary, its size,
+    how both sets were rated and how long the rating took."""
+    t_rate = time.perf_counter()
+    prompts = list(run.train_prompts)
+    ratings = rate_prompts(run, reward, prompts)
+    focus = focus_set(prompts, ratings, run.cfg.ppo.focus_fraction)
+    chosen = set(focus)
+    inside = [r for p, r in zip(prompts, ratings, strict=True) if p in chosen]
+    rest = [r for p, r in zip(prompts, ratings, strict=True) if p not in chosen]
+    summary = {"focus_prompts": len(focus), "focus_base_reward": sum(inside) / len(inside),
+               "rest_base_reward": sum(rest) / len(rest) if rest else math.nan,
+               "focus_seconds": time.perf_counter() - t_rate}
+    log.info("run %s: focus on %d of %d training prompts (base reward %.3f vs %.3f)", run.run_id, len(focus),
+             len(prompts), summary["focus_base_reward"], summary["rest_base_reward"])
+    return focus, summary
+
+
 def write_checkpoint(path: Path, trainer, batches: PromptBatches, reward_stats: dict, *, step: int,
                      step_kls: list[float], train_seconds: float, alarms: dict | None = None) -> None:
     """Fill the directory `path` with PPO's checkpoint after `step` (see the module's docstring for its files)."""
@@ -207,23 +225,10 @@ class PPO(PolicyMethod):
         trainer = PPOTrainer(run.bundle, reward_fn, cfg.ppo, cfg.generation,
                              max_prompt_tokens=cfg.data.max_prompt_tokens,
                              callbacks=[collect, to_store] if group.is_main else [collect], group=group)
+        # ppo.focus: rate the training prompts first (a resumed run reads its focus set from the checkpoint)
+        focus, focus_summary = choose_focus(run, reward) if cfg.ppo.focus > 0 and run.resume is None else ([], {})
         # Each step's batch_size responses come from batch_size / num_generations prompts (every rank draws the same
         # batch and samples its own share of it).
-        focus: list[str] = []
-        focus_summary: dict[str, Any] = {}
-        if cfg.ppo.focus > 0 and run.resume is None:  # a resumed run reads its focus set from the checkpoint
-            t_rate = time.perf_counter()
-            ratings = rate_prompts(run, reward, list(run.train_prompts))
-            focus = focus_set(list(run.train_prompts), ratings, cfg.ppo.focus_fraction)
-            chosen = set(focus)
-            rest = [r for p, r in zip(run.train_prompts, ratings, strict=True) if p not in chosen]
-            focus_summary = {"focus_prompts": len(focus),
-                                  "focus_base_reward": sum(r for p, r in zip(run.train_prompts, ratings, strict=True)
-                                                           if p in chosen) / len(focus),
-                                  "rest_base_reward": sum(rest) / len(rest) if rest else math.nan,
-                                  "focus_seconds": time.perf_counter() - t_rate}
-            log.info("run %s: focus on %d of %d training prompts (base reward %.3f vs %.3f)", run_id, len(focus),
-                     len(run.train_prompts), focus_summary["focus_base_reward"], focus_summary["rest_base_reward"])
         batches = PromptBatches(run.train_prompts, cfg.ppo.batch_size // cfg.ppo.num_generations,
                                 cfg.data.split_seed + cfg.ppo.seed, focus=focus, share=cfg.ppo.focus)
         step_kls: list[float] = []
