@@ -91,7 +91,10 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     expect(pg.get_by_text("must divide batch_size")).to_have_count(0)  # under the field and in the list at the top
     pg.screenshot(path=screenshot_dir / "launch.png")
 
-    long_run = tiny_config(tiny_gpt2_dir, "e2e-long", steps=2000, out=tmp_path / "runs", evaluate=False)
+    # long enough never to finish inside the test's waits (it is cancelled below): 2,000 tiny steps once completed
+    # on an idle machine before the second chart update came
+    long_steps = 200_000
+    long_run = tiny_config(tiny_gpt2_dir, "e2e-long", steps=long_steps, out=tmp_path / "runs", evaluate=False)
     run_id = launch_from_yaml(pg, lab_server, long_run, tmp_path)
     pg.evaluate("window.__sameDocument = 'yes'")  # gone if the page reloads
     pg.wait_for_function(f"() => ({CHART_POINTS_JS})('kl').some(t => t[0] === 'objective/kl' && t[1] >= 1)",
@@ -112,7 +115,7 @@ def test_launch_watch_the_kl_curve_grow_and_cancel(lab_server, page, tiny_gpt2_d
     pg.wait_for_function("() => document.body.innerText.includes('Status: cancelled')", timeout=300_000)
     with lab_server.store() as store:
         run = store.get_run(run_id)
-    assert run.status == "cancelled" and 1 <= run.step < 2000
+    assert run.status == "cancelled" and 1 <= run.step < long_steps
 
 
 def test_finished_run_before_after_table(lab_server, page, tiny_gpt2_dir, tmp_path, screenshot_dir):
