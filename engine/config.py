@@ -1300,7 +1300,6 @@ def _validate_distributed(cfg: RunConfig) -> list[FieldError]:
     if cfg.method == "ppo" and isinstance(p.focus, (int, float)) and p.focus > 0:
         e.append(FieldError("ppo.focus", f"the rating pass runs in one process: set it to 0 with "
                                          f"distributed.num_processes {d.num_processes}"))
-    p = cfg.ppo
     if cfg.method == "ppo" and _ints(p.batch_size, p.num_generations) and p.num_generations > 0 \
             and (p.batch_size // p.num_generations) % d.num_processes:
         e.append(FieldError("ppo.batch_size", f"{p.batch_size // p.num_generations} prompts a step "
