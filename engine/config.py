@@ -23,7 +23,7 @@ BUILTIN_MODELS = {
     "builtin:tiny-gpt2": "4-layer GPT-2 style model pre-trained here on HH dialogues (fast demos and tests)",
 }
 MIXED_PRECISION = ("none", "bf16")  # not "no": YAML reads a bare no as false
-REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "overlap", "bedrock_judge", "openai_judge")
+REWARD_KINDS = ("profanity", "jigsaw", "hf_classifier", "overlap", "topic", "bedrock_judge", "openai_judge")
 JUDGE_KINDS = ("bedrock_judge", "openai_judge")  # LLM judges: their rubric declares a score range
 METHODS = ("ppo", "dpo", "reward_model", "rloo", "grpo", "dpo_ai")
 # Methods run by TRL trainers that support decoder-only (causal) policies only (TRL 1.x: no seq2seq DPO/RLOO/GRPO).
@@ -886,6 +886,25 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
         _cap(errors, prefix, b.options, "must be a number in (0, 1]", lambda c: 0 < c <= 1)
         if b.score_on != "response":
             errors.append(FieldError(prefix + ".score_on", "overlap compares the response with the prompt: leave "
+                                     "score_on at response"))
+    if b.kind == "topic":
+        for key in b.options:
+            if key not in ("model", "cap", "null_prompt"):
+                errors.append(FieldError(prefix + f".options.{key}", "topic takes only options.model, options.cap and "
+                                         "options.null_prompt"))
+        model = b.options.get("model", "builtin:smollm2")
+        if not isinstance(model, str) or not model:
+            errors.append(FieldError(prefix + ".options.model", f"must be a causal LM's hub id, local directory or "
+                                     f"builtin name, got {_show(model)}"))
+        elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
+            errors.append(FieldError(prefix + ".options.model", problem))
+        _cap(errors, prefix, b.options, "must be a finite number (nats per token)", math.isfinite)
+        null_prompt = b.options.get("null_prompt", "x")
+        if not isinstance(null_prompt, str) or not null_prompt.strip():
+            errors.append(FieldError(prefix + ".options.null_prompt", "must be a non-empty text (the prompt without "
+                                     "its dialogue)"))
+        if b.score_on != "response":
+            errors.append(FieldError(prefix + ".score_on", "topic compares the response with the prompt: leave "
                                      "score_on at response"))
     if b.kind in JUDGE_KINDS:
         from engine.rewards.judge_options import check_options

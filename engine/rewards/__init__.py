@@ -2,7 +2,8 @@
 
 Kinds: `profanity` (alt-profanity-check, offline), `jigsaw` (Jigsaw BiLSTM ported to PyTorch, offline),
 `hf_classifier` (any Hugging Face sequence classifier, label picked by name), `overlap` (share of the
-response's content words found in the prompt: stays on topic), `bedrock_judge` and
+response's content words found in the prompt: stays on topic), `topic` (the response's PMI with the prompt under a
+causal LM: a denser topic floor), `bedrock_judge` and
 `openai_judge` (LLM judges). A run's reward is always an `Ensemble` of (backend, weight) pairs — a
 single backend is a one-member ensemble — so every backend's raw score is recorded the same way.
 """
@@ -43,6 +44,11 @@ def build_backend(settings: "RewardBackendSettings", device: str = "cpu") -> Any
         from engine.rewards.overlap import OverlapBackend
 
         return OverlapBackend(**kwargs)
+    if settings.kind == "topic":
+        from engine.rewards.topic import TopicBackend
+
+        kwargs.setdefault("device", device)
+        return TopicBackend(**kwargs)
     if settings.kind == "bedrock_judge":
         from engine.rewards.bedrock_judge import BedrockJudge
 
