@@ -1,5 +1,5 @@
 """Command line: `python -m engine run CONFIG.yaml`, `resume RUN`, `worker`, `playground`, `runs`, `show RUN`,
-`export RUN` (its data; `--policy OUT [--step N] [--merge]`: its trained policy), `init`, `validate`.
+`rescore RUN` (the relevance check added from stored responses), `export RUN` (its data; `--policy OUT [--step N] [--merge]`: its trained policy), `init`, `validate`.
 
 `run` executes a run in this process, holding its lease (owner "cli-<host>-<pid>-<hex>", heartbeated by a thread) so
 no other process takes it for dead while it lives. With method reward_model and reward_model.then_ppo it runs RLHF's
@@ -458,6 +458,22 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_rescore(args) -> int:
+    from engine.evaluate import format_summary
+    from engine.rescore import RescoreError, add_relevance
+
+    store = _store(args)
+    r = store.get_run(args.run)
+    try:
+        summary = add_relevance(store, r.id)
+    except (RescoreError, ImportError) as exc:  # ImportError: the MiniLM package is missing here too
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run {r.id}: relevance scored for its {summary['holdout_prompts']} prompts' stored responses")
+    print(format_summary(summary))
+    return 0
+
+
 def _init_from(config_yaml: str) -> str:
     """model.init_from of a stored config ("" when unset or unreadable)."""
     from engine.config import ConfigError, RunConfig
@@ -566,6 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run")
     p.add_argument("--traceback", action="store_true")
     p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("rescore", help="add the relevance check to a completed run from its stored responses (a run "
+                       "evaluated where the MiniLM encoder was missing)")
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_rescore)
     p = sub.add_parser("export", help="export a run's config, metrics, samples and evaluations, or its policy")
     p.add_argument("run")
     p.add_argument("--out", help="directory for the config, metrics, samples and evaluations")

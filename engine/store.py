@@ -1351,6 +1351,16 @@ class Store:
         ]
         self._insert_rows(Evaluation, run_id, records)
 
+    def set_evaluation_scores(self, run_id: str, scores: dict[int, dict[str, Any]]) -> None:
+        """Replace the `scores` dict of the run's evaluation rows given by id (e.g. a score added afterwards)."""
+        with self._write() as s:
+            for eid, value in scores.items():
+                done = s.execute(update(Evaluation).where(Evaluation.run_id == run_id, Evaluation.id == int(eid))
+                                 .values(scores=_dumps(value, f"scores[{eid}]"))
+                                 .execution_options(synchronize_session=False)).rowcount
+                if not done:
+                    raise KeyError(f"run {run_id!r} has no evaluation row {eid}")
+
     def evaluations(self, run_id: str, phase: str | None = None) -> pd.DataFrame:
         """Evaluations as columns id, phase, idx, prompt, response, toxicity, scores (dict)."""
         if phase is not None and phase not in EVAL_PHASES:

