@@ -39,6 +39,15 @@ def test_pmi_is_the_log_prob_the_dialogue_adds_in_any_batch(tiny_gpt2_dir):
     assert [backend.pmi([p], [r])[0] for p, r in zip(prompts, responses, strict=True)] == pytest.approx(got, abs=1e-5)
     assert min(abs(x) for x in got) > 1e-4  # the null prompt really is another context
 
+    # k responses per prompt side by side (how PPO scores): each prompt runs once for its k, same numbers
+    grouped_prompts = [LOUVRE] * 3 + [GARDEN] * 3
+    grouped = responses[:3] + responses[2:]
+    assert TopicBackend._group_size(grouped_prompts) == 3 and TopicBackend._group_size(prompts) == 1
+    want = [_mean_logprob(lm, tok, p, r) - _mean_logprob(lm, tok, NULL_PROMPT, r)
+            for p, r in zip(grouped_prompts, grouped, strict=True)]
+    assert TopicBackend(model=str(tiny_gpt2_dir), batch_size=4).pmi(grouped_prompts, grouped) == pytest.approx(
+        want, abs=1e-5)
+
 
 def test_cap_makes_a_floor_and_raw_keeps_the_value(tiny_gpt2_dir):
     plain = TopicBackend(model=str(tiny_gpt2_dir))

@@ -71,31 +71,60 @@ class TopicBackend:
         return self._tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                    add_generation_prompt=True)
 
-    def _mean_logprobs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """Mean log-prob of each response's tokens after its prompt (0.0 for a response with no tokens)."""
+    def _encode(self, prompts: Sequence[str], responses: Sequence[str]):
+        """Left-padded prompt ids / mask `[B, Q]` and right-padded response ids / mask `[N, R]` (R >= 1)."""
         import torch
 
         tok = self._tokenizer
         queries = [tok(self._query(p), add_special_tokens=not self._template)["input_ids"] for p in prompts]
         answers = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
-        q_len, a_len = max(len(q) for q in queries), max(max(len(a) for a in answers), 1)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.full((len(queries), q_len + a_len), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (q, a) in enumerate(zip(queries, answers, strict=True)):
-            ids[i, q_len - len(q):q_len] = torch.tensor(q, dtype=torch.long)  # prompts left-padded
-            mask[i, q_len - len(q):q_len] = 1
+        q_len, a_len = max(len(q) for q in queries), max(max(len(a) for a in answers), 1)
+        q_ids = torch.full((len(queries), q_len), pad, dtype=torch.long)
+        a_ids = torch.full((len(answers), a_len), pad, dtype=torch.long)
+        q_mask, a_mask = torch.zeros_like(q_ids), torch.zeros_like(a_ids)
+        for i, q in enumerate(queries):
+            q_ids[i, q_len - len(q):], q_mask[i, q_len - len(q):] = torch.tensor(q, dtype=torch.long), 1
+        for i, a in enumerate(answers):
             if a:
-                ids[i, q_len:q_len + len(a)] = torch.tensor(a, dtype=torch.long)  # responses right-padded
-                mask[i, q_len:q_len + len(a)] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
+                a_ids[i, :len(a)], a_mask[i, :len(a)] = torch.tensor(a, dtype=torch.long), 1
+        return q_ids, q_mask, a_ids, a_mask
+
+    def _mean_logprobs(self, prompts: Sequence[str], responses: Sequence[str], repeats: int = 1) -> list[float]:
+        """Mean log-prob of each response's tokens after its prompt (0.0 for a response with no tokens). With
+        `repeats` k > 1, `prompts` are distinct and each has k responses side by side: each prompt's tokens go
+        through the model once (its KV cache copied to its k responses), not k times."""
+        import torch
+
+        from engine.models import can_share_prompt, forward_with_prompt_states
+
+        q_ids, q_mask, a_ids, a_mask = self._encode(prompts, responses)
+        dev = self.device
         with torch.no_grad():
-            logits = self._lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                              position_ids=positions.to(self.device)).logits[:, q_len - 1:-1].float()
-        tokens = ids[:, q_len:].to(logits.device)
-        logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
-        kept = mask[:, q_len:].to(logits.device).float()
+            if repeats > 1 and can_share_prompt(False, q_ids):
+                logits, _ = forward_with_prompt_states(self._lm, False, q_ids.to(dev), q_mask.to(dev),
+                                                       a_ids.to(dev), a_mask.to(dev), repeats=repeats)
+            else:
+                q_ids, q_mask = q_ids.repeat_interleave(repeats, 0), q_mask.repeat_interleave(repeats, 0)
+                ids, mask = torch.cat([q_ids, a_ids], 1), torch.cat([q_mask, a_mask], 1)
+                positions = (mask.cumsum(1) - 1).clamp(min=0)
+                q_len = q_ids.shape[1]
+                logits = self._lm(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                  position_ids=positions.to(dev)).logits[:, q_len - 1:-1].float()
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, a_ids.to(logits.device)[..., None])[..., 0]
+        kept = a_mask.to(logits.device).float()
         return ((logp * kept).sum(1) / kept.sum(1).clamp(min=1)).tolist()
+
+    @staticmethod
+    def _group_size(prompts: Sequence[str]) -> int:
+        """k when the prompts are distinct prompts each repeated k times side by side (how PPO, RLOO and GRPO
+        score their responses), else 1."""
+        k = 1
+        while k < len(prompts) and prompts[k] == prompts[0]:
+            k += 1
+        if len(prompts) % k or any(prompts[i] != prompts[i - i % k] for i in range(len(prompts))):
+            return 1
+        return k
 
     def pmi(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         """Per-token PMI of each response with its prompt (uncapped), in nats."""
@@ -104,11 +133,13 @@ class TopicBackend:
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
         if self._lm is None:
             self._load()
+        k = self._group_size(prompts)
+        step = max(self.batch_size // k, 1) * k  # whole groups per batch
         out: list[float] = []
-        for i in range(0, len(prompts), self.batch_size):
-            p, r = prompts[i:i + self.batch_size], responses[i:i + self.batch_size]
-            given = self._mean_logprobs(p, r)
-            alone = self._mean_logprobs([self.null_prompt] * len(r), r)
+        for i in range(0, len(prompts), step):
+            p, r = prompts[i:i + step], responses[i:i + step]
+            given = self._mean_logprobs(p[::k], r, repeats=k)
+            alone = self._mean_logprobs([self.null_prompt], r, repeats=len(r))  # one null prompt for all
             out += [a - b for a, b in zip(given, alone, strict=True)]
         return out
 
