@@ -349,7 +349,7 @@ def backend_inputs(prefix: str, field: str, errors: Mapping[str, list[str]], kin
         with c2:
             st.text_input("reward label (name or index)", key=f"{prefix}label", placeholder="nothate")
     st.text_area("other options (YAML)", key=f"{prefix}options", height=68,
-                 placeholder="e.g. label: toxic  (jigsaw)  ·  model_id: …  (judges)")
+                 placeholder="e.g. label: toxic  (jigsaw)  ·  cap: 0.47  (profanity, overlap, topic)  ·  model_id: …  (judges)")
     show_errors(errors, f"{field}.options", *[p for p in errors if p.startswith(f"{field}.options.")
                                               and p != f"{field}.options.model"])
 
