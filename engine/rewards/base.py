@@ -64,3 +64,11 @@ def texts_to_score(prompts: Sequence[str], responses: Sequence[str], score_on: s
     if score_on == "prompt_response":
         return [p + r for p, r in zip(prompts, responses, strict=True)]
     raise ValueError(f"score_on must be 'response' or 'prompt_response', got {score_on!r}")
+
+
+def check_finite_cap(cap, backend: str) -> None:
+    """A backend's optional `cap`: None or a finite number (not a bool), else ValueError naming the backend."""
+    import math
+
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap)):
+        raise ValueError(f"{backend} cap must be a finite number, got {cap!r}")

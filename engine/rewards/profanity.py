@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from engine.rewards.base import RewardResult, texts_to_score
+from engine.rewards.base import RewardResult, check_finite_cap, texts_to_score
 
 # p is clipped to [EPS, 1 - EPS] before the log-odds, so the reward stays within about ±13.8.
 EPS = 1e-6
@@ -58,8 +58,7 @@ class ProfanityBackend:
         texts_to_score([], [], score_on)  # validates score_on early
         if transform not in TRANSFORMS:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap)):
-            raise ValueError(f"cap must be a finite number, got {cap!r}")
+        check_finite_cap(cap, "profanity")
         self.name = name
         self.score_on = score_on
         self.transform = transform

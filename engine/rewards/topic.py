@@ -19,10 +19,9 @@ Causal language models only.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from engine.rewards.base import RewardResult
+from engine.rewards.base import RewardResult, check_finite_cap
 from engine.rewards.profanity import check_texts
 
 # The lab's prompt template (engine.config.DataSettings.template) with its dialogue left out.
@@ -34,8 +33,7 @@ class TopicBackend:
 
     def __init__(self, name: str = "topic", model: str = "builtin:smollm2", cap: float | None = None,
                  null_prompt: str = NULL_PROMPT, device: str = "cpu", batch_size: int = 16) -> None:
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap)):
-            raise ValueError(f"topic cap must be a finite number, got {cap!r}")
+        check_finite_cap(cap, "topic")
         if not isinstance(null_prompt, str) or not null_prompt.strip():
             raise ValueError("topic null_prompt must be a non-empty string")
         self.name = name
