@@ -100,6 +100,17 @@ def test_mixes_with_profanity_and_bad_settings_are_refused_by_field(tiny_gpt2_di
     assert not [e for e in validate(cfg) if e.field.startswith("reward")]
 
 
+def test_a_text_without_a_prompt_and_an_empty_response_still_score(tiny_gpt2_dir):
+    """The Reward playground scores a typed text with an empty prompt; a response may decode to nothing."""
+    from engine.api import score_text
+
+    backend = TopicBackend(model=str(tiny_gpt2_dir))
+    alone, empty = backend.pmi(["", LOUVRE], ["Guards and alarms.", ""])
+    assert alone == alone and abs(alone) < 50 and empty == 0.0  # finite; no tokens: no information either way
+    rows = score_text([RewardBackendSettings(kind="topic", options={"model": str(tiny_gpt2_dir)})], "Guards.")
+    assert rows[0]["error"] is None and rows[0]["reward"] == rows[0]["raw"]["pmi"]
+
+
 def test_an_encoder_decoder_model_is_refused_when_it_loads(tiny_t5_dir):
     with pytest.raises(ValueError, match="causal"):
         TopicBackend(model=str(tiny_t5_dir)).pmi([LOUVRE], ["Guards."])

@@ -74,9 +74,11 @@ class TopicBackend:
         import torch
 
         tok = self._tokenizer
-        queries = [tok(self._query(p), add_special_tokens=not self._template)["input_ids"] for p in prompts]
-        answers = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        start = next((t for t in (tok.bos_token_id, tok.eos_token_id) if t is not None), pad)
+        # An empty prompt (the Reward playground scores a text alone) still needs a token to predict from.
+        queries = [tok(self._query(p), add_special_tokens=not self._template)["input_ids"] or [start] for p in prompts]
+        answers = [tok(r, add_special_tokens=False)["input_ids"] for r in responses]
         q_len, a_len = max(len(q) for q in queries), max(max(len(a) for a in answers), 1)
         q_ids = torch.full((len(queries), q_len), pad, dtype=torch.long)
         a_ids = torch.full((len(answers), a_len), pad, dtype=torch.long)
