@@ -29,6 +29,7 @@ from engine.lab_settings import LabSettings, load_settings, normalise_url
 
 JUDGE_KINDS = ("openai_judge", "bedrock_judge")
 DATA_KEYWORDS = ("auto", "builtin", "hub")
+MODEL_PATH_KINDS = ("hf_classifier", "topic")  # reward kinds whose options.model may name a local directory
 # What a refused path is replaced with in the copy that validation inspects (never the refused file itself).
 _PLACEHOLDER_MODEL = "builtin:tiny-gpt2"
 
@@ -144,7 +145,8 @@ class BrowserPolicy:
             return self._openai_problems(options, prefix)
         if b.kind == "bedrock_judge":
             return self._bedrock_problems(options, prefix)
-        if b.kind == "hf_classifier" and isinstance(options.get("model"), str) and is_local_model(options["model"]):
+        # Backends that load a model from a path: hf_classifier's classifier, topic's language model.
+        if b.kind in MODEL_PATH_KINDS and isinstance(options.get("model"), str) and is_local_model(options["model"]):
             return [p for p in [self.path_problem(prefix + ".options.model", options["model"], "models")] if p]
         if b.kind == "jigsaw" and options.get("model_dir") is not None:
             return [p for p in [self.path_problem(prefix + ".options.model_dir", options["model_dir"], "models")] if p]
@@ -192,7 +194,7 @@ class BrowserPolicy:
             safe.model.init_from = ""
         for prefix, b in [(f"reward.backends[{i}]", b) for i, b in enumerate(safe.reward.backends)] + [
                 ("evaluation.evaluator", safe.evaluation.evaluator)]:
-            if f"{prefix}.options.model" in fields and b.kind == "hf_classifier":
+            if f"{prefix}.options.model" in fields and b.kind in MODEL_PATH_KINDS:
                 b.options = {**b.options, "model": _PLACEHOLDER_MODEL}
             if f"{prefix}.options.model_dir" in fields:
                 b.options = {k: v for k, v in b.options.items() if k != "model_dir"}

@@ -183,6 +183,8 @@ CASES = [
     ("browser", {"reward_model.base_model": "/usr"}, "reward_model.base_model", None, "browser-rm-base-usr"),
     ("browser", {"reward.backends[0]": {"kind": "hf_classifier", "options": {"model": "/"}}},
      "reward.backends[0].options.model", None, "browser-hf-model-root"),
+    ("browser", {"reward.backends[0]": {"kind": "topic", "options": {"model": "/usr"}}},
+     "reward.backends[0].options.model", None, "browser-topic-model-usr"),
     ("browser", {"evaluation.evaluator": {"kind": "jigsaw", "options": {"model_dir": "/tmp"}}},
      "evaluation.evaluator.options.model_dir", None, "browser-jigsaw-model-dir"),
     ("browser", {"reward.backends[0]": {"kind": "openai_judge", "options": {

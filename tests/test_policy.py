@@ -226,6 +226,9 @@ def test_backend_model_paths_confined(folders):
     inside = RewardBackendSettings(kind="hf_classifier", options={"model": "models/m"})
     outside = RewardBackendSettings(kind="hf_classifier", options={"model": "/etc"})
     jigsaw = RewardBackendSettings(kind="jigsaw", options={"model_dir": "../"})
+    topic_outside = RewardBackendSettings(kind="topic", options={"model": "/etc"})
+    assert fields(policy.backend_problems(topic_outside, "reward.backends[1]")) == ["reward.backends[1].options.model"]
+    assert policy.backend_problems(RewardBackendSettings(kind="topic", options={"model": "models/m"}), "x") == []
     assert policy.backend_problems(inside, "reward.backends[0]") == []
     assert fields(policy.backend_problems(outside, "reward.backends[0]")) == ["reward.backends[0].options.model"]
     assert fields(policy.backend_problems(jigsaw, "evaluation.evaluator")) == ["evaluation.evaluator.options.model_dir"]
