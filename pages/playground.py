@@ -32,7 +32,8 @@ for b in candidates:
 
 names = st.multiselect("Backends", list(configured), default=list(configured), key="pg-backends")
 text = st.text_area("Texts", "I like you.\nYou are terrible and i hate you.", key="pg-text", height=120)
-prompt = st.text_input("Prompt (used only by backends set to score prompt + response)", "", key="pg-prompt")
+prompt = st.text_input("Prompt (read by overlap and topic, and by backends set to score prompt + response)", "",
+                       key="pg-prompt")
 texts = [t for t in text.splitlines() if t.strip()]
 if not texts or not names:
     st.info("Type a text and pick at least one backend.")

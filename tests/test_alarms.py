@@ -251,5 +251,7 @@ def test_a_topic_reward_is_not_compared_for_disagreement():
     cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="overlap")]
     run = SimpleNamespace(cfg=cfg, validation=[], holdout=[], evaluator=None)
     assert RunAlarms(run, ["profanity", "overlap"]).members == ["profanity"]
+    cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="topic", name="floor")]
+    assert RunAlarms(run, ["profanity", "floor"]).members == ["profanity"]  # the PMI floor is a topic term too
     cfg.reward.backends = [RewardBackendSettings(kind="profanity"), RewardBackendSettings(kind="jigsaw")]
     assert RunAlarms(run, ["profanity", "jigsaw"]).members == ["profanity", "jigsaw"]

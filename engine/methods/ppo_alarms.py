@@ -21,7 +21,7 @@ class AlarmStop(RuntimeError):
     """An alarm listed in alarms.stop_on fired: the run stops (failed) with this message."""
 
 
-TOPIC_KINDS = ("overlap",)  # reward kinds that measure something other than harm / quality
+TOPIC_KINDS = ("overlap", "topic")  # reward kinds that measure something other than harm / quality
 
 
 class RunAlarms:
@@ -30,7 +30,7 @@ class RunAlarms:
 
     def __init__(self, run, members: list[str]) -> None:
         cfg = run.cfg
-        # Disagreement is looked for among the backends that score the text's harm or quality; `overlap` scores
+        # Disagreement is looked for among the backends that score the text's harm or quality; `overlap` and `topic` score
         # staying on topic, another axis, whose anti-correlation with a detox reward is expected, not an alarm.
         other_axis = {b.display_name for b in cfg.reward.backends if b.kind in TOPIC_KINDS}
         self.run, self.cfg, self.members = run, cfg.alarms, [m for m in members if m not in other_axis]
