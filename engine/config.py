@@ -832,6 +832,14 @@ def _range(errors: list, name: str, value: float, low: float | None = None, high
         errors.append(FieldError(name, f"must be {allowed}{what}, got {_show(value)}"))
 
 
+def _model_option(errors: list, prefix: str, model: Any) -> None:
+    """A backend's `options.model` (hf_classifier, topic): a hub id, a local directory or a builtin name."""
+    if not isinstance(model, str) or not model:
+        errors.append(FieldError(prefix + ".options.model", f"must be a hub id or a local directory, got {_show(model)}"))
+    elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
+        errors.append(FieldError(prefix + ".options.model", problem))
+
+
 def _cap(errors: list, prefix: str, options: dict, rule: str, ok) -> None:
     """A backend's optional `options.cap`: a number (not a bool) for which `ok` holds, else an error saying `rule`."""
     if "cap" not in options:
@@ -865,10 +873,8 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
         model = b.options.get("model", "")
         if not model:
             errors.append(FieldError(prefix + ".options.model", "hf_classifier needs options.model (a hub id or local directory)"))
-        elif not isinstance(model, str):
-            errors.append(FieldError(prefix + ".options.model", f"must be a hub id or a local directory, got {_show(model)}"))
-        elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
-            errors.append(FieldError(prefix + ".options.model", problem))
+        else:
+            _model_option(errors, prefix, model)
     if b.kind == "profanity":
         from engine.rewards.profanity import TRANSFORMS
 
@@ -892,12 +898,7 @@ def validate_backend(b: RewardBackendSettings, prefix: str) -> list[FieldError]:
             if key not in ("model", "cap", "null_prompt"):
                 errors.append(FieldError(prefix + f".options.{key}", "topic takes only options.model, options.cap and "
                                          "options.null_prompt"))
-        model = b.options.get("model", "builtin:smollm2")
-        if not isinstance(model, str) or not model:
-            errors.append(FieldError(prefix + ".options.model", f"must be a causal LM's hub id, local directory or "
-                                     f"builtin name, got {_show(model)}"))
-        elif (problem := model_path_problem(model)) and not model.startswith("builtin:"):
-            errors.append(FieldError(prefix + ".options.model", problem))
+        _model_option(errors, prefix, b.options.get("model", "builtin:smollm2"))
         _cap(errors, prefix, b.options, "must be a finite number (nats per token)", math.isfinite)
         null_prompt = b.options.get("null_prompt", "x")
         if not isinstance(null_prompt, str) or not null_prompt.strip():
